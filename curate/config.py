@@ -1,0 +1,321 @@
+"""Typed configuration for curation, loaded the way verl loads its trainer config.
+
+The dataclasses below are the schema: every key, its type and its default. ``configs/curate/*.yaml``
+are recipes that override some keys (``configs/curate/default.yaml`` lists every key with comments
+and is checked against these defaults by the tests). Command-line overrides use OmegaConf's dotlist
+syntax (``pism.mode=full engine.batch_size=8``). Any mistake, an unknown key, a wrong type or a value
+outside its choices, fails at load time with a ``ConfigError`` that names the full key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = [
+    "ConfigError",
+    "CurateConfig",
+    "load_config",
+    "to_yaml",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message always names the offending key."""
+
+
+def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ConfigError(f"config key '{key}': {value!r} is not one of {list(choices)}")
+
+
+def _check(key: str, ok: bool, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {why}")
+
+
+@dataclass
+class ToyCorpusConfig:
+    """The offline demo corpus (``data.format=toy``), generated deterministically from the seed."""
+
+    num_samples: int = 200
+    seed: int = 0
+    tasks: list[str] = field(default_factory=lambda: ["counting", "color", "arithmetic", "ocr", "grounding"])
+
+
+@dataclass
+class DataConfig:
+    # auto | canonical | verl | orsta | difficulty_sampling | swift | hf_disk | toy
+    format: str = "auto"
+    # A file, a directory or a glob; unused for format=toy.
+    path: Optional[str] = None
+    # Relative image paths resolve under this root (default: the data file's directory); paths that
+    # would leave it are refused per row.
+    image_root: Optional[str] = None
+    # Read at most this many rows (None: all).
+    limit: Optional[int] = None
+    toy: ToyCorpusConfig = field(default_factory=ToyCorpusConfig)
+
+
+@dataclass
+class VllmConfig:
+    """Arguments for ``vllm.LLM``; any key vLLM accepts can be added under ``engine.vllm.extra``."""
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    enable_prefix_caching: bool = True
+    max_num_seqs: int = 256
+    enforce_eager: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OpenAIConfig:
+    """An existing OpenAI-compatible server (vLLM, SGLang): the released PISM code's setup."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    # Name of the environment variable holding the API key (the key itself never goes in a config).
+    api_key_env: str = "OPENAI_API_KEY"
+    # The served model name; None asks the server (GET /models) and takes the first.
+    model_name: Optional[str] = None
+    concurrency: int = 10
+    timeout_s: float = 120.0
+    max_retries: int = 3
+
+
+@dataclass
+class EngineConfig:
+    # transformers | vllm | openai
+    backend: str = "transformers"
+    # A model directory or hub id; "toy" is the tiny Qwen2.5-VL trained offline on the toy corpus.
+    model: str = "toy"
+    # auto | float32 | bfloat16 | float16
+    dtype: str = "auto"
+    # auto | cpu | cuda
+    device: str = "auto"
+    # Attention kernel for generation (the CMAB probe does its own math and works with any).
+    attn_implementation: str = "sdpa"
+    # Longest prompt + response in tokens; longer prompts make that row an error.
+    max_model_len: int = 4096
+    # Requests per engine call (transformers: one left-padded generate batch).
+    batch_size: int = 32
+    # Cap on image pixels given to the processor (method.md §3: 1,254,400 for Qwen2.5-VL-7B runs).
+    max_pixels: Optional[int] = None
+    min_pixels: Optional[int] = None
+    vllm: VllmConfig = field(default_factory=VllmConfig)
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You FIRST think about the reasoning process as an internal monologue and then provide the final "
+    "answer. The reasoning process MUST BE enclosed within <think> </think> tags. The final answer MUST "
+    "BE put in <answer> </answer> tags."
+)
+
+
+@dataclass
+class PromptConfig:
+    # The system prompt of the paper's GRPO runs; "" sends none.
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    # How the question is put to the model; {question} is replaced by the sample's question.
+    template: str = "{question}"
+
+
+@dataclass
+class SamplingConfig:
+    # The released PISM code samples at 0.7 with 1024 new tokens; 0 means greedy.
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    # Generation stops as soon as the answer is complete; the stop string is kept in the text.
+    stop: list[str] = field(default_factory=lambda: ["</answer>"])
+
+
+@dataclass
+class PismBuckets:
+    """λ* boundaries (method.md §1). The paper's appendix puts λ* = 0.7 in medium: easy_from=0.8."""
+
+    hard_max: float = 0.4  # hard if λ* <= hard_max
+    easy_from: float = 0.7  # easy if λ* >= easy_from or no level fails; medium in between
+
+
+@dataclass
+class PismConfig:
+    enabled: bool = True
+    # early_exit: stop each level at its first correct answer and each sample at its first failing
+    # level (same λ* and bucket as the full grid, a fraction of the generations); full: the whole grid.
+    mode: str = "early_exit"
+    ratios: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(10)])
+    # Mask realizations per ratio (K).
+    k: int = 10
+    # A level fails when Pc(λ) < tau.
+    tau: float = 0.1
+    # block (released code) | pixel (paper text) | patch (vision-encoder patch grid)
+    mask: str = "block"
+    # Patch side in pixels for mask=patch (Qwen2.5-VL merges 2×2 patches of 14 px: 28).
+    patch_size: int = 28
+    # Seed of every mask realization and generation: (sample id, λ, k, seed) fixes both.
+    seed: int = 0
+    buckets: PismBuckets = field(default_factory=PismBuckets)
+    # early_exit: attempts issued per sample and level in one wave (1 is the cheapest; more keeps a
+    # small engine busier at the cost of extra generations after the first success).
+    wave_attempts: int = 1
+    # Keep every generated answer in the output column pism_answers.
+    keep_answers: bool = False
+
+
+@dataclass
+class CmabThresholds:
+    """ρ̄ bands (method.md §2): hard in [hard_low, hard_high], medium within [easy_low, easy_high]."""
+
+    easy_low: float = 0.1
+    hard_low: float = 0.4
+    hard_high: float = 1.6
+    easy_high: float = 1.9
+
+
+@dataclass
+class CmabConfig:
+    enabled: bool = False
+    # code: one layer at ~0.71·L, mean attention per token, prefill skipped (released code; the
+    # published thresholds) | paper: layers 2..L-1, sums, geometric mean over layers.
+    variant: str = "code"
+    # code variant: the decoder layer index; None = round(L * 20 / 28) (index 20 of 28 for 7B).
+    layer: Optional[int] = None
+    # Responses generated and graded per sample; unsolved when none is correct.
+    k: int = 4
+    # first_correct: probe the first correct response | mean_correct: average ρ̄ over correct ones.
+    response: str = "first_correct"
+    # Bands per variant: sums (paper) scale with the image-token count, so they do not transfer.
+    thresholds: dict[str, CmabThresholds] = field(
+        default_factory=lambda: {"code": CmabThresholds(), "paper": CmabThresholds()}
+    )
+    # Query rows per chunk in the probe (bounds its memory).
+    probe_chunk: int = 256
+    seed: int = 0
+
+
+@dataclass
+class OutputConfig:
+    # Directory of Parquet shards of the annotated dataset.
+    path: str = "outputs/curate"
+    # Skip ids already written by an earlier run into the same directory.
+    resume: bool = True
+    # Rows per written shard.
+    rows_per_shard: int = 256
+
+
+@dataclass
+class RayConfig:
+    # Cluster address; None uses RAY_ADDRESS when set, else starts a local cluster.
+    address: Optional[str] = None
+    # Scoring actor pool size (min..max; equal for a fixed pool).
+    min_actors: int = 1
+    max_actors: int = 1
+    # Resources per scoring actor; never ask for GPUs a cluster does not have (Ray waits forever).
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    # Rows per map_batches call into a scoring actor.
+    batch_size: int = 16
+    # Actor restarts and task retries before a batch is split and its rows marked as errors.
+    max_restarts: int = 2
+    max_task_retries: int = 2
+    # Seconds between progress log lines.
+    log_every_s: float = 30.0
+
+
+@dataclass
+class CurateConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    pism: PismConfig = field(default_factory=PismConfig)
+    cmab: CmabConfig = field(default_factory=CmabConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def validate(self) -> "CurateConfig":
+        """Semantic checks the types cannot express; each error names its key."""
+        _choice("data.format", self.data.format,
+                ["auto", "canonical", "verl", "orsta", "difficulty_sampling", "swift", "hf_disk", "toy"])
+        _check("data.path", self.data.format == "toy" or bool(self.data.path),
+               "is required unless data.format=toy")
+        _check("data.limit", self.data.limit is None or self.data.limit > 0, "must be positive or null")
+        _choice("engine.backend", self.engine.backend, ["transformers", "vllm", "openai"])
+        _choice("engine.dtype", self.engine.dtype, ["auto", "float32", "bfloat16", "float16"])
+        _choice("engine.device", self.engine.device, ["auto", "cpu", "cuda"])
+        _check("engine.batch_size", self.engine.batch_size > 0, "must be positive")
+        _check("engine.max_model_len", self.engine.max_model_len > 0, "must be positive")
+        _check("engine.openai.concurrency", self.engine.openai.concurrency > 0, "must be positive")
+        _check("sampling.temperature", self.sampling.temperature >= 0, "must be >= 0")
+        _check("sampling.top_p", 0 < self.sampling.top_p <= 1, "must be in (0, 1]")
+        _check("sampling.max_tokens", self.sampling.max_tokens > 0, "must be positive")
+        _check("prompt.template", "{question}" in self.prompt.template, "must contain {question}")
+        p = self.pism
+        _choice("pism.mode", p.mode, ["early_exit", "full"])
+        _choice("pism.mask", p.mask, ["block", "pixel", "patch"])
+        _check("pism.ratios", len(p.ratios) > 0 and all(0 <= r < 1 for r in p.ratios),
+               "must be a non-empty list of ratios in [0, 1)")
+        _check("pism.ratios", list(p.ratios) == sorted(set(p.ratios)), "must be strictly increasing")
+        _check("pism.k", p.k > 0, "must be positive")
+        _check("pism.tau", 0 < p.tau <= 1, "must be in (0, 1]")
+        _check("pism.wave_attempts", 1 <= p.wave_attempts <= p.k, "must be in [1, pism.k]")
+        _check("pism.patch_size", p.patch_size > 0, "must be positive")
+        _check("pism.buckets", p.buckets.hard_max < p.buckets.easy_from, "hard_max must be < easy_from")
+        c = self.cmab
+        _choice("cmab.variant", c.variant, ["code", "paper"])
+        _choice("cmab.response", c.response, ["first_correct", "mean_correct"])
+        _check("cmab.k", c.k > 0, "must be positive")
+        _check(f"cmab.thresholds.{c.variant}", c.variant in c.thresholds, "missing for the chosen variant")
+        for name, t in c.thresholds.items():
+            _check(f"cmab.thresholds.{name}", t.easy_low <= t.hard_low <= t.hard_high <= t.easy_high,
+                   "must satisfy easy_low <= hard_low <= hard_high <= easy_high")
+        _check("pism.enabled", p.enabled or c.enabled, "enable at least one of pism, cmab")
+        r = self.ray
+        _check("ray.min_actors", 1 <= r.min_actors <= r.max_actors, "must satisfy 1 <= min_actors <= max_actors")
+        _check("ray.batch_size", r.batch_size > 0, "must be positive")
+        _check("ray.num_gpus", r.num_gpus >= 0, "must be >= 0")
+        _check("output.rows_per_shard", self.output.rows_per_shard > 0, "must be positive")
+        return self
+
+
+T = TypeVar("T")
+
+
+def _wrap(err: OmegaConfBaseException) -> ConfigError:
+    key = getattr(err, "full_key", None) or "?"
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return ConfigError(f"config key '{key}': {first}")
+
+
+def load_structured(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Merge ``schema``'s defaults, the YAML at ``path`` and dotlist ``overrides`` into a typed object."""
+    try:
+        cfg: DictConfig = OmegaConf.structured(schema)
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file not found: {path}")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise _wrap(err) from None
+    validate = getattr(obj, "validate", None)
+    return validate() if callable(validate) else obj  # type: ignore[return-value]
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> CurateConfig:
+    """The curation config: defaults ← YAML recipe ← overrides, validated."""
+    return load_structured(CurateConfig, path, overrides)
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML (recorded with every run's output)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+

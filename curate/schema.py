@@ -1,0 +1,91 @@
+"""The canonical sample schema: the one Arrow layout every reader produces and every stage consumes.
+
+A reader turns any supported corpus format into rows with these columns; every column a source has
+beyond them is passed through unchanged (renamed ``orig_<name>`` where it would clash), so users can
+join annotations back to their data. Scoring stages add the PISM/CMAB columns below. ``status`` and
+``error`` travel with every row: a row that fails anywhere (unreadable image, unparseable answer,
+prompt too long) keeps flowing with ``status="error"`` and a message, so every input row appears in
+the output exactly once.
+
+Columns
+-------
+id            string, unique per corpus (taken from the source, else ``<file stem>:<row index>``)
+data_source   string, where the sample comes from (verl's ``data_source``)
+task          string, the task type that picks the grader (math, counting, ocr, grounding, ...)
+question      string, the user text; ``<image>`` marks where each image goes (else images come first)
+images        list<binary>, encoded image files (PNG/JPEG bytes), in placeholder order
+image_paths   list<string>, where each image was read from (null for inline bytes); provenance only
+ground_truth  string, the reference answer (structured answers such as boxes are JSON text)
+verifier      string or null, an explicit grader name that overrides ``task`` (Orsta's per-sample routing)
+status        string, ``ok`` or ``error``
+error         string or null, what went wrong, prefixed by the stage (``read:``, ``pism:``, ``cmab:``)
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+ID = "id"
+DATA_SOURCE = "data_source"
+TASK = "task"
+QUESTION = "question"
+IMAGES = "images"
+IMAGE_PATHS = "image_paths"
+GROUND_TRUTH = "ground_truth"
+VERIFIER = "verifier"
+STATUS = "status"
+ERROR = "error"
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+IMAGE_PLACEHOLDER = "<image>"
+
+CANONICAL_SCHEMA = pa.schema(
+    [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(DATA_SOURCE, pa.string()),
+        pa.field(TASK, pa.string()),
+        pa.field(QUESTION, pa.string()),
+        pa.field(IMAGES, pa.list_(pa.binary())),
+        pa.field(IMAGE_PATHS, pa.list_(pa.string())),
+        pa.field(GROUND_TRUTH, pa.string()),
+        pa.field(VERIFIER, pa.string()),
+        pa.field(STATUS, pa.string()),
+        pa.field(ERROR, pa.string()),
+    ]
+)
+CANONICAL_COLUMNS = tuple(CANONICAL_SCHEMA.names)
+
+# Columns added by PISM (method.md §1). One list entry per mask ratio, in ratio order.
+PISM_SCHEMA = pa.schema(
+    [
+        pa.field("pism_pc", pa.list_(pa.float64())),  # Pc(λ); null where the level was not fully evaluated
+        pa.field("pism_attempts", pa.list_(pa.int32())),  # generations issued per level
+        pa.field("pism_correct", pa.list_(pa.int32())),  # correct answers per level among the attempts
+        pa.field("pism_generations", pa.int64()),  # total generations for this sample
+        pa.field("pism_tokens", pa.int64()),  # total generated tokens for this sample
+        pa.field("pism_lambda_star", pa.float64()),  # first failing ratio; null when no level fails
+        pa.field("pism_bucket", pa.string()),  # easy | medium | hard | unsolved
+        pa.field("pism_answers", pa.list_(pa.string())),  # kept answers (optional, config)
+    ]
+)
+
+# Columns added by CMAB (method.md §2).
+CMAB_SCHEMA = pa.schema(
+    [
+        pa.field("cmab_rho", pa.float64()),  # ρ̄; null when unsolved (no correct response to probe)
+        pa.field("cmab_bucket", pa.string()),  # easy | medium | hard | unsolved
+        pa.field("cmab_variant", pa.string()),  # code | paper
+        pa.field("cmab_layers", pa.list_(pa.int32())),  # decoder layers the ratio was taken over
+        pa.field("cmab_correct", pa.int32()),  # correct responses among the K generated
+        pa.field("cmab_generations", pa.int32()),  # K
+    ]
+)
+
+BUCKETS = ("easy", "medium", "hard", "unsolved")
+
+
+def empty_like(schema: pa.Schema, num_rows: int) -> pa.Table:
+    """A table of ``num_rows`` nulls with ``schema``; used to fill score columns on error rows."""
+    return pa.table({f.name: pa.nulls(num_rows, f.type) for f in schema}, schema=schema)

@@ -1,0 +1,44 @@
+"""Config mistakes fail fast with a message that names the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from curate.config import ConfigError, CurateConfig, load_config
+
+
+def test_defaults_are_valid():
+    cfg = load_config(overrides=["data.format=toy"])
+    assert isinstance(cfg, CurateConfig)
+    assert cfg.pism.mode == "early_exit" and cfg.pism.k == 10 and cfg.pism.tau == 0.1
+    assert cfg.pism.ratios == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("pism.nope=1", "pism.nope"),
+        ("pism.k=ten", "pism.k"),
+        ("pism.mode=fast", "pism.mode"),
+        ("pism.mask=circle", "pism.mask"),
+        ("pism.ratios=[0.5,0.1]", "pism.ratios"),
+        ("pism.wave_attempts=11", "pism.wave_attempts"),
+        ("engine.backend=tgi", "engine.backend"),
+        ("cmab.variant=mine", "cmab.variant"),
+        ("ray.min_actors=3", "ray.min_actors"),
+        ("sampling.top_p=0", "sampling.top_p"),
+    ],
+)
+def test_mistakes_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config(overrides=["data.format=toy", override])
+
+
+def test_data_path_required_for_real_formats():
+    with pytest.raises(ConfigError, match="'data.path'"):
+        load_config(overrides=["data.format=verl"])
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
