@@ -32,6 +32,9 @@ class SamplingParams:
     top_p: float = 1.0
     max_tokens: int = 1024
     stop: tuple[str, ...] = ("</answer>",)
+    # Return each generated token's id and log-probability (under the sampling distribution's
+    # underlying model, before temperature/top-p) in the completions.
+    logprobs: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -54,6 +57,8 @@ class Completion:
     text: str
     num_tokens: int
     finish_reason: str  # "stop" (a stop string or EOS) | "length"
+    token_ids: list[int] | None = None  # with SamplingParams.logprobs
+    logprobs: list[float] | None = None  # log p(token) per generated token, with SamplingParams.logprobs
 
 
 @dataclass
