@@ -72,6 +72,26 @@ class GenerationResult:
         return self.error is None
 
 
+def image_parts(messages: Sequence[dict[str, Any]]) -> int:
+    """How many ``{"type": "image"}`` parts the messages hold."""
+    return sum(
+        1
+        for m in messages
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if isinstance(part, dict) and part.get("type") == "image"
+    )
+
+
+def check_request(request: GenerationRequest) -> None:
+    """Raise ``ValueError`` for a request no backend can run; engines report it as that request's error."""
+    if request.n < 1:
+        raise ValueError(f"n must be >= 1, got {request.n}")
+    parts = image_parts(request.messages)
+    if parts != len(request.images):
+        raise ValueError(f"messages have {parts} image parts but the request has {len(request.images)} images")
+
+
 class GenerationEngine(abc.ABC):
     """A batched text generator over chat requests with images."""
 
