@@ -262,6 +262,7 @@ class CurateConfig:
         _check("pism.ratios", len(p.ratios) > 0 and all(0 <= r < 1 for r in p.ratios),
                "must be a non-empty list of ratios in [0, 1)")
         _check("pism.ratios", list(p.ratios) == sorted(set(p.ratios)), "must be strictly increasing")
+        _check("pism.ratios", p.ratios[0] == 0.0, "must start at 0.0 (the unmasked level decides 'unsolved')")
         _check("pism.k", p.k > 0, "must be positive")
         _check("pism.tau", 0 < p.tau <= 1, "must be in (0, 1]")
         _check("pism.wave_attempts", 1 <= p.wave_attempts <= p.k, "must be in [1, pism.k]")
