@@ -13,7 +13,9 @@ import sys
 from typing import Sequence
 
 # subcommand -> module implementing it
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "report": "curate.report",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,220 @@
+"""Plots and a summary of an annotated dataset: what researchers look at instead of reading numbers.
+
+``python -m curate report OUTPUT_DIR`` reads the annotated Parquet shards (score columns only, never
+the image bytes) and writes, next to them under ``report/``:
+
+- ``buckets_pism.png`` / ``buckets_cmab.png``: bucket counts per task type;
+- ``lambda_star.png``: histogram of PISM's failure ratio λ* (and how many samples never fail);
+- ``pc_curves.png``: mean Pc(λ) per bucket over fully evaluated levels, and the share of samples still
+  answering correctly at each λ (known for every sample, in either PISM mode);
+- ``rho.png``: histogram of CMAB's ρ̄ with the variant's bucket thresholds;
+- ``report.md``: counts in/scored/errored (errors grouped by reason), buckets per task, PISM vs CMAB
+  agreement (confusion table), generations and tokens used, and the figures above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate import schema
+
+log = logging.getLogger(__name__)
+
+_SCORE_COLUMNS = [
+    schema.ID, schema.TASK, schema.STATUS, schema.ERROR,
+    "pism_pc", "pism_lambda_star", "pism_bucket", "pism_generations", "pism_tokens",
+    "cmab_rho", "cmab_bucket", "cmab_variant",
+]
+RUN_METADATA_KEY = b"hardmode.run"
+
+
+def read_scores(output: str | Path) -> tuple[pa.Table, dict[str, Any]]:
+    """The score columns of every shard under ``output`` and the run metadata of the newest shard."""
+    dataset = pq.ParquetDataset(str(output))
+    present = set(dataset.schema.names)
+    table = dataset.read(columns=[c for c in _SCORE_COLUMNS if c in present])
+    metadata: dict[str, Any] = {}
+    raw = (dataset.schema.metadata or {}).get(RUN_METADATA_KEY)
+    if raw:
+        metadata = json.loads(raw)
+    return table, metadata
+
+
+def _error_reason(message: str) -> str:
+    """Group error messages: stage plus the message with numbers and quoted names blurred."""
+    head = message.split(":", 1)[0] if ":" in message else "error"
+    rest = message.split(":", 1)[1] if ":" in message else message
+    rest = re.sub(r"'[^']*'|\"[^\"]*\"", "…", rest)
+    rest = re.sub(r"\d+", "N", rest).strip()
+    return f"{head}: {rest[:80]}"
+
+
+def _bar_by_task(rows: list[dict], column: str, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r[schema.TASK] or "?" for r in rows})
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(tasks), 3.6))
+    width = 0.8 / len(schema.BUCKETS)
+    for b, bucket in enumerate(schema.BUCKETS):
+        counts = [sum(1 for r in rows if (r[schema.TASK] or "?") == t and r[column] == bucket) for t in tasks]
+        ax.bar([i + b * width for i in range(len(tasks))], counts, width, label=bucket)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks)
+    ax.set_ylabel("samples")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _lambda_star(rows: list[dict], ratios: list[float], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    values = [r["pism_lambda_star"] for r in rows if r.get("pism_bucket")]
+    labels = [f"{x:.1f}" for x in ratios] + ["never"]
+    counts = [sum(1 for v in values if v is not None and abs(v - x) < 1e-9) for x in ratios]
+    counts.append(sum(1 for v in values if v is None))
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    ax.bar(labels, counts, color="#4c72b0")
+    ax.set_xlabel("λ* (first mask ratio with Pc < τ; 0.0 = unsolved)")
+    ax.set_ylabel("samples")
+    ax.set_title("PISM failure ratio λ*")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pc_curves(rows: list[dict], ratios: list[float], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for bucket in schema.BUCKETS:
+        mine = [r for r in rows if r.get("pism_bucket") == bucket and r.get("pism_pc")]
+        xs, ys = [], []
+        for j, x in enumerate(ratios):
+            known = [r["pism_pc"][j] for r in mine if r["pism_pc"][j] is not None]
+            if known:
+                xs.append(x)
+                ys.append(sum(known) / len(known))
+        if xs:
+            left.plot(xs, ys, marker="o", label=f"{bucket} ({len(mine)})")
+    left.set_xlabel("mask ratio λ")
+    left.set_ylabel("mean Pc(λ) over fully evaluated levels")
+    left.set_ylim(-0.02, 1.02)
+    left.set_title("Pc(λ) by bucket")
+    left.legend(fontsize="small")
+    scored = [r for r in rows if r.get("pism_bucket")]
+    surviving = [
+        sum(1 for r in scored if r["pism_lambda_star"] is None or r["pism_lambda_star"] > x) / max(1, len(scored))
+        for x in ratios
+    ]
+    right.plot(ratios, surviving, marker="o", color="#55a868")
+    right.set_xlabel("mask ratio λ")
+    right.set_ylabel("share of samples with Pc(λ) ≥ τ")
+    right.set_ylim(-0.02, 1.02)
+    right.set_title("Samples still solved as the mask grows")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _rho(rows: list[dict], thresholds: dict[str, float] | None, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    values = [r["cmab_rho"] for r in rows if r.get("cmab_rho") is not None]
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    ax.hist(values, bins=40, color="#c44e52")
+    for name, x in (thresholds or {}).items():
+        ax.axvline(x, color="black", linestyle="--", linewidth=0.8)
+        ax.text(x, ax.get_ylim()[1] * 0.95, name, rotation=90, fontsize="x-small", va="top")
+    ax.set_xlabel("ρ̄ (image / text attention)")
+    ax.set_ylabel("samples")
+    ax.set_title("CMAB attention balance")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(header: list[str], body: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def write_report(output: str | Path, report_dir: str | Path | None = None) -> Path:
+    """Write the plots and ``report.md``; returns the report directory."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    table, meta = read_scores(output)
+    rows = table.to_pylist()
+    out = Path(report_dir) if report_dir else Path(output) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    config = meta.get("config", {})
+    ratios = config.get("pism", {}).get("ratios") or [round(0.1 * i, 1) for i in range(10)]
+    has_pism = "pism_bucket" in table.column_names
+    has_cmab = "cmab_bucket" in table.column_names
+
+    ok = [r for r in rows if r[schema.STATUS] == schema.STATUS_OK]
+    errors = Counter(_error_reason(r[schema.ERROR] or "") for r in rows if r[schema.STATUS] != schema.STATUS_OK)
+    md = [f"# hardmode curation report: `{output}`", ""]
+    if meta:
+        md += [f"Model `{meta.get('model', '?')}`, engine `{meta.get('engine', '?')}`, "
+               f"hardmode {meta.get('hardmode_version', '?')}, written {meta.get('finished_at', '?')}.", ""]
+    md += [_table(["rows", "scored", "errors"], [[len(rows), len(ok), len(rows) - len(ok)]]), ""]
+    if errors:
+        md += ["## Errors by reason", "", _table(["reason", "rows"], errors.most_common()), ""]
+    tasks = sorted({r[schema.TASK] or "?" for r in ok})
+    figures: list[tuple[str, str]] = []
+    if has_pism:
+        _bar_by_task(ok, "pism_bucket", "PISM buckets per task", out / "buckets_pism.png")
+        _lambda_star(ok, ratios, out / "lambda_star.png")
+        _pc_curves(ok, ratios, out / "pc_curves.png")
+        figures += [("PISM buckets", "buckets_pism.png"), ("λ*", "lambda_star.png"), ("Pc(λ)", "pc_curves.png")]
+        body = [[t] + [sum(1 for r in ok if r[schema.TASK] == t and r["pism_bucket"] == b) for b in schema.BUCKETS]
+                for t in tasks]
+        gens = sum(r["pism_generations"] or 0 for r in ok)
+        tokens = sum(r["pism_tokens"] or 0 for r in ok)
+        md += ["## PISM", "", _table(["task", *schema.BUCKETS], body), "",
+               f"Generations: {gens} ({gens / max(1, len(ok)):.1f} per scored sample), "
+               f"generated tokens: {tokens}.", ""]
+    if has_cmab:
+        variant = config.get("cmab", {}).get("variant", "code")
+        thresholds = config.get("cmab", {}).get("thresholds", {}).get(variant)
+        _bar_by_task(ok, "cmab_bucket", "CMAB buckets per task", out / "buckets_cmab.png")
+        _rho(ok, thresholds, out / "rho.png")
+        figures += [("CMAB buckets", "buckets_cmab.png"), ("ρ̄", "rho.png")]
+        body = [[t] + [sum(1 for r in ok if r[schema.TASK] == t and r["cmab_bucket"] == b) for b in schema.BUCKETS]
+                for t in tasks]
+        md += [f"## CMAB (variant `{variant}`)", "", _table(["task", *schema.BUCKETS], body), ""]
+    if has_pism and has_cmab:
+        body = [[f"PISM {a}"] + [sum(1 for r in ok if r["pism_bucket"] == a and r["cmab_bucket"] == b)
+                                 for b in schema.BUCKETS] for a in schema.BUCKETS]
+        agree = sum(1 for r in ok if r["pism_bucket"] == r["cmab_bucket"])
+        md += ["## PISM vs CMAB", "", _table(["", *(f"CMAB {b}" for b in schema.BUCKETS)], body), "",
+               f"Same bucket for {agree} of {len(ok)} scored samples.", ""]
+    md += ["## Figures", ""] + [f"![{name}]({file})" for name, file in figures]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    log.info("report written to %s", out)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", help="directory of annotated Parquet shards (a curate run's output.path)")
+    parser.add_argument("--out", default=None, help="report directory (default: OUTPUT/report)")
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = write_report(args.output, args.out)
+    print(out / "report.md")
+    return 0
