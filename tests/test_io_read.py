@@ -256,6 +256,8 @@ def test_bad_rows_become_error_rows_naming_file_and_row(tmp_path):
         rec(12, prompt="<image> and <image>?"),          # 12 two placeholders, one image
         rec(13, image_paths="ok.png", ground_truth=3),   # 13 ok: one path as a string, numeric answer
         rec(14, ability=None),                           # 14 no task
+        rec(15, ability="astrology"),                    # 15 no grader for the task
+        rec(16, ground_truth="many"),                    # 16 a counting answer without a number
     ]
     write_jsonl(tmp_path / "bad.jsonl", lines)
     got = read_rows(tmp_path / "bad.jsonl", format="difficulty_sampling", batch_rows=4)
@@ -265,10 +267,10 @@ def test_bad_rows_become_error_rows_naming_file_and_row(tmp_path):
         4: "image 0: empty image (zero bytes)", 5: "image 0: cannot decode image", 6: "missing key(s) ['prompt']",
         7: "missing 'ground_truth'", 8: "question must be a string, got int", 10: "image 0: image path '../outside.png'",
         11: "duplicate id 'r0' (first used at", 12: "question has 2 <image> placeholders but 1 images",
-        14: "missing task",
+        14: "missing task", 15: "no grader for task 'astrology'", 16: "counting ground truth has no integer",
     }
-    assert len(got) == 14  # every non-blank line exactly once, in order
-    rows_by_line = dict(zip([0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14], got))
+    assert len(got) == 16  # every non-blank line exactly once, in order
+    rows_by_line = dict(zip([0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16], got))
     for line, row in rows_by_line.items():
         if line in reasons:
             assert row["status"] == "error", line
@@ -373,3 +375,5 @@ def test_limit_units_and_batches_are_deterministic(tmp_path):
     assert corpus.num_rows == 6 and [u.num_rows for u in corpus.units] == [3, 1, 2]
     ids = [r["id"] for t in corpus.iter_tables(batch_rows=2) for r in t.to_pylist()]
     assert ids == ["a0", "a1", "a2", "a3", "b0", "b1"]
+    first_only = open_corpus(DataConfig(path=str(tmp_path / "*.jsonl"), limit=4))
+    assert [os.path.basename(f.path) for f in first_only.files] == ["a.jsonl"]  # b.jsonl is never opened

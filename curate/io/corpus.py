@@ -159,6 +159,9 @@ class Normalizer:
         except RowError as err:
             out[S.STATUS] = S.STATUS_ERROR
             out[S.ERROR] = f"read: {file.path}:{row}: {err}"
+        except Exception as err:  # noqa: BLE001 - a value no check foresaw must not stop the corpus
+            out[S.STATUS] = S.STATUS_ERROR
+            out[S.ERROR] = f"read: {file.path}:{row}: unexpected {type(err).__name__}: {err}"
         duplicate = self.duplicates.get((file.path, row))
         if duplicate is not None:  # a later row reusing an id: kept as an error under a unique id
             out[S.ID], reason = duplicate
@@ -387,10 +390,10 @@ def open_corpus(cfg: DataConfig, *, validate_images: bool = True, rows_per_unit:
     units: list[ReadUnit] = []
     remaining = cfg.limit
     for i, f in enumerate(files):
-        file_units = container.plan(f, rows_per_unit)
-        files[i] = f = SourceFile(f.path, f.key, f.image_root, num_rows=sum(u.num_rows for u in file_units))
-        for unit in file_units:
-            unit = ReadUnit(f, unit.start, unit.stop, unit.num_rows, unit.offset, unit.row_groups)
+        if remaining is not None and remaining <= 0:  # data.limit reached: later files are not read
+            del files[i:]
+            break
+        for unit in container.plan(f, rows_per_unit):
             if remaining is not None:
                 if remaining <= 0:
                     break

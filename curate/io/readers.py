@@ -35,7 +35,6 @@ class SourceFile:
     path: str
     key: str
     image_root: str
-    num_rows: int = 0
 
 
 # Column name -> field names when the column is a struct (Parquet/Arrow) or a dict (JSONL), else None.
@@ -114,6 +113,8 @@ class Layout:
     consumed: ClassVar[frozenset]
     # Columns ``source_id`` reads (the id pre-pass reads only these).
     id_columns: ClassVar[tuple[str, ...]]
+    # What detection looks for, in words (for "cannot detect" errors).
+    needs: ClassVar[str]
 
     @classmethod
     def matches(cls, columns: ColumnInfo) -> bool:
@@ -133,6 +134,7 @@ class CanonicalLayout(Layout):
     required = S.CANONICAL_COLUMNS
     consumed = frozenset(S.CANONICAL_COLUMNS)
     id_columns = (S.ID,)
+    needs = "the curate.schema columns"
 
     def extract(self, rec: Mapping[str, Any], file: SourceFile) -> Fields:
         status = rec.get(S.STATUS)
@@ -156,6 +158,7 @@ class VerlLayout(Layout):
     required = ("prompt", "reward_model")
     consumed = frozenset({"data_source", "prompt", "images", "ability"})
     id_columns = ("extra_info", "id")
+    needs = "prompt, reward_model"
 
     def source_id(self, rec: Mapping[str, Any], file: SourceFile) -> Optional[str]:
         extra = _dict(rec, "extra_info")
@@ -190,6 +193,7 @@ class OrstaLayout(VerlLayout):
     """
 
     name = "orsta"
+    needs = "prompt, reward_model with a verifier field"
 
     @classmethod
     def matches(cls, columns: ColumnInfo) -> bool:
@@ -215,6 +219,7 @@ class DifficultySamplingLayout(Layout):
     required = ("prompt", "ground_truth", "image_paths")
     consumed = frozenset({"id", "ability", "prompt", "ground_truth", "image_paths", "verifier", "data_source"})
     id_columns = ("id",)
+    needs = "prompt, ground_truth, image_paths"
 
     def extract(self, rec: Mapping[str, Any], file: SourceFile) -> Fields:
         return Fields(question=require(rec, "prompt"), images=rec.get("image_paths"),
@@ -234,6 +239,7 @@ class SwiftLayout(Layout):
     required = ("messages",)
     consumed = frozenset({"id", "images", "messages", "solution", "task", "verifier", "data_source"})
     id_columns = ("id",)
+    needs = "messages"
 
     def extract(self, rec: Mapping[str, Any], file: SourceFile) -> Fields:
         question, answer = single_turn(require(rec, "messages"), "messages")
@@ -256,5 +262,4 @@ def detect_layout(columns: ColumnInfo) -> Optional[type[Layout]]:
 
 def describe_layouts() -> str:
     """What each layout needs, for 'cannot detect' errors."""
-    return "; ".join(f"{name}: {', '.join(cls.required)}" for name, cls in LAYOUTS.items()
-                     if name != "canonical") + "; canonical: the curate.schema columns"
+    return "; ".join(f"{name}: {cls.needs}" for name, cls in LAYOUTS.items())
