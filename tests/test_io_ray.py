@@ -31,17 +31,39 @@ def _rows_by_id(tables) -> dict[str, dict]:
 
 def test_ray_dataset_equals_local_iteration(tmp_path, ray_local):
     (tmp_path / "a.png").write_bytes(encode_png(Image.new("RGB", (8, 8), (9, 9, 9))))
-    lines = [json.dumps({"id": f"r{i}", "ability": "counting", "prompt": f"q{i}", "ground_truth": str(i),
-                         "image_paths": ["a.png" if i % 4 else "missing.png"], "note": {"k": i}}) for i in range(23)]
+    lines = [
+        json.dumps(
+            {
+                "id": f"r{i}",
+                "ability": "counting",
+                "prompt": f"q{i}",
+                "ground_truth": str(i),
+                "image_paths": ["a.png" if i % 4 else "missing.png"],
+                "note": {"k": i},
+            }
+        )
+        for i in range(23)
+    ]
     lines[5] = "{broken"
-    lines[9] = json.dumps({"id": "r1", "ability": "ocr", "prompt": "dup", "ground_truth": "x", "image_paths": []})
+    lines[9] = json.dumps(
+        {"id": "r1", "ability": "ocr", "prompt": "dup", "ground_truth": "x", "image_paths": []}
+    )
     (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
-    pq.write_table(pa.table({"prompt": [[{"role": "user", "content": f"<image>p{i}"}] for i in range(7)],
-                             "images": [[{"bytes": encode_png(Image.new("RGB", (4, 4), (i, 0, 0))), "path": None}]
-                                        for i in range(7)],
-                             "ability": ["counting"] * 7,
-                             "reward_model": [{"ground_truth": str(i)} for i in range(7)]}),
-                   tmp_path / "v.parquet", row_group_size=3)
+    pq.write_table(
+        pa.table(
+            {
+                "prompt": [[{"role": "user", "content": f"<image>p{i}"}] for i in range(7)],
+                "images": [
+                    [{"bytes": encode_png(Image.new("RGB", (4, 4), (i, 0, 0))), "path": None}]
+                    for i in range(7)
+                ],
+                "ability": ["counting"] * 7,
+                "reward_model": [{"ground_truth": str(i)} for i in range(7)],
+            }
+        ),
+        tmp_path / "v.parquet",
+        row_group_size=3,
+    )
 
     errors = {}
     for path in ("d.jsonl", "v.parquet"):

@@ -35,18 +35,38 @@ SCHEMA = pa.schema(list(S.CANONICAL_SCHEMA) + list(ANNOTATIONS))
 
 
 def sample(id, question, images, gt, task="counting", verifier=None, status="ok", error=None, bucket="hard"):
-    return {S.ID: id, S.DATA_SOURCE: "toy", S.TASK: task, S.QUESTION: question, S.IMAGES: images,
-            S.IMAGE_PATHS: [None] * len(images), S.GROUND_TRUTH: gt, S.VERIFIER: verifier, S.STATUS: status,
-            S.ERROR: error, "pism_bucket": bucket, "pism_lambda_star": 0.3}
+    return {
+        S.ID: id,
+        S.DATA_SOURCE: "toy",
+        S.TASK: task,
+        S.QUESTION: question,
+        S.IMAGES: images,
+        S.IMAGE_PATHS: [None] * len(images),
+        S.GROUND_TRUTH: gt,
+        S.VERIFIER: verifier,
+        S.STATUS: status,
+        S.ERROR: error,
+        "pism_bucket": bucket,
+        "pism_lambda_star": 0.3,
+    }
 
 
 def corpus_table() -> pa.Table:
-    return pa.Table.from_pylist([
-        sample("a", "How many squares?", [png((255, 0, 0))], "3"),  # no placeholder: image goes first
-        sample("b", "Left <image> right <image> same?", [jpeg((0, 0, 255)), png((0, 255, 0))], "yes",
-               task="grounding", verifier="iou"),
-        sample("c", "What is 2+3?", [], "5", task="math", bucket="easy"),
-    ], schema=SCHEMA)
+    return pa.Table.from_pylist(
+        [
+            sample("a", "How many squares?", [png((255, 0, 0))], "3"),  # no placeholder: image goes first
+            sample(
+                "b",
+                "Left <image> right <image> where?",
+                [jpeg((0, 0, 255)), png((0, 255, 0))],
+                "[[1, 2, 5, 6]]",
+                task="grounding",
+                verifier="grounding",
+            ),
+            sample("c", "What is 2+3?", [], "5", task="math", bucket="easy"),
+        ],
+        schema=SCHEMA,
+    )
 
 
 def read_back(path, **data) -> list[dict]:
@@ -55,24 +75,48 @@ def read_back(path, **data) -> list[dict]:
 
 
 # Questions as written: one <image> per image, placeholders added in front where there were none.
-WRITTEN_QUESTIONS = ["<image>How many squares?", "Left<image>right<image>same?", "What is 2+3?"]
+WRITTEN_QUESTIONS = ["<image>How many squares?", "Left<image>right<image>where?", "What is 2+3?"]
 
 
 def test_verl_parquet_round_trip(tmp_path):
     table = corpus_table()
-    summary = write_verl_parquet([table.slice(0, 2), table.slice(2)], tmp_path / "train.parquet",
-                                 extra_info_columns=["pism_bucket", "pism_lambda_star"])
+    summary = write_verl_parquet(
+        [table.slice(0, 2), table.slice(2)],
+        tmp_path / "train.parquet",
+        extra_info_columns=["pism_bucket", "pism_lambda_star"],
+    )
     assert (summary.rows, summary.skipped_errors) == (3, 0)
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
 
     got = read_back(tmp_path / "train.parquet")
-    assert [(r["id"], r["question"], r["images"], r["ground_truth"], r["task"], r["verifier"], r["data_source"],
-             r["status"]) for r in got] == [
+    assert [
+        (
+            r["id"],
+            r["question"],
+            r["images"],
+            r["ground_truth"],
+            r["task"],
+            r["verifier"],
+            r["data_source"],
+            r["status"],
+        )
+        for r in got
+    ] == [
         (s["id"], q, s["images"], s["ground_truth"], s["task"], s["verifier"], "toy", "ok")
-        for s, q in zip(table.to_pylist(), WRITTEN_QUESTIONS)]
+        for s, q in zip(table.to_pylist(), WRITTEN_QUESTIONS)
+    ]
     assert [r["extra_info"] for r in got] == [
-        {"index": i, "id": s["id"], "task": s["task"], "verifier": s["verifier"], "split": "train",
-         "pism_bucket": s["pism_bucket"], "pism_lambda_star": 0.3} for i, s in enumerate(table.to_pylist())]
+        {
+            "index": i,
+            "id": s["id"],
+            "task": s["task"],
+            "verifier": s["verifier"],
+            "split": "train",
+            "pism_bucket": s["pism_bucket"],
+            "pism_lambda_star": 0.3,
+        }
+        for i, s in enumerate(table.to_pylist())
+    ]
     assert got[0]["reward_model"] == {"style": "rule", "ground_truth": "3"}
 
     # What verl loads it with: the HF feature metadata turns `images` into PIL images.
@@ -82,23 +126,39 @@ def test_verl_parquet_round_trip(tmp_path):
 
 
 def test_verl_parquet_loads_in_verl_rlhf_dataset(tmp_path):
+    from support.tiny_qwen25vl import build
     from transformers import AutoTokenizer
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    from support.tiny_qwen25vl import build
-
-    text_only = pa.Table.from_pylist([sample("t1", "What is 2+3?", [], "5", task="math"),
-                                      sample("t2", "What is 1+1?", [], "2", task="math")], schema=SCHEMA)
-    write_verl_parquet(text_only, tmp_path / "text.parquet", extra_info_columns=["pism_bucket"],
-                       prompt=PromptConfig(system_prompt="Answer in <answer> tags.", template="Q: {question}"))
+    text_only = pa.Table.from_pylist(
+        [
+            sample("t1", "What is 2+3?", [], "5", task="math"),
+            sample("t2", "What is 1+1?", [], "2", task="math"),
+        ],
+        schema=SCHEMA,
+    )
+    write_verl_parquet(
+        text_only,
+        tmp_path / "text.parquet",
+        extra_info_columns=["pism_bucket"],
+        prompt=PromptConfig(system_prompt="Answer in <answer> tags.", template="Q: {question}"),
+    )
     tokenizer = AutoTokenizer.from_pretrained(build(tmp_path / "model"))
-    config = OmegaConf.create({"max_prompt_length": 256, "filter_overlong_prompts": True,
-                               "filter_overlong_prompts_workers": 1, "cache_dir": str(tmp_path / "cache")})
+    config = OmegaConf.create(
+        {
+            "max_prompt_length": 256,
+            "filter_overlong_prompts": True,
+            "filter_overlong_prompts_workers": 1,
+            "cache_dir": str(tmp_path / "cache"),
+        }
+    )
     dataset = RLHFDataset(str(tmp_path / "text.parquet"), tokenizer, config)
     assert len(dataset) == 2  # the length filter tokenised both prompts through the chat template
     item = dataset[1]
-    assert item["raw_prompt"] == [{"role": "system", "content": "Answer in <answer> tags."},
-                                  {"role": "user", "content": "Q: What is 1+1?"}]
+    assert item["raw_prompt"] == [
+        {"role": "system", "content": "Answer in <answer> tags."},
+        {"role": "user", "content": "Q: What is 1+1?"},
+    ]
     assert item["index"] == 1 and item["data_source"] == "toy" and item["reward_model"]["ground_truth"] == "2"
     assert item["extra_info"]["id"] == "t2" and item["extra_info"]["pism_bucket"] == "hard"
 
@@ -110,26 +170,39 @@ def test_jsonl_exports_round_trip_with_image_files(tmp_path, writer):
     assert (summary.rows, summary.image_files) == (3, 3)
     records = [json.loads(line) for line in open(tmp_path / "out" / "train.jsonl")]
     # Images are files next to the JSONL, with the original encoding kept (JPEG stays JPEG).
-    assert [[os.path.splitext(p)[1] for p in r["images"]] for r in records] == [[".png"], [".jpg", ".png"], []]
+    assert [[os.path.splitext(p)[1] for p in r["images"]] for r in records] == [
+        [".png"],
+        [".jpg", ".png"],
+        [],
+    ]
     assert all(not os.path.isabs(p) and p.startswith("images/") for r in records for p in r["images"])
     assert records[1]["pism_bucket"] == "hard" and records[1]["task"] == "grounding"
     if writer is write_sft_jsonl:
-        assert [r["messages"][-1] for r in records] == [{"role": "assistant", "content": gt} for gt in ("3", "yes", "5")]
+        assert [r["messages"][-1] for r in records] == [
+            {"role": "assistant", "content": gt} for gt in ("3", "[[1, 2, 5, 6]]", "5")
+        ]
     else:
-        assert [r["solution"] for r in records] == ["3", "yes", "5"]
+        assert [r["solution"] for r in records] == ["3", "[[1, 2, 5, 6]]", "5"]
 
     got = read_back(tmp_path / "out" / "train.jsonl")  # auto-detected as ms-swift, images under its dir
-    assert [(r["id"], r["question"], r["images"], r["ground_truth"], r["task"], r["verifier"], r["status"])
-            for r in got] == [
+    assert [
+        (r["id"], r["question"], r["images"], r["ground_truth"], r["task"], r["verifier"], r["status"])
+        for r in got
+    ] == [
         (s["id"], q, s["images"], s["ground_truth"], s["task"], s["verifier"], "ok")
-        for s, q in zip(table.to_pylist(), WRITTEN_QUESTIONS)]
+        for s, q in zip(table.to_pylist(), WRITTEN_QUESTIONS)
+    ]
     assert [r["pism_bucket"] for r in got] == ["hard", "hard", "easy"]
 
 
 def test_error_rows_are_refused_unless_skipped(tmp_path):
-    table = pa.Table.from_pylist([sample("ok", "q1", [png((1, 2, 3))], "1"),
-                                  sample("bad", "q2", [], "2", status="error", error="read: f:1: boom")],
-                                 schema=SCHEMA)
+    table = pa.Table.from_pylist(
+        [
+            sample("ok", "q1", [png((1, 2, 3))], "1"),
+            sample("bad", "q2", [], "2", status="error", error="read: f:1: boom"),
+        ],
+        schema=SCHEMA,
+    )
     with pytest.raises(ExportError, match=r"1 row\(s\) have status=error \(first: 'bad': read: f:1: boom\)"):
         # The ok row's image is written before the error row arrives, then removed again.
         write_swift_grpo_jsonl([table.slice(0, 1), table.slice(1)], tmp_path / "g" / "x.jsonl")
@@ -144,7 +217,9 @@ def test_error_rows_are_refused_unless_skipped(tmp_path):
 
 
 def test_writer_contract_errors(tmp_path):
-    mismatch = pa.Table.from_pylist([sample("m", "<image><image> two?", [png((0, 0, 0))], "1")], schema=SCHEMA)
+    mismatch = pa.Table.from_pylist(
+        [sample("m", "<image><image> two?", [png((0, 0, 0))], "1")], schema=SCHEMA
+    )
     with pytest.raises(ExportError, match="sample 'm': question has 2 <image> placeholders but 1 images"):
         write_verl_parquet(mismatch, tmp_path / "m.parquet")
     with pytest.raises(ExportError, match=r"no column\(s\) \['cmab_rho'\]"):

@@ -44,7 +44,13 @@ from curate.io.containers import CorpusError, ReadUnit
 from curate.io.corpus import Corpus, Normalizer, open_corpus
 from curate.io.paths import ImageRoot, PathError
 from curate.io.readers import LAYOUTS, RowError, SourceFile
-from curate.io.writers import ExportError, ExportSummary, write_sft_jsonl, write_swift_grpo_jsonl, write_verl_parquet
+from curate.io.writers import (
+    ExportError,
+    ExportSummary,
+    write_sft_jsonl,
+    write_swift_grpo_jsonl,
+    write_verl_parquet,
+)
 
 __all__ = [
     "LAYOUTS",

@@ -73,7 +73,9 @@ class Container:
     def plan(self, file: SourceFile, rows_per_unit: int) -> list[ReadUnit]:
         raise NotImplementedError
 
-    def read(self, unit: ReadUnit, batch_rows: int, columns: Optional[Sequence[str]] = None) -> Iterator[pa.Table]:
+    def read(
+        self, unit: ReadUnit, batch_rows: int, columns: Optional[Sequence[str]] = None
+    ) -> Iterator[pa.Table]:
         """Raw batches of at most ``batch_rows`` rows; ``columns`` projects where the format allows."""
         raise NotImplementedError
 
@@ -118,15 +120,21 @@ class ParquetContainer(Container):
     def plan(self, file: SourceFile, rows_per_unit: int) -> list[ReadUnit]:
         meta = self._open(file.path).metadata
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        return [ReadUnit(file, start, stop, stop - start, row_groups=groups)
-                for start, stop, groups in _contiguous_ranges(sizes, rows_per_unit)]
+        return [
+            ReadUnit(file, start, stop, stop - start, row_groups=groups)
+            for start, stop, groups in _contiguous_ranges(sizes, rows_per_unit)
+        ]
 
-    def read(self, unit: ReadUnit, batch_rows: int, columns: Optional[Sequence[str]] = None) -> Iterator[pa.Table]:
+    def read(
+        self, unit: ReadUnit, batch_rows: int, columns: Optional[Sequence[str]] = None
+    ) -> Iterator[pa.Table]:
         pf = self._open(unit.file.path)
         present = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
         meta = pf.metadata
         row = sum(meta.row_group(i).num_rows for i in range(unit.row_groups[0])) if unit.row_groups else 0
-        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=list(unit.row_groups), columns=present):
+        for batch in pf.iter_batches(
+            batch_size=batch_rows, row_groups=list(unit.row_groups), columns=present
+        ):
             lo, hi = max(row, unit.start), min(row + batch.num_rows, unit.stop)
             if hi > lo:
                 yield _with_provenance(batch.slice(lo - row, hi - lo), unit.file.path, lo)
@@ -181,13 +189,20 @@ class JsonlContainer(Container):
         # Blank lines make the last line number unknown without a scan: cap the row count instead.
         return replace(unit, num_rows=num_rows)
 
-    def read(self, unit: ReadUnit, batch_rows: int, columns: Optional[Sequence[str]] = None) -> Iterator[pa.Table]:
+    def read(
+        self, unit: ReadUnit, batch_rows: int, columns: Optional[Sequence[str]] = None
+    ) -> Iterator[pa.Table]:
         lines: list[bytes] = []
         rows: list[int] = []
 
         def flush() -> pa.Table:
-            table = pa.table({LINE_COLUMN: pa.array(lines, pa.binary()), FILE_COLUMN: [unit.file.path] * len(lines),
-                              ROW_COLUMN: pa.array(rows, pa.int64())})
+            table = pa.table(
+                {
+                    LINE_COLUMN: pa.array(lines, pa.binary()),
+                    FILE_COLUMN: [unit.file.path] * len(lines),
+                    ROW_COLUMN: pa.array(rows, pa.int64()),
+                }
+            )
             lines.clear()
             rows.clear()
             return table
@@ -219,7 +234,11 @@ class JsonlContainer(Container):
             except ValueError as err:
                 out.append(RowError(f"invalid JSON: {err}"))
                 continue
-            out.append(rec if isinstance(rec, dict) else RowError(f"JSON line is a {type(rec).__name__}, not an object"))
+            out.append(
+                rec
+                if isinstance(rec, dict)
+                else RowError(f"JSON line is a {type(rec).__name__}, not an object")
+            )
         return out
 
 
@@ -243,10 +262,14 @@ class ArrowContainer(Container):
 
     def plan(self, file: SourceFile, rows_per_unit: int) -> list[ReadUnit]:
         n = self._table(file.path).num_rows
-        return [ReadUnit(file, s, min(s + rows_per_unit, n), min(s + rows_per_unit, n) - s)
-                for s in range(0, n, rows_per_unit)]
+        return [
+            ReadUnit(file, s, min(s + rows_per_unit, n), min(s + rows_per_unit, n) - s)
+            for s in range(0, n, rows_per_unit)
+        ]
 
-    def read(self, unit: ReadUnit, batch_rows: int, columns: Optional[Sequence[str]] = None) -> Iterator[pa.Table]:
+    def read(
+        self, unit: ReadUnit, batch_rows: int, columns: Optional[Sequence[str]] = None
+    ) -> Iterator[pa.Table]:
         table = self._table(unit.file.path).slice(unit.start, unit.stop - unit.start)
         if columns is not None:
             table = table.select([c for c in columns if c in table.column_names])
@@ -254,4 +277,6 @@ class ArrowContainer(Container):
             yield _with_provenance(table.slice(first, batch_rows), unit.file.path, unit.start + first)
 
 
-CONTAINERS: dict[str, Container] = {c.name: c for c in (ParquetContainer(), JsonlContainer(), ArrowContainer())}
+CONTAINERS: dict[str, Container] = {
+    c.name: c for c in (ParquetContainer(), JsonlContainer(), ArrowContainer())
+}

@@ -36,7 +36,7 @@ class ImageRoot:
     root: str
 
     @classmethod
-    def at(cls, directory: str | os.PathLike[str]) -> "ImageRoot":
+    def at(cls, directory: str | os.PathLike[str]) -> ImageRoot:
         real = os.path.realpath(os.fspath(directory))
         if not os.path.isdir(real):
             raise NotADirectoryError(f"image root is not a directory: {directory}")
@@ -54,8 +54,10 @@ class ImageRoot:
         real = os.path.realpath(joined)
         if not _inside(real, self.root):
             if not _inside(joined, self.root):
-                raise PathError(f"absolute image path {ref!r} is outside the image root {self.root} "
-                                "(set data.image_root to a directory that contains it)")
+                raise PathError(
+                    f"absolute image path {ref!r} is outside the image root {self.root} "
+                    "(set data.image_root to a directory that contains it)"
+                )
             raise PathError(f"image path {ref!r} leaves the image root {self.root} through a symlink")
         return real
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class CorpusDatasource(Datasource):
-    def __init__(self, corpus: "Corpus", batch_rows: int):
+    def __init__(self, corpus: Corpus, batch_rows: int):
         super().__init__()
         self._corpus = corpus
         self._batch_rows = batch_rows
@@ -30,15 +30,22 @@ class CorpusDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> Optional[int]:
         return None  # image bytes dominate and are unknown before reading
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None,
-                       data_context: Optional["DataContext"] = None) -> list[ReadTask]:
+    def get_read_tasks(
+        self,
+        parallelism: int,
+        per_task_row_limit: Optional[int] = None,
+        data_context: Optional[DataContext] = None,
+    ) -> list[ReadTask]:
         # One task per unit regardless of ``parallelism``: units are already sized by
         # ``open_corpus(rows_per_unit=...)`` and must not be merged across files.
         corpus, batch_rows = self._corpus, self._batch_rows
         return [
-            ReadTask(lambda unit=unit: corpus.iter_raw(unit, batch_rows),
-                     BlockMetadata(num_rows=unit.num_rows, size_bytes=None, exec_stats=None,
-                                   input_files=(unit.file.path,)),
-                     per_task_row_limit=per_task_row_limit)
+            ReadTask(
+                lambda unit=unit: corpus.iter_raw(unit, batch_rows),
+                BlockMetadata(
+                    num_rows=unit.num_rows, size_bytes=None, exec_stats=None, input_files=(unit.file.path,)
+                ),
+                per_task_row_limit=per_task_row_limit,
+            )
             for unit in corpus.units
         ]

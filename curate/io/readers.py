@@ -88,8 +88,9 @@ def single_turn(messages: Any, what: str) -> tuple[Any, Any]:
         raise RowError(f"{what} must be a list of chat messages, got {type(messages).__name__}")
     roles = [m.get("role") for m in messages if m.get("role") != "system"]
     if roles not in (["user"], ["user", "assistant"]):
-        raise RowError(f"{what} must be one user turn (optionally followed by one assistant turn), "
-                       f"got roles {roles}")
+        raise RowError(
+            f"{what} must be one user turn (optionally followed by one assistant turn), got roles {roles}"
+        )
     turns = [m for m in messages if m.get("role") != "system"]
     return turns[0].get("content"), (turns[1].get("content") if len(turns) == 2 else None)
 
@@ -141,10 +142,16 @@ class CanonicalLayout(Layout):
         if status not in (S.STATUS_OK, S.STATUS_ERROR):
             raise RowError(f"status must be {S.STATUS_OK!r} or {S.STATUS_ERROR!r}, got {status!r}")
         prior = (rec.get(S.ERROR) or "error (no message)") if status == S.STATUS_ERROR else None
-        return Fields(question=rec.get(S.QUESTION), images=rec.get(S.IMAGES) or [],
-                      ground_truth=rec.get(S.GROUND_TRUTH), task=rec.get(S.TASK),
-                      data_source=rec.get(S.DATA_SOURCE), verifier=rec.get(S.VERIFIER),
-                      image_paths=rec.get(S.IMAGE_PATHS), prior_error=prior)
+        return Fields(
+            question=rec.get(S.QUESTION),
+            images=rec.get(S.IMAGES) or [],
+            ground_truth=rec.get(S.GROUND_TRUTH),
+            task=rec.get(S.TASK),
+            data_source=rec.get(S.DATA_SOURCE),
+            verifier=rec.get(S.VERIFIER),
+            image_paths=rec.get(S.IMAGE_PATHS),
+            prior_error=prior,
+        )
 
 
 class VerlLayout(Layout):
@@ -171,9 +178,14 @@ class VerlLayout(Layout):
     def extract(self, rec: Mapping[str, Any], file: SourceFile) -> Fields:
         question, _ = single_turn(require(rec, "prompt"), "prompt")
         reward = _dict(rec, "reward_model")
-        return Fields(question=question, images=rec.get("images"), ground_truth=reward.get("ground_truth"),
-                      task=rec.get("ability"), data_source=rec.get("data_source") or file.key,
-                      verifier=self._verifier(rec))
+        return Fields(
+            question=question,
+            images=rec.get("images"),
+            ground_truth=reward.get("ground_truth"),
+            task=rec.get("ability"),
+            data_source=rec.get("data_source") or file.key,
+            verifier=self._verifier(rec),
+        )
 
     def _verifier(self, rec: Mapping[str, Any]) -> Any:
         # Not a verl field: our exporter stores the per-sample grader override in extra_info.
@@ -217,14 +229,21 @@ class DifficultySamplingLayout(Layout):
 
     name = "difficulty_sampling"
     required = ("prompt", "ground_truth", "image_paths")
-    consumed = frozenset({"id", "ability", "prompt", "ground_truth", "image_paths", "verifier", "data_source"})
+    consumed = frozenset(
+        {"id", "ability", "prompt", "ground_truth", "image_paths", "verifier", "data_source"}
+    )
     id_columns = ("id",)
     needs = "prompt, ground_truth, image_paths"
 
     def extract(self, rec: Mapping[str, Any], file: SourceFile) -> Fields:
-        return Fields(question=require(rec, "prompt"), images=rec.get("image_paths"),
-                      ground_truth=require(rec, "ground_truth"), task=rec.get("ability"),
-                      data_source=rec.get("data_source") or file.key, verifier=rec.get("verifier"))
+        return Fields(
+            question=require(rec, "prompt"),
+            images=rec.get("image_paths"),
+            ground_truth=require(rec, "ground_truth"),
+            task=rec.get("ability"),
+            data_source=rec.get("data_source") or file.key,
+            verifier=rec.get("verifier"),
+        )
 
 
 class SwiftLayout(Layout):
@@ -244,10 +263,14 @@ class SwiftLayout(Layout):
     def extract(self, rec: Mapping[str, Any], file: SourceFile) -> Fields:
         question, answer = single_turn(require(rec, "messages"), "messages")
         solution = rec.get("solution")
-        return Fields(question=question, images=rec.get("images"),
-                      ground_truth=solution if solution is not None else answer,
-                      task=rec.get("task") or rec.get("task_type"),
-                      data_source=rec.get("data_source") or file.key, verifier=rec.get("verifier"))
+        return Fields(
+            question=question,
+            images=rec.get("images"),
+            ground_truth=solution if solution is not None else answer,
+            task=rec.get("task") or rec.get("task_type"),
+            data_source=rec.get("data_source") or file.key,
+            verifier=rec.get("verifier"),
+        )
 
 
 # Detection order matters: the first layout whose columns match wins (orsta before verl).

@@ -75,7 +75,9 @@ def _iter_tables(tables: Tables) -> Iterator[pa.Table]:
         yield from tables
 
 
-def chat_messages(question: str, num_images: int, prompt: Optional[PromptConfig], sample_id: str) -> list[dict]:
+def chat_messages(
+    question: str, num_images: int, prompt: Optional[PromptConfig], sample_id: str
+) -> list[dict]:
     """The scoring prompt as text messages: ``<image>`` markers where build_messages puts images."""
     try:
         messages = build_messages(question, num_images, prompt or _BARE_PROMPT)
@@ -112,8 +114,10 @@ class _RowFilter:
 
     def finish(self) -> None:
         if self.refusing:
-            raise ExportError(f"{self.errors} row(s) have status=error (first: {self.first_error}); refusing to "
-                              f"export them to {self.what}. Pass skip_errors=True to leave them out")
+            raise ExportError(
+                f"{self.errors} row(s) have status=error (first: {self.first_error}); refusing to "
+                f"export them to {self.what}. Pass skip_errors=True to leave them out"
+            )
         if self.errors:
             logger.warning("%s: left out %d row(s) with status=error", self.what, self.errors)
 
@@ -135,31 +139,50 @@ def _commit(tmp: str, path: str, ok: bool) -> None:
 # verl
 # ---------------------------------------------------------------------------------------------
 
+
 def _verl_schema(extra_fields: Sequence[pa.Field]) -> pa.Schema:
     """verl's columns as an Arrow schema with the HF feature metadata (images = List(Image()))."""
     import datasets
 
-    extra_info = pa.schema([pa.field("index", pa.int64()), pa.field("id", pa.string()),
-                            pa.field("task", pa.string()), pa.field("verifier", pa.string()),
-                            pa.field("split", pa.string()), *extra_fields])
-    features = datasets.Features({
-        "data_source": datasets.Value("string"),
-        "prompt": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
-        "images": datasets.List(datasets.Image()),
-        "ability": datasets.Value("string"),
-        "reward_model": {"style": datasets.Value("string"), "ground_truth": datasets.Value("string")},
-        "extra_info": dict(datasets.Features.from_arrow_schema(extra_info)),
-    })
+    extra_info = pa.schema(
+        [
+            pa.field("index", pa.int64()),
+            pa.field("id", pa.string()),
+            pa.field("task", pa.string()),
+            pa.field("verifier", pa.string()),
+            pa.field("split", pa.string()),
+            *extra_fields,
+        ]
+    )
+    features = datasets.Features(
+        {
+            "data_source": datasets.Value("string"),
+            "prompt": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+            "images": datasets.List(datasets.Image()),
+            "ability": datasets.Value("string"),
+            "reward_model": {"style": datasets.Value("string"), "ground_truth": datasets.Value("string")},
+            "extra_info": dict(datasets.Features.from_arrow_schema(extra_info)),
+        }
+    )
     return features.arrow_schema
 
 
-def write_verl_parquet(tables: Tables, path: str | os.PathLike[str], *, split: str = "train",
-                       extra_info_columns: Sequence[str] = (), skip_errors: bool = False,
-                       prompt: Optional[PromptConfig] = None, row_group_rows: int = 128) -> ExportSummary:
+def write_verl_parquet(
+    tables: Tables,
+    path: str | os.PathLike[str],
+    *,
+    split: str = "train",
+    extra_info_columns: Sequence[str] = (),
+    skip_errors: bool = False,
+    prompt: Optional[PromptConfig] = None,
+    row_group_rows: int = 128,
+) -> ExportSummary:
     """Write verl RL parquet; ``extra_info_columns`` (e.g. ``pism_bucket``) are copied into extra_info."""
     clash = sorted(set(extra_info_columns) & set(_VERL_EXTRA_INFO))
     if clash:
-        raise ExportError(f"extra_info_columns {clash} clash with verl's own extra_info keys {_VERL_EXTRA_INFO}")
+        raise ExportError(
+            f"extra_info_columns {clash} clash with verl's own extra_info keys {_VERL_EXTRA_INFO}"
+        )
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     rows_filter = _RowFilter(skip_errors, path)
@@ -177,17 +200,24 @@ def write_verl_parquet(tables: Tables, path: str | os.PathLike[str], *, split: s
             out = []
             for r in rows:
                 n = len(r[S.IMAGES] or [])
-                extra = {"index": written + len(out), "id": r[S.ID], "task": r[S.TASK],
-                         "verifier": r[S.VERIFIER], "split": split}
+                extra = {
+                    "index": written + len(out),
+                    "id": r[S.ID],
+                    "task": r[S.TASK],
+                    "verifier": r[S.VERIFIER],
+                    "split": split,
+                }
                 extra.update({c: r[c] for c in extra_info_columns})
-                out.append({
-                    "data_source": r[S.DATA_SOURCE],
-                    "prompt": chat_messages(r[S.QUESTION], n, prompt, r[S.ID]),
-                    "images": [{"bytes": b, "path": None} for b in r[S.IMAGES] or []],
-                    "ability": r[S.TASK],
-                    "reward_model": {"style": "rule", "ground_truth": r[S.GROUND_TRUTH]},
-                    "extra_info": extra,
-                })
+                out.append(
+                    {
+                        "data_source": r[S.DATA_SOURCE],
+                        "prompt": chat_messages(r[S.QUESTION], n, prompt, r[S.ID]),
+                        "images": [{"bytes": b, "path": None} for b in r[S.IMAGES] or []],
+                        "ability": r[S.TASK],
+                        "reward_model": {"style": "rule", "ground_truth": r[S.GROUND_TRUTH]},
+                        "extra_info": extra,
+                    }
+                )
             writer.write_table(pa.Table.from_pylist(out, schema=writer.schema), row_group_size=row_group_rows)
             written += len(out)
         if writer is None:
@@ -207,6 +237,7 @@ def write_verl_parquet(tables: Tables, path: str | os.PathLike[str], *, split: s
 # ---------------------------------------------------------------------------------------------
 # ms-swift / LLaMA-Factory JSONL
 # ---------------------------------------------------------------------------------------------
+
 
 def _image_file(data: bytes) -> tuple[bytes, str]:
     """(bytes to write, extension): the original encoding when it is a common one, else PNG."""
@@ -244,8 +275,14 @@ class _ImageFiles:
             os.remove(p)
 
 
-def _write_jsonl(tables: Tables, path: str | os.PathLike[str], make: Callable[[dict, list[str]], dict],
-                 extra_columns: Sequence[str], skip_errors: bool, absolute_image_paths: bool) -> ExportSummary:
+def _write_jsonl(
+    tables: Tables,
+    path: str | os.PathLike[str],
+    make: Callable[[dict, list[str]], dict],
+    extra_columns: Sequence[str],
+    skip_errors: bool,
+    absolute_image_paths: bool,
+) -> ExportSummary:
     path = os.fspath(path)
     root = os.path.dirname(os.path.abspath(path))
     os.makedirs(root, exist_ok=True)
@@ -275,28 +312,52 @@ def _write_jsonl(tables: Tables, path: str | os.PathLike[str], make: Callable[[d
     return ExportSummary(path, written, rows_filter.errors, len(files.created))
 
 
-def write_swift_grpo_jsonl(tables: Tables, path: str | os.PathLike[str], *, extra_columns: Sequence[str] = (),
-                           skip_errors: bool = False, prompt: Optional[PromptConfig] = None,
-                           absolute_image_paths: bool = False) -> ExportSummary:
+def write_swift_grpo_jsonl(
+    tables: Tables,
+    path: str | os.PathLike[str],
+    *,
+    extra_columns: Sequence[str] = (),
+    skip_errors: bool = False,
+    prompt: Optional[PromptConfig] = None,
+    absolute_image_paths: bool = False,
+) -> ExportSummary:
     """ms-swift GRPO JSONL; ``solution`` is the ground truth, extra keys reach the reward functions."""
 
     def make(r: dict, images: list[str]) -> dict:
-        return {"id": r[S.ID], "messages": chat_messages(r[S.QUESTION], len(images), prompt, r[S.ID]),
-                "images": images, "solution": r[S.GROUND_TRUTH], "task": r[S.TASK],
-                "verifier": r[S.VERIFIER], "data_source": r[S.DATA_SOURCE]}
+        return {
+            "id": r[S.ID],
+            "messages": chat_messages(r[S.QUESTION], len(images), prompt, r[S.ID]),
+            "images": images,
+            "solution": r[S.GROUND_TRUTH],
+            "task": r[S.TASK],
+            "verifier": r[S.VERIFIER],
+            "data_source": r[S.DATA_SOURCE],
+        }
 
     return _write_jsonl(tables, path, make, extra_columns, skip_errors, absolute_image_paths)
 
 
-def write_sft_jsonl(tables: Tables, path: str | os.PathLike[str], *, extra_columns: Sequence[str] = (),
-                    skip_errors: bool = False, prompt: Optional[PromptConfig] = None,
-                    absolute_image_paths: bool = False) -> ExportSummary:
-    """SFT JSONL (ms-swift / LLaMA-Factory ``messages`` + ``images``); the assistant turn is the ground truth."""
+def write_sft_jsonl(
+    tables: Tables,
+    path: str | os.PathLike[str],
+    *,
+    extra_columns: Sequence[str] = (),
+    skip_errors: bool = False,
+    prompt: Optional[PromptConfig] = None,
+    absolute_image_paths: bool = False,
+) -> ExportSummary:
+    """SFT JSONL (ms-swift / LLaMA-Factory ``messages`` + ``images``); the assistant turn = ground truth."""
 
     def make(r: dict, images: list[str]) -> dict:
         messages = chat_messages(r[S.QUESTION], len(images), prompt, r[S.ID])
         messages.append({"role": "assistant", "content": r[S.GROUND_TRUTH]})
-        return {"id": r[S.ID], "messages": messages, "images": images, "task": r[S.TASK],
-                "verifier": r[S.VERIFIER], "data_source": r[S.DATA_SOURCE]}
+        return {
+            "id": r[S.ID],
+            "messages": messages,
+            "images": images,
+            "task": r[S.TASK],
+            "verifier": r[S.VERIFIER],
+            "data_source": r[S.DATA_SOURCE],
+        }
 
     return _write_jsonl(tables, path, make, extra_columns, skip_errors, absolute_image_paths)
