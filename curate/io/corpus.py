@@ -58,6 +58,7 @@ _NO_SYSTEM_PROMPT = PromptConfig(system_prompt="")
 # Value checks shared by every layout
 # ---------------------------------------------------------------------------------------------
 
+
 def _text(value: Any, what: str) -> Optional[str]:
     """A text field: None stays None (the caller decides whether that is an error)."""
     if value is None or isinstance(value, str):
@@ -98,6 +99,7 @@ def _passthrough_text(value: Any) -> Optional[str]:
 # The normalisation step
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Normalizer:
     """Raw rows (a container's batch with provenance columns) → canonical rows. Pure and picklable.
@@ -126,8 +128,9 @@ class Normalizer:
         for rec, path, row in zip(records, paths, rows):
             for name, value in self._row(rec, self.files[path], row).items():
                 canonical[name].append(value)
-        columns: dict[str, Any] = {name: pa.array(values, S.CANONICAL_SCHEMA.field(name).type)
-                                   for name, values in canonical.items()}
+        columns: dict[str, Any] = {
+            name: pa.array(values, S.CANONICAL_SCHEMA.field(name).type) for name, values in canonical.items()
+        }
         for source, target in self.passthrough.items():
             typ = self.schema.field(target).type
             if source in self.passthrough_as_text:
@@ -172,10 +175,19 @@ class Normalizer:
     @staticmethod
     def _copy_prior(out: dict[str, Any], fields: Fields) -> None:
         """A canonical row an earlier stage marked as an error stays one, with its own message."""
-        out.update({S.DATA_SOURCE: fields.data_source, S.TASK: fields.task, S.QUESTION: fields.question,
-                    S.IMAGES: fields.images, S.IMAGE_PATHS: fields.image_paths,
-                    S.GROUND_TRUTH: fields.ground_truth, S.VERIFIER: fields.verifier,
-                    S.STATUS: S.STATUS_ERROR, S.ERROR: fields.prior_error})
+        out.update(
+            {
+                S.DATA_SOURCE: fields.data_source,
+                S.TASK: fields.task,
+                S.QUESTION: fields.question,
+                S.IMAGES: fields.images,
+                S.IMAGE_PATHS: fields.image_paths,
+                S.GROUND_TRUTH: fields.ground_truth,
+                S.VERIFIER: fields.verifier,
+                S.STATUS: S.STATUS_ERROR,
+                S.ERROR: fields.prior_error,
+            }
+        )
 
     def _fill(self, out: dict[str, Any], fields: Fields, file: SourceFile) -> None:
         out[S.DATA_SOURCE] = _text(fields.data_source, "data_source") or file.key
@@ -231,6 +243,7 @@ class Normalizer:
 # Opening a corpus
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Corpus:
     """An opened corpus: its files, read plan and normalisation step.
@@ -263,14 +276,16 @@ class Corpus:
             for raw in self.iter_raw(unit, batch_rows):
                 yield self.normalize(raw)
 
-    def to_ray_dataset(self, batch_rows: int = 256) -> "ray.data.Dataset":
+    def to_ray_dataset(self, batch_rows: int = 256) -> ray.data.Dataset:
         """The same rows as a Ray Dataset: one read task per unit, then ``map_batches(normalize)``."""
         import ray.data
 
         from curate.io.ray_source import CorpusDatasource
 
-        return ray.data.read_datasource(CorpusDatasource(self, batch_rows)).map_batches(
-            self.normalize, batch_format="pyarrow", batch_size=batch_rows, zero_copy_batch=True)
+        source = CorpusDatasource(self.format, self.container, self.units, batch_rows)
+        return ray.data.read_datasource(source).map_batches(
+            self.normalize, batch_format="pyarrow", batch_size=batch_rows, zero_copy_batch=True
+        )
 
 
 def _glob_base(pattern: str) -> str:
@@ -284,8 +299,10 @@ def _glob_base(pattern: str) -> str:
 
 def _list_files(path: str, fmt: str) -> tuple[str, list[str], str]:
     """(container, files sorted, base directory for file keys)."""
-    if os.path.isdir(path) and (os.path.exists(os.path.join(path, "state.json"))
-                                or os.path.exists(os.path.join(path, "dataset_dict.json"))):
+    if os.path.isdir(path) and (
+        os.path.exists(os.path.join(path, "state.json"))
+        or os.path.exists(os.path.join(path, "dataset_dict.json"))
+    ):
         import datasets
 
         loaded = datasets.load_from_disk(path)
@@ -293,8 +310,10 @@ def _list_files(path: str, fmt: str) -> tuple[str, list[str], str]:
         files = [c["filename"] for part in parts for c in part.cache_files]
         return "arrow", files, path
     if fmt == "hf_disk":
-        raise ConfigError(f"config key 'data.path': {path} is not a datasets.save_to_disk directory "
-                          "(no state.json or dataset_dict.json)")
+        raise ConfigError(
+            f"config key 'data.path': {path} is not a datasets.save_to_disk directory "
+            "(no state.json or dataset_dict.json)"
+        )
     if os.path.isdir(path):
         files, base = [os.path.join(path, n) for n in os.listdir(path)], path
     elif glob.has_magic(path):
@@ -328,21 +347,27 @@ def _choose_layout(fmt: str, container: str, files: list[str]) -> type[Layout]:
             for f, cols in columns.items():
                 missing = [c for c in cls.required if c not in cols]
                 if missing:
-                    raise CorpusError(f"{f}: data.format={fmt} needs column(s) {missing}; it has {sorted(cols)}")
+                    raise CorpusError(
+                        f"{f}: data.format={fmt} needs column(s) {missing}; it has {sorted(cols)}"
+                    )
         return cls
     found = {f: detect_layout(cols) for f, cols in columns.items()}
     unknown = [f for f, cls in found.items() if cls is None]
     if unknown:
-        raise ConfigError(f"config key 'data.format': cannot detect the layout of {unknown[0]} "
-                          f"(columns {sorted(columns[unknown[0]])}); layouts need: {describe_layouts()}. "
-                          "Set data.format explicitly")
+        raise ConfigError(
+            f"config key 'data.format': cannot detect the layout of {unknown[0]} "
+            f"(columns {sorted(columns[unknown[0]])}); layouts need: {describe_layouts()}. "
+            "Set data.format explicitly"
+        )
     if container != "jsonl" and any(cls is CanonicalLayout for cls in found.values()):
         for f in files:
             _check_canonical_types(f, CONTAINERS[container].arrow_schema(f))
     names = {cls.name for cls in found.values()}
     if len(names) > 1:
-        raise ConfigError(f"config key 'data.path': files have different layouts "
-                          f"{ {f: cls.name for f, cls in found.items()} }; read them separately")
+        raise ConfigError(
+            f"config key 'data.path': files have different layouts "
+            f"{ {f: cls.name for f, cls in found.items()} }; read them separately"
+        )
     return next(iter(found.values()))
 
 
@@ -368,7 +393,9 @@ def open_corpus(cfg: DataConfig, *, validate_images: bool = True, rows_per_unit:
     ``rows_per_unit`` sizes read units (Parquet units follow row groups; one Ray read task each).
     """
     if cfg.format == "toy":
-        raise ConfigError("config key 'data.format': format=toy is generated by curate.toy, not read from files")
+        raise ConfigError(
+            "config key 'data.format': format=toy is generated by curate.toy, not read from files"
+        )
     if not cfg.path:
         raise ConfigError("config key 'data.path': is required")
     container_name, paths, base = _list_files(os.path.abspath(cfg.path), cfg.format)
@@ -383,9 +410,14 @@ def open_corpus(cfg: DataConfig, *, validate_images: bool = True, rows_per_unit:
     else:
         fixed_root = None
     hf_root = base if container_name == "arrow" else None
-    files = [SourceFile(path=p, key=_file_key(p, base),
-                        image_root=fixed_root or ImageRoot.at(hf_root or os.path.dirname(p)).root)
-             for p in paths]
+    files = [
+        SourceFile(
+            path=p,
+            key=_file_key(p, base),
+            image_root=fixed_root or ImageRoot.at(hf_root or os.path.dirname(p)).root,
+        )
+        for p in paths
+    ]
 
     units: list[ReadUnit] = []
     remaining = cfg.limit
@@ -405,18 +437,39 @@ def open_corpus(cfg: DataConfig, *, validate_images: bool = True, rows_per_unit:
     by_path = {f.path: f for f in files}
     duplicates, jsonl_keys = _id_prepass(container_name, layout, units)
     schema, passthrough, as_text = _output_schema(container_name, layout, files, jsonl_keys)
-    normalize = Normalizer(layout=layout, container=container_name, schema=schema, passthrough=passthrough,
-                           passthrough_as_text=as_text, files=by_path, duplicates=duplicates,
-                           validate_images=validate_images)
-    corpus = Corpus(format=layout.name, container=container_name, files=tuple(files), units=tuple(units),
-                    normalize=normalize)
-    logger.info("corpus %s: %d %s file(s), layout %s, %d rows in %d units, %d duplicate ids",
-                cfg.path, len(files), container_name, layout.name, corpus.num_rows, len(units), len(duplicates))
+    normalize = Normalizer(
+        layout=layout,
+        container=container_name,
+        schema=schema,
+        passthrough=passthrough,
+        passthrough_as_text=as_text,
+        files=by_path,
+        duplicates=duplicates,
+        validate_images=validate_images,
+    )
+    corpus = Corpus(
+        format=layout.name,
+        container=container_name,
+        files=tuple(files),
+        units=tuple(units),
+        normalize=normalize,
+    )
+    logger.info(
+        "corpus %s: %d %s file(s), layout %s, %d rows in %d units, %d duplicate ids",
+        cfg.path,
+        len(files),
+        container_name,
+        layout.name,
+        corpus.num_rows,
+        len(units),
+        len(duplicates),
+    )
     return corpus
 
 
-def _id_prepass(container_name: str, layout: Layout, units: list[ReadUnit]
-                ) -> tuple[dict[tuple[str, int], tuple[str, str]], list[str]]:
+def _id_prepass(
+    container_name: str, layout: Layout, units: list[ReadUnit]
+) -> tuple[dict[tuple[str, int], tuple[str, str]], list[str]]:
     """Rows reusing an earlier row's id (→ their own id ``<id>#<file key>:<row>`` and the reason) and,
     for JSONL, every key seen (in first-seen order)."""
     container = CONTAINERS[container_name]
@@ -437,15 +490,18 @@ def _id_prepass(container_name: str, layout: Layout, units: list[ReadUnit]
                 sid = sid or f"{unit.file.key}:{row}"
                 where = f"{unit.file.path}:{row}"
                 if sid in first_seen:
-                    duplicates[(unit.file.path, row)] = (f"{sid}#{unit.file.key}:{row}",
-                                                         f"duplicate id {sid!r} (first used at {first_seen[sid]})")
+                    duplicates[(unit.file.path, row)] = (
+                        f"{sid}#{unit.file.key}:{row}",
+                        f"duplicate id {sid!r} (first used at {first_seen[sid]})",
+                    )
                 else:
                     first_seen[sid] = where
     return duplicates, list(keys)
 
 
-def _output_schema(container_name: str, layout: Layout, files: list[SourceFile], jsonl_keys: list[str]
-                   ) -> tuple[pa.Schema, dict[str, str], frozenset]:
+def _output_schema(
+    container_name: str, layout: Layout, files: list[SourceFile], jsonl_keys: list[str]
+) -> tuple[pa.Schema, dict[str, str], frozenset]:
     """Canonical columns, then every other source column (renamed ``orig_<name>`` on a clash).
 
     Returns the schema, source → output column names, and the source columns passed through as
@@ -467,8 +523,13 @@ def _output_schema(container_name: str, layout: Layout, files: list[SourceFile],
     fields = list(S.CANONICAL_SCHEMA)
     for source, candidates in types.items():
         try:
-            typ = pa.unify_schemas([pa.schema([(source, t)]) for t in candidates],
-                                   promote_options="permissive").field(source).type if candidates else None
+            typ = (
+                pa.unify_schemas([pa.schema([(source, t)]) for t in candidates], promote_options="permissive")
+                .field(source)
+                .type
+                if candidates
+                else None
+            )
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             typ = None  # the files disagree (e.g. a string vs a list answer): pass it through as text
         if typ is None:

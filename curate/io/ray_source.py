@@ -7,25 +7,30 @@ This datasource runs the very same container readers as the local path, one read
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from curate.io.containers import CONTAINERS, ReadUnit
+
 if TYPE_CHECKING:
     from ray.data.context import DataContext
 
-    from curate.io.corpus import Corpus
-
 
 class CorpusDatasource(Datasource):
-    def __init__(self, corpus: Corpus, batch_rows: int):
+    """Raw batches of a corpus' read units. Holds only the units: each read task ships one unit and
+    the (stateless) container reader, not the corpus, so planning stays linear in the corpus size."""
+
+    def __init__(self, name: str, container: str, units: Sequence[ReadUnit], batch_rows: int):
         super().__init__()
-        self._corpus = corpus
+        self._name = name
+        self._container = container
+        self._units = tuple(units)
         self._batch_rows = batch_rows
 
     def get_name(self) -> str:
-        return f"Corpus[{self._corpus.format}]"
+        return f"Corpus[{self._name}]"
 
     def estimate_inmemory_data_size(self) -> Optional[int]:
         return None  # image bytes dominate and are unknown before reading
@@ -38,14 +43,14 @@ class CorpusDatasource(Datasource):
     ) -> list[ReadTask]:
         # One task per unit regardless of ``parallelism``: units are already sized by
         # ``open_corpus(rows_per_unit=...)`` and must not be merged across files.
-        corpus, batch_rows = self._corpus, self._batch_rows
+        reader, batch_rows = CONTAINERS[self._container], self._batch_rows
         return [
             ReadTask(
-                lambda unit=unit: corpus.iter_raw(unit, batch_rows),
+                lambda unit=unit: reader.read(unit, batch_rows),
                 BlockMetadata(
                     num_rows=unit.num_rows, size_bytes=None, exec_stats=None, input_files=(unit.file.path,)
                 ),
                 per_task_row_limit=per_task_row_limit,
             )
-            for unit in corpus.units
+            for unit in self._units
         ]
