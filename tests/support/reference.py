@@ -1,0 +1,48 @@
+"""An independent reference for any engine's tokens: one teacher-forced transformers forward pass.
+
+Given a request and the tokens an engine generated for it, the reference returns, per generated
+token, its log-probability under the transformers model, the model's own top token at that step, and
+the margin between its two best tokens. Engines can then be held to: the same log-probabilities
+within a tolerance everywhere, and the same (greedy) token wherever the margin is clear — near-ties
+may legitimately break either way between two numerically different kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from curate.engines.base import GenerationRequest
+
+
+@dataclass
+class ReferenceSteps:
+    logprobs: list[float]  # log p(engine's token) under the reference model
+    top_tokens: list[int]  # the reference model's argmax at each step
+    margins: list[float]  # top-1 minus top-2 log-probability at each step
+
+
+def teacher_forced(model: Any, processor: Any, request: GenerationRequest, token_ids: Sequence[int]) -> ReferenceSteps:
+    text = processor.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+    kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+    if request.images:
+        kwargs["images"] = list(request.images)
+    inputs = dict(processor(**kwargs))
+    prompt_len = inputs["input_ids"].shape[1]
+    generated = torch.tensor([list(token_ids)], dtype=inputs["input_ids"].dtype)
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], generated], dim=1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    for key in ("mm_token_type_ids", "token_type_ids"):  # generated tokens are text
+        if key in inputs:
+            inputs[key] = torch.cat([inputs[key], torch.zeros_like(generated)], dim=1)
+    with torch.inference_mode():
+        logits = model(**inputs).logits[0, prompt_len - 1 : -1].float()
+    logprobs = logits.log_softmax(-1)
+    top2 = logprobs.topk(2, dim=-1)
+    return ReferenceSteps(
+        logprobs=logprobs.gather(-1, generated[0, :, None])[:, 0].tolist(),
+        top_tokens=top2.indices[:, 0].tolist(),
+        margins=(top2.values[:, 0] - top2.values[:, 1]).tolist(),
+    )

