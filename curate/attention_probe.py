@@ -31,6 +31,7 @@ from __future__ import annotations
 import inspect
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 import torch
@@ -42,6 +43,7 @@ __all__ = [
     "decoder_layers",
     "pack_responses",
     "probe_attention",
+    "save_heatmap",
     "visual_token_ids",
 ]
 
@@ -457,3 +459,42 @@ def _mm_token_types(ids: Tensor, model: nn.Module) -> Tensor:
     if video_id is not None:
         types[ids == video_id] = _MM_VIDEO
     return types
+
+
+def save_heatmap(result: ProbeResult, path: str | Path, tokens: Optional[Sequence[str]] = None,
+                 title: str = "") -> Path:
+    """PNG of one sample's image and text attention mass, layers × response tokens, side by side.
+
+    ``tokens`` labels the columns (the decoded response tokens); column ``t`` is the query that
+    produced token ``t``. Useful to see which layers and which tokens look at the image.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = result.response_length
+    if tokens is not None and len(tokens) != n:
+        raise ValueError(f"{len(tokens)} token labels for {n} response tokens")
+    width = min(4 + 0.25 * n, 40)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * width, 1.5 + 0.3 * len(result.layers)), squeeze=False)
+    for ax, mass, name in ((axes[0][0], result.image_mass, "image"), (axes[0][1], result.text_mass, "text")):
+        shown = ax.imshow(mass.float().numpy(), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
+                          interpolation="nearest")
+        ax.set_title(f"{name} attention mass ({result.image_tokens} image tokens, text={result.text_span})"
+                     if name == "image" else f"{name} attention mass (text={result.text_span})")
+        ax.set_ylabel("decoder layer")
+        ax.set_yticks(range(len(result.layers)), [str(i) for i in result.layers])
+        if tokens is not None:
+            ax.set_xticks(range(n), list(tokens), rotation=90, fontsize=7)
+        else:
+            ax.set_xlabel("response token")
+        fig.colorbar(shown, ax=ax, fraction=0.03)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

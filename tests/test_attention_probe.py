@@ -20,7 +20,7 @@ from transformers import (
 )
 
 import curate.attention_probe as probe_module
-from curate.attention_probe import ProbeError, decoder_layers, pack_responses, probe_attention
+from curate.attention_probe import ProbeError, decoder_layers, pack_responses, probe_attention, save_heatmap
 
 IMAGE, VIDEO, VSTART, VEND, PAD = 290, 291, 292, 293, 0
 PATCH_DIM = 3 * 2 * 14 * 14  # channels × temporal patch × patch²
@@ -308,3 +308,16 @@ def test_bad_arguments_fail_clearly(eager_model):
         probe_attention(eager_model, inputs, [0])
     with pytest.raises(ValueError, match="visual tokens inside the response"):
         probe_attention(eager_model, inputs, [lengths[0] + 8])
+
+
+def test_heatmap_png(eager_model, tmp_path):
+    from PIL import Image
+
+    inputs, lengths = batch_for((2,), "left")
+    result = probe_attention(eager_model, inputs, lengths)[0]
+    path = save_heatmap(result, tmp_path / "sample.png", tokens=[f"t{i}" for i in range(lengths[0])], title="x")
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.width > img.height > 100
+        assert len(set(img.convert("RGB").getdata())) > 20  # a rendered map, not a blank canvas
+    with pytest.raises(ValueError, match="token labels"):
+        save_heatmap(result, tmp_path / "bad.png", tokens=["a"])
