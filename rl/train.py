@@ -1,0 +1,237 @@
+"""Train a VLM with verl's GRPO trainer from a hardmode recipe.
+
+    python -m rl train --config configs/rl/toy_cpu.yaml [--dry-run] [key=value ...]
+
+A recipe is a YAML file mirroring verl's ``ppo_trainer`` config (``verl/trainer/config/ppo_trainer.yaml``)
+with the keys it changes, plus a ``hardmode:`` section for this project's switches. ``key=value``
+arguments are Hydra overrides for verl (``+key=value`` adds a key verl lacks) or, under ``hardmode.``,
+for that section. The result is one command, printed first and then executed in place of this
+process: ``python -m verl.trainer.main_ppo <overrides>``, verl's own entry point, unmodified. The same
+command runs locally and as a Ray job (``ray job submit --working-dir . -- python -m rl train ...``).
+
+Precedence, lowest first: verl's defaults, what ``hardmode`` implies (e.g. the CPU path), the recipe,
+the command line. A recipe key written ``+name`` is added to verl's config instead of overridden.
+Every key is checked against verl's config before anything starts (a typo fails naming the key), and
+keys the recipe leaves as ``???`` must be given on the command line.
+
+Ray: unless ``RAY_ADDRESS`` is set (``ray job submit`` sets it) or the recipe names
+``ray_kwargs.ray_init.address``, the trainer starts a private local cluster (``address=local``) and
+never joins another cluster running on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from curate.config import ConfigError
+
+__all__ = ["HardmodeSection", "TrainPlan", "add_arguments", "main", "plan_training", "verl_config"]
+
+VERL_ENTRY = "verl.trainer.main_ppo"
+VERL_CONFIG_NAME = "ppo_trainer"
+MISSING = "???"
+TOY_MODEL = "toy"  # actor_rollout_ref.model.path value naming the project's tiny trained model
+_UNQUOTED = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/:]*|\$\{[^{}'\\]+\}")  # plain words, paths, ${interpolation}
+_HYDRA_WORDS = {"true", "false", "null", "none", "nan", "inf"}
+
+
+@dataclass
+class HardmodeSection:
+    """The recipe's ``hardmode:`` section (everything else in a recipe is verl's)."""
+
+    # Run verl on this machine's CPU (rl.cpu): verl's platform, rollout and env settings for
+    # machines without an accelerator. Tests and the offline demo; never on a GPU cluster.
+    cpu: bool = False
+
+
+@dataclass
+class TrainPlan:
+    """What ``python -m rl train`` runs: verl's entry point with these overrides and environment."""
+
+    overrides: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", VERL_ENTRY, *self.overrides]
+
+    def shell(self) -> str:
+        """The command as one shell line, environment first (what gets printed)."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
+        return (env + " " if env else "") + shlex.join(["python", "-m", VERL_ENTRY, *self.overrides])
+
+
+def hydra_value(value: Any) -> str:
+    """``value`` written in Hydra's override grammar, keeping its type (a string stays a string)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        if _UNQUOTED.fullmatch(value) and value.lower() not in _HYDRA_WORDS:
+            return value
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    raise ConfigError(f"cannot pass a {type(value).__name__} to verl: {value!r}")
+
+
+def _flatten(node: Mapping[str, Any], prefix: str = "", add: bool = False) -> dict[str, tuple[bool, Any]]:
+    """Dotted key -> (added with '+', value) for every leaf of a nested recipe mapping."""
+    leaves: dict[str, tuple[bool, Any]] = {}
+    for raw_key, value in node.items():
+        key = str(raw_key)
+        is_add = add or key.startswith("+")
+        path = f"{prefix}{key.lstrip('+')}"
+        if isinstance(value, Mapping) and value:
+            leaves.update(_flatten(value, path + ".", is_add))
+        else:
+            leaves[path] = (is_add, value)
+    return leaves
+
+
+def _override_key(override: str) -> str:
+    """The dotted key a Hydra command-line override sets (``+a.b=1`` -> ``a.b``)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _load_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(hardmode section, verl part) of a recipe file."""
+    from omegaconf import OmegaConf
+
+    if not Path(path).is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    recipe = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"recipe {path} is not a mapping of config keys")
+    hardmode = recipe.pop("hardmode", None) or {}
+    return hardmode, recipe
+
+
+def _hardmode(section: Mapping[str, Any], cli: Sequence[str]) -> HardmodeSection:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(HardmodeSection), section,
+                              OmegaConf.from_dotlist([o.removeprefix("hardmode.") for o in cli]))
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"config key 'hardmode.{key}': {str(err).splitlines()[0]}") from None
+
+
+def _toy_model_path() -> str:
+    try:
+        from curate.toy import toy_model_path
+    except ImportError as err:
+        raise ConfigError(f"config key 'actor_rollout_ref.model.path': 'toy' needs curate.toy ({err})") from None
+    return str(toy_model_path())
+
+
+def plan_training(recipe_path: str | Path, cli_overrides: Sequence[str] = (),
+                  environ: Mapping[str, str] | None = None) -> TrainPlan:
+    """Compose a recipe and command-line overrides into the verl command to run (nothing is started)."""
+    environ = os.environ if environ is None else environ
+    section, verl_part = _load_recipe(recipe_path)
+    hardmode_cli = [o for o in cli_overrides if o.startswith("hardmode.")]
+    verl_cli = [o for o in cli_overrides if not o.startswith("hardmode.")]
+    hardmode = _hardmode(section, hardmode_cli)
+
+    recipe = _flatten(verl_part)
+    cli_keys = {_override_key(o) for o in verl_cli}
+    ray_address_given = "ray_kwargs.ray_init.address" in recipe or "ray_kwargs.ray_init.address" in cli_keys
+    local_cluster = not environ.get("RAY_ADDRESS") and not ray_address_given
+
+    implied: dict[str, tuple[bool, Any]] = {}
+    env: dict[str, str] = {}
+    if local_cluster:
+        implied["ray_kwargs.ray_init.address"] = (True, "local")
+    if hardmode.cpu:
+        from rl.cpu import cpu_env, cpu_overrides
+
+        for key, value in cpu_overrides(local_cluster).items():
+            implied[key.lstrip("+")] = (key.startswith("+"), value)
+        env = cpu_env()
+        # The workers' environment: on a cluster they are not children of this process.
+        for name, value in env.items():
+            implied[f"ray_kwargs.ray_init.runtime_env.env_vars.{name}"] = (True, value)
+
+    merged = {**implied, **recipe}
+    if merged.get("actor_rollout_ref.model.path", (False, None))[1] == TOY_MODEL and \
+            "actor_rollout_ref.model.path" not in cli_keys:
+        merged["actor_rollout_ref.model.path"] = (False, _toy_model_path())
+    unset = [k for k, (_, v) in merged.items() if v == MISSING and k not in cli_keys]
+    if unset:
+        raise ConfigError(f"config key '{unset[0]}' must be given on the command line (the recipe leaves it {MISSING})"
+                          + (f"; also {', '.join(unset[1:])}" if unset[1:] else ""))
+    overrides = [f"{'+' if add else ''}{key}={hydra_value(value)}"
+                 for key, (add, value) in merged.items() if key not in cli_keys]
+    return TrainPlan(overrides=overrides + list(verl_cli), env=env)
+
+
+def _verl_config_dir() -> str:
+    spec = importlib.util.find_spec("verl")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("verl is not installed (bash launch/bootstrap.sh)")
+    return os.path.join(spec.submodule_search_locations[0], "trainer", "config")
+
+
+def verl_config(plan: TrainPlan) -> Any:
+    """verl's config composed with the plan's overrides, as verl's Hydra entry point will see it.
+
+    Fails with a ``ConfigError`` naming the key for overrides verl's config does not have, and for
+    mandatory (``???``) keys left unset that verl's own defaults do not leave unset.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=_verl_config_dir(), version_base=None):
+        try:
+            cfg = compose(config_name=VERL_CONFIG_NAME, overrides=plan.overrides)
+        except HydraException as err:
+            raise ConfigError(str(err).splitlines()[0]) from None
+        unset_by_default = OmegaConf.missing_keys(compose(config_name=VERL_CONFIG_NAME))
+    unset = sorted(OmegaConf.missing_keys(cfg) - unset_by_default) + sorted(
+        {"actor_rollout_ref.rollout.name", "actor_rollout_ref.model.path"} & OmegaConf.missing_keys(cfg))
+    if unset:
+        raise ConfigError(f"config key '{unset[0]}' must be set (it is {MISSING})")
+    return cfg
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="recipe YAML (configs/rl/*.yaml)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the composed command and verl config, start nothing")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="verl config overrides (Hydra syntax) or hardmode.* keys")
+
+
+def main(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    try:
+        plan = plan_training(args.config, args.overrides)
+        cfg = verl_config(plan)
+    except ConfigError as err:
+        print(f"python -m rl train: {err}", file=sys.stderr)
+        return 2
+    print(plan.shell(), flush=True)
+    if args.dry_run:
+        print(OmegaConf.to_yaml(cfg), flush=True)
+        return 0
+    os.execvpe(sys.executable, plan.command, {**os.environ, **plan.env})
+    return 0  # not reached: exec replaces this process
