@@ -15,6 +15,7 @@ from typing import Sequence
 # subcommand -> module implementing it
 COMMANDS: dict[str, str] = {
     "report": "curate.report",
+    "grade": "curate.grading.cli",
 }
 
 

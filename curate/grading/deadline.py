@@ -1,0 +1,85 @@
+"""A time limit for Python code running in ANY thread.
+
+math-verify bounds sympy with ``signal.alarm``, which only works in the main thread; but graders run
+in verl's reward workers (``loop.run_in_executor`` threads) and in Ray actor threads, where
+math-verify with a timeout raises ``ValueError`` and without one can run unbounded. Here a timer
+thread instead raises :class:`DeadlineExceeded` inside the guarded thread
+(``PyThreadState_SetAsyncExc``, CPython's way to interrupt another thread).
+
+Like a signal handler, it takes effect at the next bytecode, so:
+- a single long C call (a huge integer power in GMP) finishes first; callers keep such inputs away
+  (see ``mathexpr.sympy_safe``);
+- an exception at an arbitrary bytecode can break the code it lands in. It is never delivered while
+  the thread is importing a module (an interrupted import leaves sympy half-initialised: every later
+  comparison fails) or inside ``logging``/``threading`` (a lock could stay held); the timer retries
+  every few milliseconds until the thread is out of those, so the deadline can be overrun by the
+  length of one import.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_RETRY_S = 0.005
+_DO_NOT_INTERRUPT = ("importlib._bootstrap", "importlib._bootstrap_external", "logging", "threading")
+
+
+class DeadlineExceeded(BaseException):
+    """Raised inside the guarded code. A BaseException, so library code that catches ``Exception``
+    (sympy, math-verify) cannot swallow it."""
+
+
+def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else ctypes.c_void_p(0)
+    )
+
+
+def _interruptible(frame: FrameType | None) -> bool:
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module in _DO_NOT_INTERRUPT or module.startswith("logging."):
+            return False
+        frame = frame.f_back
+    return True
+
+
+def run_with_deadline(fn: Callable[[], T], seconds: float) -> T:
+    """``fn()`` in the calling thread; raises ``TimeoutError`` once it has run ``seconds``."""
+    thread_id = threading.get_ident()
+    lock = threading.Lock()
+    state = {"running": True, "fired": False}
+
+    def fire() -> None:
+        with lock:
+            if not state["running"]:
+                return
+            if not _interruptible(sys._current_frames().get(thread_id)):
+                retry = threading.Timer(_RETRY_S, fire)
+                retry.daemon = True
+                retry.start()
+                return
+            _raise_in(thread_id, DeadlineExceeded)
+            state["fired"] = True
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        try:
+            return fn()
+        finally:
+            timer.cancel()
+            with lock:
+                state["running"] = False
+                if state["fired"]:  # fired but possibly not yet delivered: withdraw it
+                    _raise_in(thread_id, None)
+    except DeadlineExceeded:
+        raise TimeoutError(f"gave up after {seconds:g} s") from None

@@ -1,0 +1,44 @@
+"""Short free-text answers ("red", "the cat"): exact match after VQA-style normalisation.
+
+Normalisation: Unicode NFKC, lower case, LaTeX ``\\text{…}`` unwrapped, number words as digits,
+punctuation dropped, articles (a/an/the) dropped unless nothing else is left, whitespace
+collapsed, and a leading "the answer is" / "answer:" removed, so "The answer is: Red." equals "red".
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from curate.grading.extract import MAX_ANSWER_CHARS, answer_region, answer_text
+from curate.grading.numbers import words_to_digits
+
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
+_ANSWER_PREFIX = re.compile(r"^\s*(?:(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?)", re.IGNORECASE)
+_PUNCT = re.compile(r"[^\w\s]|_")
+_ARTICLES = frozenset(("a", "an", "the"))
+
+
+def normalize_text(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text)
+    text = _TEXT_WRAPPER.sub(r"\1", text)
+    text = _ANSWER_PREFIX.sub("", text).lower()
+    words = _PUNCT.sub(" ", words_to_digits(text)).split()
+    # articles go, unless they are the whole answer (option "A")
+    return " ".join([w for w in words if w not in _ARTICLES] or words)
+
+
+def grade_short_answer(response: str, ground_truth: str) -> tuple[float, str | None]:
+    """1.0 iff the normalised answer equals the normalised truth (empty never matches)."""
+    region, _ = answer_region(response)
+    truth = normalize_text(answer_text(ground_truth)[:MAX_ANSWER_CHARS])
+    if len(region) > MAX_ANSWER_CHARS:
+        return 0.0, None
+    answer = normalize_text(region)
+    return float(bool(truth) and answer == truth), answer
+
+
+def check_short_answer_truth(ground_truth: str) -> str | None:
+    if not normalize_text(answer_text(ground_truth)[:MAX_ANSWER_CHARS]):
+        return "short-answer ground truth is empty after normalisation"
+    return None
