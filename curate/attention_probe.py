@@ -244,7 +244,8 @@ def _layer_hook(plan: _Plan, layer_idx: int, attn: nn.Module) -> Callable[..., N
         hidden = args[0] if args else kwargs["hidden_states"]
         cos, sin = kwargs["position_embeddings"]
         bsz, seq, _ = hidden.shape
-        rows = plan.rows
+        device = hidden.device  # differs from layer to layer when the model is split over devices
+        rows, key_valid = plan.rows.to(device), plan.key_valid.to(device)
         n_rows = rows.shape[1]
         # The model's own projections and RoPE in the model's dtype, then fp32 (or wider) math.
         q = module.q_proj(_gather_rows(hidden, rows)).view(bsz, n_rows, -1, head_dim).transpose(1, 2)
@@ -257,26 +258,28 @@ def _layer_hook(plan: _Plan, layer_idx: int, attn: nn.Module) -> Callable[..., N
         if plan.verify:
             v = module.v_proj(hidden).view(bsz, seq, -1, head_dim).transpose(1, 2).to(plan.compute_dtype)
             attn_rows = torch.empty(bsz, kv_heads, groups, n_rows, head_dim, dtype=plan.compute_dtype,
-                                    device=hidden.device)
-        positions = torch.arange(seq, device=hidden.device)
+                                    device=device)
+        positions = torch.arange(seq, device=device)
         for start in range(0, n_rows, plan.chunk):
             stop = min(start + plan.chunk, n_rows)
             width = stop - start
             qc = q[:, :, :, start:stop].reshape(bsz, kv_heads, groups * width, head_dim)
-            logits = torch.matmul(qc, k.transpose(-1, -2)).view(bsz, kv_heads, groups, width, seq) * scaling
-            allowed = plan.key_valid[:, None, :] & (positions[None, None, :] <= rows[:, start:stop, None])
-            logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
-            probs = torch.softmax(logits, dim=-1)  # [B, KV, G, C, S]
+            # One [B, KV, G, C, S] buffer: scale, mask and softmax in place (the chunk's peak memory).
+            probs = torch.matmul(qc, k.transpose(-1, -2)).view(bsz, kv_heads, groups, width, seq)
+            allowed = key_valid[:, None, :] & (positions[None, None, :] <= rows[:, start:stop, None])
+            probs.mul_(scaling).masked_fill_(~allowed[:, None, None], float("-inf"))
+            probs.sub_(probs.amax(dim=-1, keepdim=True)).exp_()
+            probs.div_(probs.sum(dim=-1, keepdim=True))
             if v is not None:
                 attn_rows[:, :, :, start:stop] = torch.matmul(probs, v[:, :, None])
             head_mean = probs.mean(dim=(1, 2))  # [B, C, S]
             if need_mass:
                 slot = plan.mass_layers[layer_idx]
-                masses = torch.bmm(head_mean, plan.key_sets)  # [B, C, 2]
+                masses = torch.bmm(head_mean, plan.key_sets.to(device))  # [B, C, 2]
                 plan.image_mass[slot, :, start:stop] = masses[..., 0]
                 plan.text_mass[slot, :, start:stop] = masses[..., 1]
             if need_ace:
-                cols = plan.ace_cols
+                cols = plan.ace_cols.to(device)
                 if plan.ace_heads:
                     per_head = probs.reshape(bsz, kv_heads * groups, width, seq)
                     index = cols[:, None, None, :].expand(bsz, per_head.shape[1], width, cols.shape[1])
@@ -285,22 +288,23 @@ def _layer_hook(plan: _Plan, layer_idx: int, attn: nn.Module) -> Callable[..., N
                     index = cols[:, None, :].expand(bsz, width, cols.shape[1])
                     plan.ace[:, start:stop] = torch.gather(head_mean, -1, index)
         if v is not None:
-            _verify_layer(module, layer_idx, plan, attn_rows, output)
+            _verify_layer(module, layer_idx, rows, plan.row_valid.to(device), attn_rows, output)
         if layer_idx == plan.last_layer:
             raise _Done
 
     return hook
 
 
-def _verify_layer(module: nn.Module, layer_idx: int, plan: _Plan, attn_rows: Tensor, output: Any) -> None:
+def _verify_layer(module: nn.Module, layer_idx: int, rows: Tensor, row_valid: Tensor, attn_rows: Tensor,
+                  output: Any) -> None:
     """Compare o_proj(softmax(qKᵀ)·V) on the probed rows with the layer's real output."""
     bsz, kv_heads, groups, n_rows, head_dim = attn_rows.shape
     merged = attn_rows.reshape(bsz, kv_heads * groups, n_rows, head_dim).transpose(1, 2).reshape(bsz, n_rows, -1)
     weight = module.o_proj.weight
-    ours = module.o_proj(merged.to(weight.dtype)).to(plan.compute_dtype)
+    ours = module.o_proj(merged.to(weight.dtype)).to(attn_rows.dtype)
     real = output[0] if isinstance(output, tuple) else output
-    theirs = _gather_rows(real, plan.rows).to(plan.compute_dtype)
-    valid = plan.row_valid[..., None]
+    theirs = _gather_rows(real, rows).to(attn_rows.dtype)
+    valid = row_valid[..., None]
     diff = ((ours - theirs) * valid).norm() / (theirs * valid).norm().clamp(min=1e-30)
     tolerance = {torch.float64: 1e-9, torch.float32: 1e-4}.get(weight.dtype, 3e-2)
     if not diff <= tolerance:
@@ -348,7 +352,7 @@ def probe_attention(
         raise ValueError(f"layers has duplicates: {list(mass_layers)}")
 
     input_ids = torch.as_tensor(inputs["input_ids"])
-    device = blocks[0].self_attn.q_proj.weight.device
+    device = model.get_input_embeddings().weight.device
     param_dtype = blocks[0].self_attn.q_proj.weight.dtype
     compute_dtype = torch.promote_types(param_dtype, torch.float32)
     bsz, seq = input_ids.shape
@@ -426,20 +430,25 @@ def probe_attention(
     for b, n in enumerate(lengths):
         block = None
         if plan.ace is not None:
-            block = (plan.ace[b, :, 1: n + 1, :n] if plan.ace_heads else plan.ace[b, 1: n + 1, :n]).cpu()
+            block = _own(plan.ace[b, :, 1: n + 1, :n] if plan.ace_heads else plan.ace[b, 1: n + 1, :n])
         results.append(
             ProbeResult(
                 layers=mass_layers,
-                image_mass=plan.image_mass[:, b, :n].cpu(),
-                text_mass=plan.text_mass[:, b, :n].cpu(),
+                image_mass=_own(plan.image_mass[:, b, :n]),
+                text_mass=_own(plan.text_mass[:, b, :n]),
                 image_tokens=int(visual[b].sum()),
-                text_tokens=text_visible[b, :n].cpu(),
+                text_tokens=_own(text_visible[b, :n]),
                 text_span=text_span,
                 prompt_length=prompt_lengths[b],
                 response_attention=block,
             )
         )
     return results
+
+
+def _own(x: Tensor) -> Tensor:
+    """A CPU copy that does not keep the batch's buffer alive."""
+    return x.to("cpu", copy=True)
 
 
 def _takes_mm_token_types(base: nn.Module) -> bool:
