@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteriaList,
+    StopStringCriteria,
+)
 
 from curate.engines.base import (
     Completion,
@@ -101,6 +107,7 @@ class TransformersEngine(GenerationEngine):
         self.share_prefill = share_prefill
         self.device = next(model.parameters()).device
         self.eos_token_ids = self._eos_token_ids()
+        self._stop_cache: dict[tuple[str, ...], StoppingCriteriaList] = {}
         self.pad_token_id = self.tokenizer.pad_token_id
         if self.pad_token_id is None:
             self.pad_token_id = self.eos_token_ids[0]
@@ -125,6 +132,13 @@ class TransformersEngine(GenerationEngine):
         if not ids:
             raise ValueError("the model defines no eos_token_id")
         return ids
+
+    def _stop_criteria(self, stop: tuple[str, ...]) -> StoppingCriteriaList:
+        """Built once per stop-string set: construction scans the whole vocabulary (seconds for 150k)."""
+        if stop not in self._stop_cache:
+            criteria = [StopStringCriteria(self.tokenizer, list(stop))] if stop else []
+            self._stop_cache[stop] = StoppingCriteriaList(criteria)
+        return self._stop_cache[stop]
 
     # ---- preparation -----------------------------------------------------------------------
 
@@ -259,7 +273,6 @@ class TransformersEngine(GenerationEngine):
             max_new_tokens=min(params.max_tokens, self.max_model_len - width),
             eos_token_id=self.eos_token_ids,
             pad_token_id=self.pad_token_id,
-            stop_strings=list(params.stop) or None,
             return_dict_in_generate=True,
             output_logits=params.logprobs,
         )
@@ -268,7 +281,10 @@ class TransformersEngine(GenerationEngine):
             processors.append(SeededSampler(seeds, params.temperature, params.top_p))
         gen_inputs = self._prefill_and_expand(inputs, expand) if shared else inputs
         out = self.model.generate(
-            **gen_inputs, generation_config=gen_config, logits_processor=processors, tokenizer=self.tokenizer
+            **gen_inputs,
+            generation_config=gen_config,
+            logits_processor=processors,
+            stopping_criteria=self._stop_criteria(params.stop),
         )
         new_tokens = out.sequences[:, width:]
         step_logprobs = None
