@@ -56,7 +56,7 @@ class HFRolloutServer:
     def __init__(self, config: RolloutConfig, model_config: Any, replica_rank: int) -> None:
         from verl.utils.model import get_hf_auto_model_class
 
-        self.config: RolloutConfig = omega_conf_to_dataclass(config)
+        self.config: RolloutConfig = omega_conf_to_dataclass(config, dataclass_type=RolloutConfig)
         self.model_config: HFModelConfig = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
         self.replica_rank = replica_rank
         self.global_steps: Optional[int] = None
@@ -67,10 +67,10 @@ class HFRolloutServer:
         dtype = _torch_dtype(self.config.dtype)
         if self.config.load_format == "dummy":
             # verl's contract for "dummy": random weights until the first sync from the actor.
-            self.model = auto_class.from_config(hf_config, torch_dtype=dtype)
+            self.model = auto_class.from_config(hf_config, dtype=dtype)
         else:
             self.model = auto_class.from_pretrained(
-                self.model_config.local_path, config=hf_config, torch_dtype=dtype,
+                self.model_config.local_path, config=hf_config, dtype=dtype,
                 trust_remote_code=self.model_config.trust_remote_code,
             )
         self.model.eval()

@@ -53,10 +53,10 @@ memory_reserved = memory_allocated
 
 
 def max_memory_allocated(device: object = None) -> int:
-    # ru_maxrss is in KiB on Linux.
+    # Peak RSS; ru_maxrss (KiB on Linux) is updated lazily, so it can trail the current RSS.
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, memory_allocated())
 
 
 max_memory_reserved = max_memory_allocated
