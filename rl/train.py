@@ -170,13 +170,13 @@ def plan_training(recipe_path: str | Path, cli_overrides: Sequence[str] = (),
             implied[f"ray_kwargs.ray_init.runtime_env.env_vars.{name}"] = (True, value)
 
     merged = {**implied, **recipe}
-    if merged.get("actor_rollout_ref.model.path", (False, None))[1] == TOY_MODEL and \
-            "actor_rollout_ref.model.path" not in cli_keys:
-        merged["actor_rollout_ref.model.path"] = (False, _toy_model_path())
     unset = [k for k, (_, v) in merged.items() if v == MISSING and k not in cli_keys]
     if unset:
         raise ConfigError(f"config key '{unset[0]}' must be given on the command line (the recipe leaves it {MISSING})"
                           + (f"; also {', '.join(unset[1:])}" if unset[1:] else ""))
+    if merged.get("actor_rollout_ref.model.path", (False, None))[1] == TOY_MODEL and \
+            "actor_rollout_ref.model.path" not in cli_keys:
+        merged["actor_rollout_ref.model.path"] = (False, _toy_model_path())
     overrides = [f"{'+' if add else ''}{key}={hydra_value(value)}"
                  for key, (add, value) in merged.items() if key not in cli_keys]
     return TrainPlan(overrides=overrides + list(verl_cli), env=env)
