@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from curate import schema as S
 from curate.config import ConfigError, DataConfig, PromptConfig
+from curate.grading import UnknownTaskError, check_ground_truth
 from curate.images import ImageError, decode_image
 from curate.io.containers import (
     CONTAINERS,
@@ -201,6 +202,12 @@ class Normalizer:
             raise RowError("missing ground truth")
         if not out[S.TASK]:
             raise RowError("missing task")
+        try:  # a task no grader serves, or an answer its grader cannot use, is a data error
+            unusable = check_ground_truth(out[S.TASK], out[S.GROUND_TRUTH], out[S.VERIFIER])
+        except UnknownTaskError as err:
+            raise RowError(str(err)) from None
+        if unusable:
+            raise RowError(unusable)
         refs = fields.images
         refs = [] if refs is None else refs if isinstance(refs, list) else [refs]
         try:  # the placeholder rule lives in curate.prompts; checking it here fails the row early
