@@ -163,6 +163,39 @@ def test_verl_parquet_loads_in_verl_rlhf_dataset(tmp_path):
     assert item["extra_info"]["id"] == "t2" and item["extra_info"]["pism_bucket"] == "hard"
 
 
+def test_multimodal_verl_parquet_through_the_projects_rl_dataset(tmp_path):
+    """Images reach the model in placeholder order, pixel for pixel, through verl's dataset code
+    (the CPU subclass the RL side uses; on GPU machines verl's own extraction does the same)."""
+    from rl.cpu.dataset import TorchvisionFreeRLHFDataset
+
+    from curate.images import decode_image
+    from curate.toy.model import ToyArchitecture, build_processor
+    from curate.toy.tokenizer import build_tokenizer
+
+    arch = ToyArchitecture()
+    tokenizer = build_tokenizer(arch.bpe_vocab_size)
+    processor = build_processor(arch, tokenizer)
+    table = corpus_table()
+    write_verl_parquet(table, tmp_path / "mm.parquet")
+    config = OmegaConf.create(
+        {
+            "max_prompt_length": 512,
+            "filter_overlong_prompts": True,  # runs the processor on every row: none may be dropped
+            "filter_overlong_prompts_workers": 1,
+            "cache_dir": str(tmp_path / "cache"),
+        }
+    )
+    dataset = TorchvisionFreeRLHFDataset(str(tmp_path / "mm.parquet"), tokenizer, config, processor)
+    assert len(dataset) == table.num_rows
+    for i, row in enumerate(table.to_pylist()):
+        messages = dataset[i]["raw_prompt"]
+        images, _, _ = dataset._process_multi_modal_info(messages, 14, config)
+        expected = [decode_image(b) for b in row["images"]]
+        assert [im.tobytes() for im in images or []] == [im.tobytes() for im in expected]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert text.count("<|vision_start|><|image_pad|><|vision_end|>") == len(expected)
+
+
 @pytest.mark.parametrize("writer", [write_swift_grpo_jsonl, write_sft_jsonl])
 def test_jsonl_exports_round_trip_with_image_files(tmp_path, writer):
     table = corpus_table()
