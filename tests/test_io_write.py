@@ -126,9 +126,9 @@ def test_verl_parquet_round_trip(tmp_path):
 
 
 def test_verl_parquet_loads_in_verl_rlhf_dataset(tmp_path):
-    from support.tiny_qwen25vl import build
-    from transformers import AutoTokenizer
     from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from curate.toy.tokenizer import build_tokenizer
 
     text_only = pa.Table.from_pylist(
         [
@@ -143,7 +143,7 @@ def test_verl_parquet_loads_in_verl_rlhf_dataset(tmp_path):
         extra_info_columns=["pism_bucket"],
         prompt=PromptConfig(system_prompt="Answer in <answer> tags.", template="Q: {question}"),
     )
-    tokenizer = AutoTokenizer.from_pretrained(build(tmp_path / "model"))
+    tokenizer = build_tokenizer(1024)  # Qwen2.5-VL's special tokens and chat template
     config = OmegaConf.create(
         {
             "max_prompt_length": 256,
@@ -166,11 +166,10 @@ def test_verl_parquet_loads_in_verl_rlhf_dataset(tmp_path):
 def test_multimodal_verl_parquet_through_the_projects_rl_dataset(tmp_path):
     """Images reach the model in placeholder order, pixel for pixel, through verl's dataset code
     (the CPU subclass the RL side uses; on GPU machines verl's own extraction does the same)."""
-    from rl.cpu.dataset import TorchvisionFreeRLHFDataset
-
     from curate.images import decode_image
     from curate.toy.model import ToyArchitecture, build_processor
     from curate.toy.tokenizer import build_tokenizer
+    from rl.cpu.dataset import TorchvisionFreeRLHFDataset
 
     arch = ToyArchitecture()
     tokenizer = build_tokenizer(arch.bpe_vocab_size)
