@@ -66,10 +66,11 @@ def check_multiple_choice_truth(ground_truth: str) -> str | None:
 
 def yes_no(text: str) -> str | None:
     """"yes" or "no": the first word if it is one, else the last standalone yes/no in the text."""
-    words = _YES_NO.findall(normalize_text(text))
+    normalized = normalize_text(text)
+    words = _YES_NO.findall(normalized)
     if not words:
         return None
-    first = normalize_text(text).split(" ", 1)[0]
+    first = normalized.split(" ", 1)[0]
     return first if first in ("yes", "no") else words[-1]
 
 

@@ -10,10 +10,14 @@ Like a signal handler, it takes effect at the next bytecode, so:
 - a single long C call (a huge integer power in GMP) finishes first; callers keep such inputs away
   (see ``mathexpr.sympy_safe``);
 - an exception at an arbitrary bytecode can break the code it lands in. It is never delivered while
-  the thread is importing a module (an interrupted import leaves sympy half-initialised: every later
-  comparison fails) or inside ``logging``/``threading`` (a lock could stay held); the timer retries
-  every few milliseconds until the thread is out of those, so the deadline can be overrun by the
-  length of one import.
+  the thread imports a module (an interrupted import leaves sympy half-initialised: every later
+  comparison fails), runs ``logging``/``threading`` code (a lock could stay held) or a weak-reference
+  callback; the timer retries every few milliseconds until the thread is out of those, so the
+  deadline can be overrun by the length of one import;
+- an exception swallowed where it landed (by a ``__del__``, or code catching ``BaseException``) is
+  raised again every ``_REFIRE_S`` until the guarded call ends;
+- it is only raised while the guarded function runs (its caller's frame is on the stack, below the
+  running frame), and one still pending when it returns is withdrawn.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from typing import TypeVar
 T = TypeVar("T")
 
 _RETRY_S = 0.005
-_DO_NOT_INTERRUPT = ("importlib._bootstrap", "importlib._bootstrap_external", "logging", "threading")
+_REFIRE_S = 0.1
+_DO_NOT_INTERRUPT = (
+    "importlib._bootstrap", "importlib._bootstrap_external", "logging", "threading", "_weakrefset", "weakref",
+)
 
 
 class DeadlineExceeded(BaseException):
@@ -42,18 +49,23 @@ def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
     )
 
 
-def _interruptible(frame: FrameType | None) -> bool:
+def _where(frame: FrameType | None, guard: FrameType) -> str:
+    """"inside" the guarded function, "delicate" code inside it, or "outside" of it."""
+    if frame is None or frame is guard:
+        return "outside"
+    delicate = False
     while frame is not None:
+        if frame is guard:
+            return "delicate" if delicate else "inside"
         module = frame.f_globals.get("__name__", "")
-        if module in _DO_NOT_INTERRUPT or module.startswith("logging."):
-            return False
+        delicate = delicate or module in _DO_NOT_INTERRUPT or module.startswith("logging.")
         frame = frame.f_back
-    return True
+    return "outside"
 
 
 def run_with_deadline(fn: Callable[[], T], seconds: float) -> T:
     """``fn()`` in the calling thread; raises ``TimeoutError`` once it has run ``seconds``."""
-    thread_id = threading.get_ident()
+    thread_id, guard = threading.get_ident(), sys._getframe()
     lock = threading.Lock()
     state = {"running": True, "fired": False}
 
@@ -61,13 +73,14 @@ def run_with_deadline(fn: Callable[[], T], seconds: float) -> T:
         with lock:
             if not state["running"]:
                 return
-            if not _interruptible(sys._current_frames().get(thread_id)):
-                retry = threading.Timer(_RETRY_S, fire)
+            where = _where(sys._current_frames().get(thread_id), guard)
+            if where == "inside":
+                _raise_in(thread_id, DeadlineExceeded)
+                state["fired"] = True
+            if where != "outside":  # not delivered yet, or delivered and swallowed: check again
+                retry = threading.Timer(_RETRY_S if where == "delicate" else _REFIRE_S, fire)
                 retry.daemon = True
                 retry.start()
-                return
-            _raise_in(thread_id, DeadlineExceeded)
-            state["fired"] = True
 
     timer = threading.Timer(seconds, fire)
     timer.daemon = True
@@ -79,7 +92,7 @@ def run_with_deadline(fn: Callable[[], T], seconds: float) -> T:
             timer.cancel()
             with lock:
                 state["running"] = False
-                if state["fired"]:  # fired but possibly not yet delivered: withdraw it
+                if state["fired"]:  # possibly fired but not yet delivered: withdraw it
                     _raise_in(thread_id, None)
     except DeadlineExceeded:
         raise TimeoutError(f"gave up after {seconds:g} s") from None

@@ -51,6 +51,7 @@ _DIGIT_RUN = re.compile(r"\d+")
 _POWER = re.compile(r"\^|\*\*")
 _TOKEN = re.compile(r"[\w.]*")
 _FACTORIAL = re.compile(r"(?<!\\)!")
+_FACTORIAL_OPERAND = re.compile(r"(?<!\d)(\d{1,4})\s*$")
 
 
 def _exponent(text: str, i: int) -> str:
@@ -87,7 +88,7 @@ def sympy_safe(text: str) -> bool:
             if bound > MAX_INTEGER_DIGITS:
                 return False
     for m in _FACTORIAL.finditer(text):
-        operand = re.search(r"(\d{1,4})\s*$", text[max(0, m.start() - 8) : m.start()])
+        operand = _FACTORIAL_OPERAND.search(text, max(0, m.start() - 16), m.start())
         if operand is None or int(operand.group(1)) > MAX_FACTORIAL:
             return False
     return True

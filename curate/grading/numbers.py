@@ -26,12 +26,12 @@ _TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty sevent
 _SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9}
 _NUMBER_WORDS = {**_UNITS, **_TENS, "hundred": 100, **_SCALES}
 
-_FRACTION = r"\.\d{1,%d}" % MAX_DIGITS
+_FRACTION = rf"\.\d{{1,{MAX_DIGITS}}}"
 # Signed decimal, optional thousands separators. Bounded repetitions keep matching linear, and a
 # number never starts inside another one ("2-3" is 2 and 3, "1.5" is not 1 and 5).
 _NUMBER = re.compile(
-    r"(?<![\d.,])[-+]?(?:(?:\d{1,3}(?:,\d{3}){1,21}(?![,]?\d)|\d{1,%d})(?:%s)?|%s)(?![\d])"
-    % (MAX_DIGITS, _FRACTION, _FRACTION)
+    rf"(?<![\d.,])[-+]?(?:(?:\d{{1,3}}(?:,\d{{3}}){{1,21}}(?![,]?\d)|\d{{1,{MAX_DIGITS}}})(?:{_FRACTION})?|{_FRACTION})"
+    r"(?!\d)"
 )
 _WORD = re.compile(r"[A-Za-z]+")
 _WORD_GAP = re.compile(r"[ \t-]{1,3}")  # what may separate the words of one number
