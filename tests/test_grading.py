@@ -1,0 +1,592 @@
+"""The graders: expected values worked out by hand (IoUs, ratios), never recomputed with the code."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+
+import pytest
+
+from curate.grading import (
+    GRADERS,
+    GradeResult,
+    UnknownTaskError,
+    check_ground_truth,
+    extract_answer,
+    format_score,
+    grade,
+    mathexpr,
+    resolve_grader,
+)
+from curate.grading.boxes import MATCH_IOU_THRESHOLD
+from curate.grading.deadline import run_with_deadline
+from curate.grading.mathexpr import sympy_safe
+from curate.grading.numbers import iter_numbers, words_to_digits
+from curate.grading.ocr import lcs_length
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def tagged(answer: str) -> str:
+    return f"<think>looking</think>\n<answer>{answer}</answer>"
+
+
+# ---------------------------------------------------------------- extraction and format
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        ("<think>a</think><answer> 42 </answer>", "42"),
+        ("<answer>1</answer> then <answer>2</answer>", "2"),
+        ("<answer>1</answer> then <answer>12", "12"),  # truncated output: no closing tag
+        ("<answer></answer>", ""),
+        ("so \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
+        ("\\boxed{3} and later \\boxed{\\frac{1}{2}", "3"),  # the unbalanced last one is skipped
+        ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),  # escaped braces are literals
+        ("\\boxed {7}", "7"),
+        ("\\fbox{8}", "8"),
+        ("\\boxed{1} but <answer>2</answer>", "2"),  # answer tags win over \boxed
+        ("no answer here", None),
+        ("}}}{{{\\boxed{", None),
+        ("", None),
+    ],
+)
+def test_extract_answer(response, expected):
+    assert extract_answer(response) == expected
+
+
+def test_extract_answer_on_megabyte_inputs():
+    assert extract_answer("\\boxed{" * 200_000) is None
+    assert extract_answer("x" * 1_000_000 + "\\boxed{5}") == "5"
+    assert extract_answer("<answer>" + "y" * 1_000_000) == "y" * 1_000_000
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        ("<think>reason</think><answer>3</answer>", 1.0),
+        ("  \n<think>\nmulti\nline\n</think>\n\n<answer>\n3\n</answer>\n ", 1.0),
+        ("<think></think><answer></answer>", 1.0),
+        ("<answer>3</answer>", 0.0),
+        ("<think>x</think>", 0.0),
+        ("<think>x</think> and text <answer>3</answer>", 0.0),
+        ("<think>x</think><answer>3</answer> trailing", 0.0),
+        ("<think>x</think><answer>3</answer><answer>4</answer>", 0.0),
+        ("<think>x</think><answer>3</answer> junk <answer>4</answer>", 0.0),
+        ("<think>x<think>y</think><answer>3</answer>", 0.0),
+        ("<think>x</think><answer>3", 0.0),  # truncated
+        ("<answer>3</answer><think>x</think>", 0.0),
+        ("", 0.0),
+    ],
+)
+def test_format_score(response, expected):
+    assert format_score(response) == expected
+
+
+# ---------------------------------------------------------------- routing
+
+
+@pytest.mark.parametrize(
+    "task, verifier, expected",
+    [
+        ("counting", None, "counting"),
+        ("color", None, "short_answer"),
+        ("arithmetic", None, "math"),
+        ("ocr", None, "ocr"),
+        ("grounding", None, "grounding"),
+        ("cv_detection", None, "detection"),
+        ("cv_grounding", None, "grounding"),
+        ("CV-Grounding", None, "grounding"),
+        ("puzzle", None, "math"),
+        ("chart", None, "math"),
+        ("science", None, "math"),
+        ("multiple_choice", None, "multiple_choice"),
+        ("yes_no", None, "yes_no"),
+        ("short_answer", None, "short_answer"),
+        # Orsta verifiers override the task; the detection family keeps a grounding task
+        ("grounding", "detection", "grounding"),
+        ("cv_grounding", "detection", "grounding"),
+        ("math", "detection", "detection"),
+        ("ocr", "mathverify", "math"),
+        ("some_source", "mathverify", "math"),
+        ("some_source", "ocr", "ocr"),
+        ("counting", "", "counting"),
+        ("counting", "no_such_verifier", "counting"),  # ignored with a warning
+    ],
+)
+def test_resolve_grader(task, verifier, expected):
+    assert resolve_grader(task, verifier) == expected
+
+
+def test_unknown_task_names_task_and_verifier():
+    with pytest.raises(UnknownTaskError, match="'nope'"):
+        resolve_grader("nope")
+    with pytest.raises(UnknownTaskError, match="'nope'.*'nope_either'"):
+        resolve_grader("nope", "nope_either")
+    with pytest.raises(ValueError):  # readers may catch ValueError
+        grade("nope", "<answer>3</answer>", "3")
+    with pytest.raises(UnknownTaskError):
+        resolve_grader(None)
+
+
+def test_correct_is_score_threshold_of_each_grader():
+    assert {name: g.correct_at for name, g in GRADERS.items()} == {
+        "math": 1.0,
+        "multiple_choice": 1.0,
+        "yes_no": 1.0,
+        "counting": 1.0,
+        "short_answer": 1.0,
+        "ocr": 0.5,
+        "grounding": 0.5,
+        "detection": 0.5,
+    }
+
+
+# ---------------------------------------------------------------- math
+
+
+@pytest.mark.parametrize(
+    "answer, truth",
+    [
+        ("0.5", "\\frac{1}{2}"),
+        ("\\frac{1}{2}", "0.5"),
+        ("\\dfrac12", "0.5"),
+        ("x = 3", "3"),
+        ("3", "x = 3"),
+        ("x=3", "x = 3"),
+        ("5 cm", "5"),
+        ("5\\text{ cm}", "5"),
+        ("5 cm", "5\\text{ cm}"),
+        ("50\\%", "50"),
+        ("50", "50\\%"),
+        ("0.5", "50\\%"),
+        ("50%", "0.5"),
+        ("25%", "\\frac{1}{4}"),
+        ("50%", "50\\%"),
+        ("1,000", "1000"),
+        ("1000.0", "1,000"),
+        ("(x+1)^2", "x^2+2x+1"),
+        ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}"),
+        ("2^{10}", "1024"),
+        ("\\infty", "\\infty"),
+        ("2,3", "\\{2, 3\\}"),
+        ("(B)", "B"),
+        ("Red.", "red"),
+        ("$42$", "\\boxed{42}"),
+    ],
+)
+def test_math_equivalent(answer, truth):
+    result = grade("math", tagged(answer), truth)
+    assert result == GradeResult(1.0, True, "math", result.extracted)
+
+
+@pytest.mark.parametrize(
+    "answer, truth",
+    [
+        ("0.49", "\\frac{1}{2}"),
+        ("-3", "3"),
+        ("[0,1)", "(0,1]"),
+        ("5", "50\\%"),
+        ("0.5%", "50\\%"),  # two percentages compare as numbers
+        ("0.25", "25"),  # no percent sign on either side: numbers differ
+        ("der", "red"),  # sympy would call these equal (commuting symbols)
+        ("C", "A"),
+        ("the", "A"),
+        ("2", "x^2"),
+        ("", "3"),
+        ("\\frac{1}{2", "0.5"),  # malformed inside answer tags
+    ],
+)
+def test_math_not_equivalent(answer, truth):
+    result = grade("math", tagged(answer), truth)
+    assert (result.score, result.correct) == (0.0, False)
+
+
+def test_math_reads_untagged_responses_from_the_end():
+    assert grade("math", "First 12, then 7, so the answer is 42.", "42").correct
+    assert grade("math", "I first thought 41, but it is 42", "42").correct
+    assert not grade("math", "I first thought 42, but it is 41", "42").correct
+    assert grade("math", "The answer is 42, not 41.", "42").correct  # math-verify's "answer is" anchor
+    assert grade("math", "so it is \\boxed{4}. Hmm, no: \\boxed{5}", "5").correct
+
+
+def test_math_guards_sympy_against_giant_integers():
+    assert sympy_safe("2^{10} + x^2") and sympy_safe("5!") and sympy_safe("a\\!b")
+    blowups = ("9^{9^{9}}", "2**(10**9)", "(10^{5})^{10^{5}}", "2^{1234567890}", "100000!", "(3+4)!",
+               "10^{20!}")
+    for blowup in blowups:
+        assert not sympy_safe(blowup), blowup
+    # graded (to 0: no single number either) instead of hanging the worker for hours
+    assert grade("math", tagged("9^{9^{9}}"), "2").score == 0.0
+    assert grade("math", tagged("100000!"), "3").score == 0.0
+
+
+def test_math_off_the_main_thread():
+    """math-verify's own timeouts raise ValueError outside the main thread; ours do not."""
+    pairs = [("0.5", "\\frac{1}{2}", 1.0), ("x = 3", "3", 1.0), ("(x+1)^2", "x^2+2x+1", 1.0),
+             ("0.4", "0.5", 0.0)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        scores = list(pool.map(lambda p: grade("math", tagged(p[0]), p[1]).score, pairs * 3))
+    assert scores == [p[2] for p in pairs] * 3
+
+
+def test_math_timeout_leaves_later_grades_intact(monkeypatch):
+    grade("math", tagged("(x+1)^2"), "x^2+2x+1")  # sympy loaded and warmed up, as in a worker
+    monkeypatch.setattr(mathexpr, "MATH_TIMEOUT_S", 1e-4)
+    for _ in range(5):
+        result = grade("math", tagged("\\int_0^1 x^2 \\, dx + (y+1)^3"), "\\frac13 + y^3+3y^2+3y+1")
+        assert 0.0 <= result.score <= 1.0
+    monkeypatch.undo()
+    assert grade("math", tagged("(x+1)^2"), "x^2+2x+1").score == 1.0
+    assert grade("math", tagged("0.5"), "\\frac{1}{2}").score == 1.0
+
+
+# ---------------------------------------------------------------- deadline
+
+
+def _spin(seconds: float) -> str:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return "done"
+
+
+@pytest.mark.parametrize("in_thread", [False, True])
+def test_deadline_interrupts_python_code_in_any_thread(in_thread):
+    def guarded():
+        with pytest.raises(TimeoutError):
+            run_with_deadline(lambda: _spin(30), 0.2)
+        assert run_with_deadline(lambda: _spin(0.01), 5) == "done"
+        _spin(0.3)  # no stray exception arrives after the guarded call
+        return True
+
+    if in_thread:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            assert pool.submit(guarded).result(timeout=60)
+    else:
+        assert threading.current_thread() is threading.main_thread()
+        assert guarded()
+
+
+def test_deadline_passes_exceptions_and_values_through():
+    with pytest.raises(KeyError):
+        run_with_deadline(lambda: {}["missing"], 5)
+    assert run_with_deadline(lambda: 7, 5) == 7
+
+
+# ---------------------------------------------------------------- counting and numbers
+
+
+@pytest.mark.parametrize(
+    "response, truth, score, extracted",
+    [
+        (tagged("3"), "3", 1.0, "3"),
+        (tagged("There are three dogs."), "3", 1.0, "3"),
+        (tagged("twenty-one"), "21", 1.0, "21"),
+        (tagged("3.0"), "3", 1.0, "3"),
+        (tagged("3.5"), "3", 0.0, "3.5"),
+        (tagged("1, 2, 3"), "3", 0.0, "1"),  # the FIRST number of the answer
+        ("I count 1, 2, 3. So 3", "3", 1.0, "3"),  # without tags: the last one
+        (tagged("-3"), "3", 0.0, "-3"),
+        (tagged("none"), "0", 0.0, None),
+        (tagged("zero"), "0", 1.0, "0"),
+        ("\\boxed{4}", "\\boxed{4}", 1.0, "4"),
+        (tagged("4"), "<answer>4</answer>", 1.0, "4"),
+        (tagged("12"), "1", 0.0, "12"),
+    ],
+)
+def test_counting(response, truth, score, extracted):
+    assert grade("counting", response, truth) == GradeResult(score, score == 1.0, "counting", extracted)
+
+
+@pytest.mark.parametrize(
+    "text, values",
+    [
+        ("twenty five apples", [25]),
+        ("one two three", [1, 2, 3]),
+        ("one hundred and five", [105]),
+        ("three thousand two hundred", [3200]),
+        ("nine hundred ninety nine thousand", [999000]),
+        ("1,234 and 5", [1234, 5]),
+        ("-3.5 or 2-3", [-3.5, 2, 3]),
+        ("x2 .5", [2, 0.5]),
+        ("no numbers", []),
+        ("9" * 100, []),  # beyond MAX_DIGITS: not a number anyone means
+    ],
+)
+def test_numbers_in_text(text, values):
+    assert [float(v) for _, v in iter_numbers(text)] == values
+
+
+def test_words_to_digits():
+    assert words_to_digits("Route sixty-six Diner") == "Route 66 Diner"
+    assert words_to_digits("one and two") == "1 and 2"
+    assert words_to_digits("and one and") == "and 1 and"
+
+
+# ---------------------------------------------------------------- OCR
+
+
+@pytest.mark.parametrize(
+    "answer, truth, score",
+    [
+        ("YZXT", "YZXT", 1.0),
+        ("yzxt", "YZXT", 1.0),
+        ('"Route sixty-six."', "ROUTE 66", 1.0),
+        ("hello world", "helo wrld", 18 / 20),  # LCS 9 of 11 + 9 characters
+        ("ab", "ac", 0.5),  # LCS 1: exactly the threshold
+        ("a", "abcdefghij", 2 / 11),  # containment earns only its ratio (the plugin gave 1.0)
+        ("cat", "dog", 0.0),
+        ("", "dog", 0.0),
+    ],
+)
+def test_ocr(answer, truth, score):
+    result = grade("ocr", tagged(answer), truth)
+    assert result.score == pytest.approx(score)
+    assert result.correct == (score >= 0.5)
+
+
+def _lcs_reference(a: str, b: str) -> int:
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
+    return table[-1][-1]
+
+
+def test_lcs_matches_dynamic_programming():
+    import random
+
+    rng = random.Random(7)
+    for _ in range(300):
+        a = "".join(rng.choice("abc ") for _ in range(rng.randint(0, 25)))
+        b = "".join(rng.choice("abc ") for _ in range(rng.randint(0, 25)))
+        assert lcs_length(a, b) == _lcs_reference(a, b), (a, b)
+
+
+# ---------------------------------------------------------------- boxes
+
+
+def boxes(*coords) -> str:
+    return tagged(str([{"bbox_2d": list(c)} for c in coords]))  # Python-literal quotes, as Orsta writes them
+
+
+@pytest.mark.parametrize(
+    "pred, truth, score",
+    [
+        ([(0, 0, 10, 10)], [(0, 0, 10, 10)], 1.0),
+        ([(0, 0, 10, 10)], [(0, 0, 10, 20)], 0.5),  # IoU 100/200
+        ([(0, 0, 10, 10)], [(5, 0, 15, 10)], 1 / 3),  # IoU 50/150
+        ([(0, 0, 10, 10)], [(9, 0, 19, 10)], 0.0),  # IoU 10/190 < 0.2: unmatched, weighs as IoU 0
+        # area weighting: truth areas 100 and 900
+        ([(0, 0, 10, 10)], [(0, 0, 10, 10), (20, 20, 50, 50)], 100 / 1000),
+        ([(20, 20, 50, 50)], [(0, 0, 10, 10), (20, 20, 50, 50)], 900 / 1000),
+        # a spare predicted box weighs with its area and IoU 0
+        ([(0, 0, 10, 10), (100, 100, 110, 110)], [(0, 0, 10, 10)], 100 / 200),
+        # one-to-one: a duplicate cannot match the same truth twice
+        ([(0, 0, 10, 10), (0, 0, 10, 10)], [(0, 0, 10, 10)], 0.5),
+        # greedy best-IoU first: P2 takes T1 (IoU 1), P1 then takes T2 (IoU 50/150)
+        ([(0, 0, 10, 10), (0, 0, 20, 10)], [(0, 0, 20, 10), (5, 0, 15, 10)], (200 * 1 + 100 / 3) / 300),
+        # degenerate predictions match nothing and weigh nothing
+        ([(10, 10, 0, 0)], [(0, 0, 10, 10)], 0.0),
+        ([(5, 5, 5, 10)], [(0, 0, 10, 10)], 0.0),
+        ([(0, 0, 1e300, 1e300)], [(0, 0, 10, 10)], 0.0),
+        ([(0, 0, 10, 10), (10, 10, 0, 0)], [(0, 0, 10, 10)], 1.0),
+    ],
+)
+def test_grounding_iou_score(pred, truth, score):
+    result = grade("grounding", boxes(*pred), str([{"bbox_2d": list(t)} for t in truth]))
+    assert result.score == pytest.approx(score)
+    assert result.correct == (score >= 0.5)
+
+
+def test_match_threshold_is_the_released_codes():
+    assert MATCH_IOU_THRESHOLD == 0.2
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        tagged('[{"bbox_2d": [10, 20, 30, 40]}]'),
+        tagged("[{'bbox_2d': [10, 20, 30, 40], 'label': 'cat'}]"),
+        tagged('{"bbox_2d": [10, 20, 30, 40]}'),
+        tagged("[10, 20, 30, 40]"),
+        tagged("[[10, 20, 30, 40]]"),
+        tagged('```json\n[\n  {"bbox_2d": [10.0, 20.0, 30.0, 40.0], "label": "cat"}\n]\n```'),
+        tagged('[{"bbox": [10,20,30,40]}]'),
+        'The cat is at [{"bbox_2d": [10, 20, 30, 40]}].',  # no tags: the tail is searched
+    ],
+)
+def test_box_answer_forms(response):
+    assert grade("grounding", response, '[{"bbox_2d": [10, 20, 30, 40]}]').score == 1.0
+
+
+def test_box_ground_truth_forms():
+    orsta = "<answer>\n[{'bbox_2d': [10, 20, 30, 40], 'label': 'cat'}]\n</answer>"
+    assert grade("detection", tagged("[{'bbox_2d': [10, 20, 30, 40], 'label': 'cat'}]"), orsta).score == 1.0
+    assert grade("grounding", tagged("[10, 20, 30, 40]"), [{"bbox_2d": [10, 20, 30, 40]}]).score == 1.0
+
+
+def test_detection_labels_must_agree_but_grounding_ignores_them():
+    truth = "[{'bbox_2d': [0, 0, 10, 10], 'label': 'dog'}]"
+    cat = tagged("[{'bbox_2d': [0, 0, 10, 10], 'label': 'Cat'}]")
+    dog = tagged("[{'bbox_2d': [0, 0, 10, 10], 'label': ' Dog '}]")
+    unlabeled = tagged("[0, 0, 10, 10]")
+    assert grade("detection", cat, truth).score == 0.0
+    assert grade("detection", dog, truth).score == 1.0
+    assert grade("detection", unlabeled, truth).score == 1.0
+    assert grade("grounding", cat, truth).score == 1.0
+
+
+@pytest.mark.parametrize(
+    "response, truth, score",
+    [
+        (tagged("[]"), "[]", 1.0),
+        (tagged("There is none."), "[]", 1.0),
+        (tagged("[0, 0, 5, 5]"), "[]", 0.0),
+        (tagged("[]"), "[[0, 0, 5, 5]]", 0.0),
+        (tagged("[nan, 0, 5, 5]"), "[[0, 0, 5, 5]]", 0.0),
+        (tagged("[0, 0, 5, 5]"), "not boxes", 0.0),
+        (tagged("[0, 0, 5, 5]"), "[[5, 5, 0, 0]]", 0.0),  # truth without a valid box
+    ],
+)
+def test_box_edge_cases(response, truth, score):
+    assert grade("grounding", response, truth).score == score
+
+
+# ---------------------------------------------------------------- choices and short answers
+
+
+@pytest.mark.parametrize(
+    "response, letter",
+    [
+        (tagged("B"), "B"),
+        (tagged("(B)"), "B"),
+        (tagged("b"), "B"),
+        (tagged("B."), "B"),
+        (tagged("B) 42 apples"), "B"),
+        (tagged("(B) 42 apples"), "B"),
+        (tagged("Option B"), "B"),
+        (tagged("**B**"), "B"),
+        ("I compared them. The answer is (B).", "B"),
+        ("Answer: B", "B"),
+        ("\\boxed{B}", "B"),
+        ("A cat sits on the mat.", None),  # the article is not option A
+        (tagged("B or C"), None),
+    ],
+)
+def test_multiple_choice_letters(response, letter):
+    result = grade("multiple_choice", response, "B")
+    assert result.extracted == letter
+    assert result.score == float(letter == "B")
+
+
+def test_multiple_choice_truth_forms():
+    assert grade("multiple_choice", tagged("C"), "(C) 12 apples").correct
+    assert grade("multiple_choice", tagged("A"), "A").correct
+    assert not grade("multiple_choice", "A cat sits on the mat.", "A").correct
+    assert grade("multiple_choice", tagged("Blue"), "blue").correct  # truth is option text
+
+
+@pytest.mark.parametrize(
+    "response, truth, score",
+    [
+        (tagged("Yes."), "yes", 1.0),
+        (tagged("No, it is not."), "no", 1.0),
+        (tagged("No"), "Yes", 0.0),
+        ("Looking again... yes", "yes", 1.0),
+        (tagged("I cannot tell"), "yes", 0.0),
+        (tagged("Yes"), "maybe", 0.0),
+    ],
+)
+def test_yes_no(response, truth, score):
+    assert grade("yes_no", response, truth).score == score
+
+
+@pytest.mark.parametrize(
+    "response, truth, score",
+    [
+        (tagged("yellow"), "yellow", 1.0),
+        (tagged("The answer is: Yellow."), "yellow", 1.0),
+        (tagged("a yellow"), "yellow", 1.0),
+        (tagged("light yellow"), "yellow", 0.0),
+        (tagged("two"), "2", 1.0),
+        (tagged(""), "yellow", 0.0),
+        ("yellow", "yellow", 1.0),
+    ],
+)
+def test_short_answer_and_color(response, truth, score):
+    assert grade("color", response, truth).score == score
+    assert grade("short_answer", response, truth).score == score
+
+
+# ---------------------------------------------------------------- adversarial outputs
+
+
+ADVERSARIAL = [
+    "__import__('os').system('touch {sentinel}')",
+    "<answer>__import__('pathlib').Path('{sentinel}').touch()</answer>",
+    "\\boxed{__import__('pathlib').Path('{sentinel}').touch()}",
+    "<answer>" + "{" * 5000 + "</answer>",
+    "<answer>" + "}" * 5000 + "\\boxed{" * 5000,
+    "\\boxed{" * 200_000,
+    "9" * 1_000_000,
+    "<answer>" + "[1,2,3,4]," * 100_000,
+    "{'bbox_2d': [1, 2, 3, 4]}, " * 40_000,
+    "twenty one " * 100_000,
+    "$" * 1_000_000,
+    "<answer>" + "a" * 1_000_000 + "</answer>",
+    ("<answer>" + "\\frac{" * 1000 + "1" * 1000) * 300,
+    "<think>" * 100_000 + "</answer>" * 100_000,
+    "\x00\ud800\uffff\u202e" * 1000,
+]
+
+
+# A deadline exception that lands in a GC callback (hypothesis installs one) is swallowed there,
+# reported as "unraisable", and raised again: that is the deadline working, not a failure.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("grader", sorted(GRADERS))
+def test_adversarial_outputs_are_graded_not_executed(grader, tmp_path, monkeypatch):
+    # a hostile truth of 1000 "{" keeps math-verify busy until the deadline: make that short here
+    monkeypatch.setattr(mathexpr, "MATH_TIMEOUT_S", 0.25)
+    sentinel = tmp_path / "pwned"
+    truth = {
+        "grounding": "[[1, 2, 3, 4]]",
+        "detection": "[{'bbox_2d': [1, 2, 3, 4], 'label': 'x'}]",
+        "multiple_choice": "B",
+        "yes_no": "yes",
+        "counting": "3",
+    }.get(grader, "0")
+    for template in ADVERSARIAL:
+        response = template.replace("{sentinel}", str(sentinel))
+        result = grade(grader, response, truth)
+        assert 0.0 <= result.score <= 1.0
+        assert result.extracted is None or len(result.extracted) <= 1001
+        # the adversarial strings hold no correct answer, except the box lists for box graders
+        if grader not in ("grounding", "detection"):
+            assert not result.correct, (grader, template[:40])
+        # and the ground truth may be just as hostile
+        assert 0.0 <= grade(grader, truth, response).score <= 1.0
+        assert not sentinel.exists()
+
+
+def test_ground_truth_problems_are_reported_for_readers():
+    assert check_ground_truth("counting", "3") is None
+    assert "integer" in check_ground_truth("counting", "many")
+    assert check_ground_truth("grounding", "[[0, 0, 5, 5]]") is None
+    assert check_ground_truth("grounding", "[]") is None
+    assert "box" in check_ground_truth("grounding", "somewhere left")
+    assert check_ground_truth("yes_no", "maybe") is not None
+    assert check_ground_truth("multiple_choice", "(B) 12") is None
+    assert check_ground_truth("math", "  ") is not None
+    assert check_ground_truth("ocr", "") is not None
+    with pytest.raises(UnknownTaskError):
+        check_ground_truth("nope", "3")
+
+
+def test_grade_accepts_non_string_values():
+    assert grade("counting", tagged("3"), 3).correct
+    assert grade("grounding", tagged("[1, 2, 3, 4]"), [[1, 2, 3, 4]]).correct
+    assert grade("counting", None, "3") == GradeResult(0.0, False, "counting", None)
