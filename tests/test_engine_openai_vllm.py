@@ -45,6 +45,8 @@ def server(model_path, tmp_path_factory):
         "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "toy",
         "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager",
         "--kv-cache-memory-bytes", str(1 << 30), "--limit-mm-per-prompt", '{"video": 0}',
+        # Seeded requests on a CPU vLLM need whole-prompt prefill (see curate.engines.vllm_engine).
+        "--no-enable-chunked-prefill",
     ]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

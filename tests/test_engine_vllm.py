@@ -100,3 +100,15 @@ def test_image_ids_give_the_same_answers_as_pixel_hashing(engine):
     with_ids = engine.generate(requests, params)
     assert [r.completions for r in with_ids] == [r.completions for r in hashed]
     assert all(r.prompt_tokens > 16 for r in with_ids)  # 16 image tokens + text
+
+
+def test_seeded_batch_larger_than_one_scheduler_step(engine):
+    """More prompt tokens than one scheduler step takes (4096): on CPU, a seeded prompt split across
+    steps kills vLLM's engine ("CPU Generator does not use offset"), see ``llm_kwargs``."""
+    requests = [
+        GenerationRequest([{"role": "user", "content": f"{i} " + "count the red circles " * 90}], seed=i)
+        for i in range(40)
+    ]
+    results = engine.generate(requests, SamplingParams(temperature=1.0, max_tokens=4))
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:1]
+    assert min(r.prompt_tokens for r in results) > 256

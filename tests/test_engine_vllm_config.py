@@ -43,9 +43,10 @@ def test_extra_keys_win_over_derived_ones():
     assert kwargs["limit_mm_per_prompt"] == {"image": 2, "video": 1} and kwargs["seed"] == 3
 
 
-def test_cpu_kv_cache_is_bounded_unless_set(monkeypatch):
+def test_cpu_bounds_the_kv_cache_and_prefills_whole_prompts(monkeypatch):
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
-    assert llm_kwargs(engine_cfg(), "m", on_cpu=True)["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
+    cpu = llm_kwargs(engine_cfg(), "m", on_cpu=True)
+    assert cpu["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES and cpu["enable_chunked_prefill"] is False
     assert "kv_cache_memory_bytes" not in llm_kwargs(engine_cfg(), "m", on_cpu=False)
     cfg = engine_cfg(f"engine.vllm.extra.kv_cache_memory_bytes={4 << 30}")
     assert llm_kwargs(cfg, "m", on_cpu=True)["kv_cache_memory_bytes"] == 4 << 30

