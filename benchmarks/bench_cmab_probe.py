@@ -55,14 +55,31 @@ def build_model(layers: int, hidden: int, heads: int, kv_heads: int, attn: str, 
     section = [head_dim // 2 - 2 * (3 * quarter // 2), 3 * quarter // 2, 3 * quarter // 2]
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=1000, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-            num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=32768,
+            vocab_size=1000,
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            max_position_embeddings=32768,
             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
         ),
-        vision_config=dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=hidden,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[0]),
-        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VSTART, vision_end_token_id=VEND,
+        vision_config=dict(
+            depth=1,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=2,
+            out_hidden_size=hidden,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[0],
+        ),
+        image_token_id=IMAGE,
+        video_token_id=VIDEO,
+        vision_start_token_id=VSTART,
+        vision_end_token_id=VEND,
     )
     config._attn_implementation = attn
     torch.manual_seed(0)
@@ -170,15 +187,23 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     n = spec["new_tokens"]
     if spec["side"] == "released":
         code_layer = cmab_probe_options("code", layers)["layers"][0]
-        model.generate(**warm, max_new_tokens=2, output_attentions=True, return_dict_in_generate=True, **gen_kwargs)
+        model.generate(
+            **warm, max_new_tokens=2, output_attentions=True, return_dict_in_generate=True, **gen_kwargs
+        )
 
         def run_released() -> tuple[Any, float]:
-            res = model.generate(**prompt, max_new_tokens=n, min_new_tokens=n, output_attentions=True,
-                                 return_dict_in_generate=True, **gen_kwargs)
+            res = model.generate(
+                **prompt,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                output_attentions=True,
+                return_dict_in_generate=True,
+                **gen_kwargs,
+            )
             return res, released_rho(res.attentions, res.sequences, code_layer)
 
         res, rho = measure("released", run_released)
-        out["response"] = res.sequences[0, prompt["input_ids"].shape[1]:].tolist()
+        out["response"] = res.sequences[0, prompt["input_ids"].shape[1] :].tolist()
         out["rho_code"] = rho
         return out
 
@@ -188,8 +213,12 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     probe_attention(model, pack_responses(warm, [[5, 6]], PAD)[0], [2], layers=[0])
     for variant in ("code", "paper"):
         options = cmab_probe_options(variant, layers)
-        result = measure(f"probe_{variant}", lambda: probe_attention(model, inputs, lengths, chunk=spec["chunk"],
-                                                                     **options)[0])
+        result = measure(
+            f"probe_{variant}",
+            lambda options=options: probe_attention(model, inputs, lengths, chunk=spec["chunk"], **options)[
+                0
+            ],
+        )
         out[f"rho_{variant}"] = cmab_rho(result, variant, num_layers=layers)
     return out
 
@@ -203,8 +232,9 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     # on allocation and unmapped on free: freed tensors never linger in the heap to be reused unseen,
     # and the resident-set high-water mark is the peak of live tensors.
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "MALLOC_MMAP_THRESHOLD_": "65536"}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                          text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"worker failed ({spec['side']}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -214,8 +244,12 @@ def measure_point(base: dict[str, Any], image_tokens: int, layers: int) -> dict[
     spec = {**base, "image_tokens": image_tokens, "layers": layers}
     released = run_worker({**spec, "side": "released"})
     ours = run_worker({**spec, "side": "ours", "response": released["response"]})
-    row = {"image_tokens": image_tokens, "layers": layers, "prompt_tokens": released["prompt_tokens"],
-           "new_tokens": base["new_tokens"]}
+    row = {
+        "image_tokens": image_tokens,
+        "layers": layers,
+        "prompt_tokens": released["prompt_tokens"],
+        "new_tokens": base["new_tokens"],
+    }
     row.update({k: v for k, v in released.items() if k != "response"})
     row.update({k: v for k, v in ours.items() if k != "rho_code"})
     row["rho_code_probe"] = ours["rho_code"]
@@ -223,9 +257,12 @@ def measure_point(base: dict[str, Any], image_tokens: int, layers: int) -> dict[
     row["ours_total_s"] = ours["generate_s"] + ours["probe_code_s"]
     row["ours_total_cpu_s"] = ours["generate_cpu_s"] + ours["probe_code_cpu_s"]
     row["ours_total_peak_mib"] = max(ours["generate_peak_mib"], ours["probe_code_peak_mib"])
-    print(f"  image {image_tokens:5d} tok, {layers:2d} layers: released {row['released_s']:6.2f} s "
-          f"{row['released_peak_mib']:7.0f} MiB | probe(code) {row['probe_code_s']:5.2f} s "
-          f"{row['probe_code_peak_mib']:6.0f} MiB | ρ̄ rel diff {row['rho_code_rel_diff']:.1e}", flush=True)
+    print(
+        f"  image {image_tokens:5d} tok, {layers:2d} layers: released {row['released_s']:6.2f} s "
+        f"{row['released_peak_mib']:7.0f} MiB | probe(code) {row['probe_code_s']:5.2f} s "
+        f"{row['probe_code_peak_mib']:6.0f} MiB | ρ̄ rel diff {row['rho_code_rel_diff']:.1e}",
+        flush=True,
+    )
     return row
 
 
@@ -235,22 +272,45 @@ def plot(rows: list[dict[str, Any]], main_layers: int, sweep_image: int, path: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [("released", "released: generate(output_attentions)"), ("probe_code", "probe, code variant (1 layer)"),
-              ("probe_paper", "probe, paper variant (L-2 layers)"), ("ours_total", "HF generate (sdpa) + probe, code")]
+    series = [
+        ("released", "released: generate(output_attentions)"),
+        ("probe_code", "probe, code variant (1 layer)"),
+        ("probe_paper", "probe, paper variant (L-2 layers)"),
+        ("ours_total", "HF generate (sdpa) + probe, code"),
+    ]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    sweeps = [(sorted((r for r in rows if r["layers"] == main_layers), key=lambda r: r["image_tokens"]),
-               "image_tokens", f"image tokens ({main_layers} layers)"),
-              (sorted((r for r in rows if r["image_tokens"] == sweep_image), key=lambda r: r["layers"]),
-               "layers", f"decoder layers ({sweep_image} image tokens)")]
+    sweeps = [
+        (
+            sorted((r for r in rows if r["layers"] == main_layers), key=lambda r: r["image_tokens"]),
+            "image_tokens",
+            f"image tokens ({main_layers} layers)",
+        ),
+        (
+            sorted((r for r in rows if r["image_tokens"] == sweep_image), key=lambda r: r["layers"]),
+            "layers",
+            f"decoder layers ({sweep_image} image tokens)",
+        ),
+    ]
     for col, (points, key, label) in enumerate(sweeps):
         xs = [r[key] for r in points]
-        for metric, row_axis, unit in (("s", 0, "wall time [s]"), ("peak_mib", 1, "peak memory above baseline [MiB]")):
+        for metric, row_axis, unit in (
+            ("s", 0, "wall time [s]"),
+            ("peak_mib", 1, "peak memory above baseline [MiB]"),
+        ):
             ax = axes[row_axis][col]
             for color, (name, legend) in enumerate(series):
-                ax.plot(xs, [r[f"{name}_{metric}"] for r in points], marker="o", color=f"C{color}", label=legend)
+                ax.plot(
+                    xs, [r[f"{name}_{metric}"] for r in points], marker="o", color=f"C{color}", label=legend
+                )
                 if metric == "s":  # CPU time, dashed: steadier than wall time on a shared machine
-                    ax.plot(xs, [r[f"{name}_cpu_s"] for r in points], ls="--", lw=1, color=f"C{color}",
-                            label="(dashed: CPU time)" if color == len(series) - 1 else None)
+                    ax.plot(
+                        xs,
+                        [r[f"{name}_cpu_s"] for r in points],
+                        ls="--",
+                        lw=1,
+                        color=f"C{color}",
+                        label="(dashed: CPU time)" if color == len(series) - 1 else None,
+                    )
             ax.set_xlabel(label)
             ax.set_ylabel(unit)
             ax.set_yscale("log")
@@ -265,20 +325,24 @@ def plot(rows: list[dict[str, Any]], main_layers: int, sweep_image: int, path: P
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Wall time (and, in brackets, CPU time: steadier on a shared machine) and peak memory."""
-    head = (f"{'img tok':>7} {'layers':>6} {'prompt':>6} | {'released s (cpu)':>16} {'MiB':>6} | "
-            f"{'probe s (cpu)':>13} {'MiB':>4} {'speed× (cpu)':>12} {'mem×':>6} | {'paper s':>7} {'MiB':>4} | "
-            f"{'gen+probe s':>11} {'MiB':>4} {'speed×':>6} | {'ρ̄ diff':>7}")
+    head = (
+        f"{'img tok':>7} {'layers':>6} {'prompt':>6} | {'released s (cpu)':>16} {'MiB':>6} | "
+        f"{'probe s (cpu)':>13} {'MiB':>4} {'speed× (cpu)':>12} {'mem×':>6} | {'paper s':>7} {'MiB':>4} | "
+        f"{'gen+probe s':>11} {'MiB':>4} {'speed×':>6} | {'ρ̄ diff':>7}"
+    )
     lines = [head, "-" * len(head)]
     for r in sorted(rows, key=lambda r: (r["layers"], r["image_tokens"])):
         speed = r["released_s"] / r["probe_code_s"]
         speed_cpu = r["released_cpu_s"] / r["probe_code_cpu_s"]
+        memory = r["released_peak_mib"] / max(r["probe_code_peak_mib"], 1)
         lines.append(
             f"{r['image_tokens']:>7} {r['layers']:>6} {r['prompt_tokens']:>6} | "
             f"{r['released_s']:>8.2f} ({r['released_cpu_s']:>5.2f}) {r['released_peak_mib']:>6.0f} | "
             f"{r['probe_code_s']:>5.2f} ({r['probe_code_cpu_s']:>5.2f}) {r['probe_code_peak_mib']:>4.0f} "
-            f"{speed:>5.1f} ({speed_cpu:>4.1f}) {r['released_peak_mib'] / max(r['probe_code_peak_mib'], 1):>6.0f} | "
+            f"{speed:>5.1f} ({speed_cpu:>4.1f}) {memory:>6.0f} | "
             f"{r['probe_paper_s']:>7.2f} {r['probe_paper_peak_mib']:>4.0f} | {r['ours_total_s']:>11.2f} "
-            f"{r['ours_total_peak_mib']:>4.0f} {r['released_s'] / r['ours_total_s']:>6.1f} | {r['rho_code_rel_diff']:>7.1e}"
+            f"{r['ours_total_peak_mib']:>4.0f} {r['released_s'] / r['ours_total_s']:>6.1f} | "
+            f"{r['rho_code_rel_diff']:>7.1e}"
         )
     return "\n".join(lines)
 
@@ -287,8 +351,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--image-tokens", type=int, nargs="+", default=[64, 256, 1024, 1600])
-    parser.add_argument("--layer-sweep", type=int, nargs="+", default=[4, 12],
-                        help="extra layer counts measured at --sweep-image tokens")
+    parser.add_argument(
+        "--layer-sweep",
+        type=int,
+        nargs="+",
+        default=[4, 12],
+        help="extra layer counts measured at --sweep-image tokens",
+    )
     parser.add_argument("--layers", type=int, default=28)
     parser.add_argument("--sweep-image", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=256)
@@ -309,12 +378,22 @@ def main() -> int:
         return 0
     if args.quick:
         args.image_tokens, args.layer_sweep, args.layers, args.sweep_image = [64], [], 8, 64
-    base = {"hidden": args.hidden, "heads": args.heads, "kv_heads": args.kv_heads, "text_before": args.text_before,
-            "text_after": args.text_after, "new_tokens": args.new_tokens, "chunk": args.chunk,
-            "device": args.device, "dtype": args.dtype or ("float32" if args.device == "cpu" else "bfloat16"),
-            "threads": args.threads}
+    base = {
+        "hidden": args.hidden,
+        "heads": args.heads,
+        "kv_heads": args.kv_heads,
+        "text_before": args.text_before,
+        "text_after": args.text_after,
+        "new_tokens": args.new_tokens,
+        "chunk": args.chunk,
+        "device": args.device,
+        "dtype": args.dtype or ("float32" if args.device == "cpu" else "bfloat16"),
+        "threads": args.threads,
+    }
     points = [(n, args.layers) for n in args.image_tokens] + [(args.sweep_image, L) for L in args.layer_sweep]
-    print(f"CMAB probe benchmark: {len(points)} points, {args.new_tokens} response tokens, device {args.device}")
+    print(
+        f"CMAB probe benchmark: {len(points)} points, {args.new_tokens} response tokens, device {args.device}"
+    )
     rows = [measure_point(base, n, L) for n, L in points]
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -113,7 +113,8 @@ def visual_token_ids(model: nn.Module) -> tuple[int, ...]:
     """Token ids whose positions hold vision-encoder outputs (image and video placeholders)."""
     config = model.config
     ids = tuple(
-        int(v) for v in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None))
+        int(v)
+        for v in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None))
         if v is not None
     )
     if not ids:
@@ -152,7 +153,9 @@ def pack_responses(
         rows["input_ids"].append(torch.cat([input_ids[b][keep], resp]))
         if type_ids is not None:
             prompt_types = torch.as_tensor(type_ids)[b][keep]
-            rows["mm_token_type_ids"].append(torch.cat([prompt_types, torch.zeros_like(resp).to(prompt_types.dtype)]))
+            rows["mm_token_type_ids"].append(
+                torch.cat([prompt_types, torch.zeros_like(resp).to(prompt_types.dtype)])
+            )
         lengths.append(len(response))
     width = max(len(r) for r in rows["input_ids"])
 
@@ -160,7 +163,7 @@ def pack_responses(
         out = torch.full((len(seqs), width), value, dtype=seqs[0].dtype)
         for b, s in enumerate(seqs):
             if padding_side == "left":
-                out[b, width - len(s):] = s
+                out[b, width - len(s) :] = s
             else:
                 out[b, : len(s)] = s
         return out
@@ -209,18 +212,26 @@ def _rope_fn(attn: nn.Module) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     if section is None and hasattr(modeling, "apply_rotary_pos_emb"):
         fn1 = modeling.apply_rotary_pos_emb
         return lambda x, cos, sin: fn1(x, x, cos, sin)[0]
-    raise ProbeError(f"{type(attn).__name__}: no rotary embedding function the probe knows in {modeling.__name__}")
+    raise ProbeError(
+        f"{type(attn).__name__}: no rotary embedding function the probe knows in {modeling.__name__}"
+    )
 
 
 def _check_supported(attn: nn.Module) -> None:
     for name in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "num_key_value_groups"):
         if not hasattr(attn, name):
-            raise ProbeError(f"{type(attn).__name__} has no '{name}': not a Qwen2-style attention the probe supports")
+            raise ProbeError(
+                f"{type(attn).__name__} has no '{name}': not a Qwen2-style attention the probe supports"
+            )
     for name in ("q_norm", "k_norm"):
         if hasattr(attn, name):
-            raise ProbeError(f"{type(attn).__name__} normalises q/k ('{name}'), which the probe does not reproduce")
+            raise ProbeError(
+                f"{type(attn).__name__} normalises q/k ('{name}'), which the probe does not reproduce"
+            )
     if getattr(attn, "sliding_window", None):
-        raise ProbeError(f"layer {attn.layer_idx} uses sliding-window attention, which the probe does not support")
+        raise ProbeError(
+            f"layer {attn.layer_idx} uses sliding-window attention, which the probe does not support"
+        )
 
 
 def _gather_rows(x: Tensor, rows: Tensor) -> Tensor:
@@ -257,8 +268,9 @@ def _layer_hook(plan: _Plan, layer_idx: int, attn: nn.Module) -> Callable[..., N
         v = None
         if plan.verify:
             v = module.v_proj(hidden).view(bsz, seq, -1, head_dim).transpose(1, 2).to(plan.compute_dtype)
-            attn_rows = torch.empty(bsz, kv_heads, groups, n_rows, head_dim, dtype=plan.compute_dtype,
-                                    device=device)
+            attn_rows = torch.empty(
+                bsz, kv_heads, groups, n_rows, head_dim, dtype=plan.compute_dtype, device=device
+            )
         positions = torch.arange(seq, device=device)
         for start in range(0, n_rows, plan.chunk):
             stop = min(start + plan.chunk, n_rows)
@@ -295,11 +307,14 @@ def _layer_hook(plan: _Plan, layer_idx: int, attn: nn.Module) -> Callable[..., N
     return hook
 
 
-def _verify_layer(module: nn.Module, layer_idx: int, rows: Tensor, row_valid: Tensor, attn_rows: Tensor,
-                  output: Any) -> None:
+def _verify_layer(
+    module: nn.Module, layer_idx: int, rows: Tensor, row_valid: Tensor, attn_rows: Tensor, output: Any
+) -> None:
     """Compare o_proj(softmax(qKᵀ)·V) on the probed rows with the layer's real output."""
     bsz, kv_heads, groups, n_rows, head_dim = attn_rows.shape
-    merged = attn_rows.reshape(bsz, kv_heads * groups, n_rows, head_dim).transpose(1, 2).reshape(bsz, n_rows, -1)
+    merged = (
+        attn_rows.reshape(bsz, kv_heads * groups, n_rows, head_dim).transpose(1, 2).reshape(bsz, n_rows, -1)
+    )
     weight = module.o_proj.weight
     ours = module.o_proj(merged.to(weight.dtype)).to(attn_rows.dtype)
     real = output[0] if isinstance(output, tuple) else output
@@ -379,11 +394,11 @@ def probe_attention(
     for b, n in enumerate(lengths):
         if not 1 <= n < valid_counts[b]:
             raise ValueError(f"sample {b}: response length {n} must be in [1, {valid_counts[b] - 1}]")
-        positions = key_valid[b].nonzero().squeeze(1)[-(n + 1):]
+        positions = key_valid[b].nonzero().squeeze(1)[-(n + 1) :]
         if not bool(visual[b, : positions[0] + 1].sum() == visual[b].sum()):
             raise ValueError(f"sample {b}: visual tokens inside the response")
         rows[b, : n + 1] = positions
-        rows[b, n + 1:] = positions[-1]  # padding rows repeat a real one; their results are dropped
+        rows[b, n + 1 :] = positions[-1]  # padding rows repeat a real one; their results are dropped
         row_valid[b, : n + 1] = True
         prompt_lengths.append(valid_counts[b] - n)
 
@@ -392,16 +407,26 @@ def probe_attention(
     if ace_layer is not None:
         ace_cols = rows[:, 1:]
         heads = int(blocks[-1].self_attn.config.num_attention_heads)
-        shape = (bsz, heads, n_rows, n_rows - 1) if response_attention == "heads" else (bsz, n_rows, n_rows - 1)
+        shape = (
+            (bsz, heads, n_rows, n_rows - 1) if response_attention == "heads" else (bsz, n_rows, n_rows - 1)
+        )
         ace = torch.zeros(shape, dtype=compute_dtype, device=device)
     needed = set(mass_layers) | ({ace_layer} if ace_layer is not None else set())
     plan = _Plan(
-        rows=rows, row_valid=row_valid, key_valid=key_valid, key_sets=key_sets,
+        rows=rows,
+        row_valid=row_valid,
+        key_valid=key_valid,
+        key_sets=key_sets,
         mass_layers={layer: slot for slot, layer in enumerate(mass_layers)},
         image_mass=torch.zeros(len(mass_layers), bsz, n_rows, dtype=compute_dtype, device=device),
         text_mass=torch.zeros(len(mass_layers), bsz, n_rows, dtype=compute_dtype, device=device),
-        chunk=chunk, compute_dtype=compute_dtype, ace_layer=ace_layer,
-        ace_heads=response_attention == "heads", ace_cols=ace_cols, ace=ace, verify=verify,
+        chunk=chunk,
+        compute_dtype=compute_dtype,
+        ace_layer=ace_layer,
+        ace_heads=response_attention == "heads",
+        ace_cols=ace_cols,
+        ace=ace,
+        verify=verify,
         last_layer=max(needed) if needed else -1,
     )
 
@@ -430,7 +455,7 @@ def probe_attention(
     for b, n in enumerate(lengths):
         block = None
         if plan.ace is not None:
-            block = _own(plan.ace[b, :, 1: n + 1, :n] if plan.ace_heads else plan.ace[b, 1: n + 1, :n])
+            block = _own(plan.ace[b, :, 1 : n + 1, :n] if plan.ace_heads else plan.ace[b, 1 : n + 1, :n])
         results.append(
             ProbeResult(
                 layers=mass_layers,
@@ -470,8 +495,9 @@ def _mm_token_types(ids: Tensor, model: nn.Module) -> Tensor:
     return types
 
 
-def save_heatmap(result: ProbeResult, path: str | Path, tokens: Optional[Sequence[str]] = None,
-                 title: str = "") -> Path:
+def save_heatmap(
+    result: ProbeResult, path: str | Path, tokens: Optional[Sequence[str]] = None, title: str = ""
+) -> Path:
     """PNG of one sample's image and text attention mass, layers × response tokens, side by side.
 
     ``tokens`` labels the columns (the decoded response tokens); column ``t`` is the query that
@@ -488,10 +514,14 @@ def save_heatmap(result: ProbeResult, path: str | Path, tokens: Optional[Sequenc
     width = min(4 + 0.25 * n, 40)
     fig, axes = plt.subplots(1, 2, figsize=(2 * width, 1.5 + 0.3 * len(result.layers)), squeeze=False)
     for ax, mass, name in ((axes[0][0], result.image_mass, "image"), (axes[0][1], result.text_mass, "text")):
-        shown = ax.imshow(mass.float().numpy(), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
-                          interpolation="nearest")
-        ax.set_title(f"{name} attention mass ({result.image_tokens} image tokens, text={result.text_span})"
-                     if name == "image" else f"{name} attention mass (text={result.text_span})")
+        shown = ax.imshow(
+            mass.float().numpy(), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest"
+        )
+        ax.set_title(
+            f"{name} attention mass ({result.image_tokens} image tokens, text={result.text_span})"
+            if name == "image"
+            else f"{name} attention mass (text={result.text_span})"
+        )
         ax.set_ylabel("decoder layer")
         ax.set_yticks(range(len(result.layers)), [str(i) for i in result.layers])
         if tokens is not None:

@@ -92,7 +92,8 @@ def cmab_rho(
     _check_variant(variant)
     if result.text_span != _TEXT_SPAN[variant]:
         raise ValueError(
-            f"the {variant} variant reads text_span={_TEXT_SPAN[variant]!r}, the probe used {result.text_span!r}"
+            f"the {variant} variant reads text_span={_TEXT_SPAN[variant]!r}, "
+            f"the probe used {result.text_span!r}"
         )
     if result.image_tokens == 0:
         raise CmabError("the prompt has no image tokens")

@@ -31,21 +31,50 @@ RTOL, ATOL = 1e-5, 1e-7  # fp32 probabilities carry ~6e-8 absolute rounding
 def build_tiny_vlm(family: str, attn_implementation: str = "eager", seed: int = 0, layers: int = LAYERS):
     """A random Qwen2.5-VL / Qwen2-VL with GQA (4 heads, 2 KV heads) and mRoPE (head_dim 16)."""
     text = dict(
-        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
     )
-    tokens = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VSTART,
-                  vision_end_token_id=VEND)
+    tokens = dict(
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VSTART, vision_end_token_id=VEND
+    )
     if family == "qwen2_5_vl":
-        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                      fullatt_block_indexes=[0])
-        config, cls = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens), Qwen2_5_VLForConditionalGeneration
+        vision = dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=56,
+            fullatt_block_indexes=[0],
+        )
+        config, cls = (
+            Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens),
+            Qwen2_5_VLForConditionalGeneration,
+        )
     else:
-        vision = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
-                      spatial_merge_size=2, temporal_patch_size=2)
-        config, cls = Qwen2VLConfig(text_config=text, vision_config=vision, **tokens), Qwen2VLForConditionalGeneration
+        vision = dict(
+            depth=1,
+            embed_dim=32,
+            hidden_size=64,
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        )
+        config, cls = (
+            Qwen2VLConfig(text_config=text, vision_config=vision, **tokens),
+            Qwen2VLForConditionalGeneration,
+        )
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     model = cls(config).eval()
@@ -89,7 +118,12 @@ def prompt_batch(prompts, pixel_values, grid_thw, padding_side: str = "left", wi
         span = slice(width - len(p), width) if padding_side == "left" else slice(0, len(p))
         ids[b, span] = torch.tensor(p)
         mask[b, span] = 1
-    batch = {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values, "image_grid_thw": grid_thw}
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values": pixel_values,
+        "image_grid_thw": grid_thw,
+    }
     if with_types:
         batch["mm_token_type_ids"] = (ids == IMAGE).long()
     return batch
@@ -106,7 +140,7 @@ def batch_for(indices, padding_side: str, seed: int = 0, text_first: bool = True
     offsets = [0]
     for h, w in grids[:, 1:].tolist():
         offsets.append(offsets[-1] + h * w)
-    pixel_values = torch.cat([pixels[offsets[i]: offsets[i + 1]] for i in indices])
+    pixel_values = torch.cat([pixels[offsets[i] : offsets[i + 1]] for i in indices])
     prompt = prompt_batch([prompts[i] for i in indices], pixel_values, grids[list(indices)], padding_side)
     return pack_responses(prompt, [responses[i] for i in indices], PAD, padding_side)
 
@@ -119,7 +153,7 @@ def eager_reference(model, inputs, lengths):
     refs = []
     for b, n in enumerate(lengths):
         valid = mask[b].nonzero().squeeze(1)
-        rows, resp = valid[-(n + 1):-1], valid[-n:]
+        rows, resp = valid[-(n + 1) : -1], valid[-n:]
         image = ids[b] == IMAGE
         first_image = int(image.nonzero()[0])
         positions = torch.arange(ids.shape[1])
@@ -127,16 +161,18 @@ def eager_reference(model, inputs, lengths):
         visible = positions[None, :] <= rows[:, None]
         text_all = mask[b] & ~image
         text_before = mask[b] & (positions < first_image)
-        refs.append({
-            "image": torch.stack([(a * image).sum(-1) for a in maps]),
-            "all": torch.stack([(a * text_all).sum(-1) for a in maps]),
-            "before_image": torch.stack([(a * text_before).sum(-1) for a in maps]),
-            "text_tokens_all": (text_all[None, :] & visible).sum(-1),
-            "text_tokens_before": int(text_before.sum()),
-            "image_tokens": int(image.sum()),
-            "ace_heads": out.attentions[-1][b][:, resp][:, :, resp],
-            "prompt_length": int(mask[b].sum()) - n,
-        })
+        refs.append(
+            {
+                "image": torch.stack([(a * image).sum(-1) for a in maps]),
+                "all": torch.stack([(a * text_all).sum(-1) for a in maps]),
+                "before_image": torch.stack([(a * text_before).sum(-1) for a in maps]),
+                "text_tokens_all": (text_all[None, :] & visible).sum(-1),
+                "text_tokens_before": int(text_before.sum()),
+                "image_tokens": int(image.sum()),
+                "ace_heads": out.attentions[-1][b][:, resp][:, :, resp],
+                "prompt_length": int(mask[b].sum()) - n,
+            }
+        )
     return refs
 
 
@@ -154,8 +190,9 @@ def eager_model(request):
 def test_masses_equal_eager_attention_maps(eager_model, padding_side, indices, text_span):
     inputs, lengths = batch_for(indices, padding_side)
     refs = eager_reference(eager_model, inputs, lengths)
-    results = probe_attention(eager_model, inputs, lengths, text_span=text_span, chunk=4,
-                              response_attention="heads")
+    results = probe_attention(
+        eager_model, inputs, lengths, text_span=text_span, chunk=4, response_attention="heads"
+    )
     for res, ref, n in zip(results, refs, lengths):
         assert res.layers == tuple(range(LAYERS))
         assert res.image_mass.shape == res.text_mass.shape == (LAYERS, n)
@@ -163,8 +200,9 @@ def test_masses_equal_eager_attention_maps(eager_model, padding_side, indices, t
         torch.testing.assert_close(res.text_mass, ref[text_span], rtol=RTOL, atol=ATOL)
         assert res.image_tokens == ref["image_tokens"]
         assert res.prompt_length == ref["prompt_length"]
-        expected_counts = (ref["text_tokens_all"] if text_span == "all"
-                           else torch.full((n,), ref["text_tokens_before"]))
+        expected_counts = (
+            ref["text_tokens_all"] if text_span == "all" else torch.full((n,), ref["text_tokens_before"])
+        )
         assert torch.equal(res.text_tokens, expected_counts)
         torch.testing.assert_close(res.image_mean, ref["image"] / ref["image_tokens"], rtol=RTOL, atol=ATOL)
         torch.testing.assert_close(res.text_mean, ref[text_span] / expected_counts, rtol=RTOL, atol=ATOL)
@@ -178,7 +216,7 @@ def test_attention_is_peaked_so_the_equivalence_means_something(eager_model):
     with torch.no_grad():
         maps = eager_model(**inputs, output_attentions=True).attentions
     context = int(inputs["attention_mask"].sum())
-    top = torch.stack([a[0, :, -lengths[0]:].amax(dim=-1) for a in maps])
+    top = torch.stack([a[0, :, -lengths[0] :].amax(dim=-1) for a in maps])
     assert top.mean() > 4 / context  # several times the uniform weight: peaked, per head
     ref = eager_reference(eager_model, inputs, lengths)[0]
     assert ref["image"].std() > 0.02  # image mass differs across layers and tokens
@@ -229,7 +267,9 @@ def test_selected_layers_stop_the_forward_early(eager_model):
     full = probe_attention(eager_model, inputs, lengths)
     calls: list[int] = []
     blocks = decoder_layers(eager_model)
-    handles = [blk.register_forward_pre_hook(lambda m, a, i=i: calls.append(i)) for i, blk in enumerate(blocks)]
+    handles = [
+        blk.register_forward_pre_hook(lambda m, a, i=i: calls.append(i)) for i, blk in enumerate(blocks)
+    ]
     handles.append(eager_model.lm_head.register_forward_pre_hook(lambda m, a: calls.append(-1)))
     try:
         part = probe_attention(eager_model, inputs, lengths, layers=[2, 1])
@@ -272,7 +312,7 @@ def test_probe_does_not_change_the_model_output(eager_model):
 
 def test_verify_catches_a_probe_that_differs_from_the_model(eager_model, monkeypatch):
     """If the probe's q/k did not match the model's (here: RoPE left out), verify must fail."""
-    monkeypatch.setattr(probe_module, "_rope_fn", lambda attn: (lambda x, cos, sin: x))
+    monkeypatch.setattr(probe_module, "_rope_fn", lambda attn: lambda x, cos, sin: x)
     inputs, lengths = batch_for((0,), "left")
     hooks = hook_counts(eager_model)
     with pytest.raises(ProbeError, match="does not reproduce"):
@@ -290,8 +330,12 @@ def test_pack_responses_keeps_prompts_and_marks_the_response_as_text():
         for b, (p, r) in enumerate(zip(prompts, responses)):
             keep = packed["attention_mask"][b].bool()
             assert packed["input_ids"][b][keep].tolist() == p + r
-            assert packed["mm_token_type_ids"][b][keep].tolist() == [int(t == IMAGE) for t in p] + [0] * len(r)
-            assert keep.nonzero()[0 if side == "right" else -1].item() == (0 if side == "right" else keep.numel() - 1)
+            assert packed["mm_token_type_ids"][b][keep].tolist() == [int(t == IMAGE) for t in p] + [0] * len(
+                r
+            )
+            assert keep.nonzero()[0 if side == "right" else -1].item() == (
+                0 if side == "right" else keep.numel() - 1
+            )
     with pytest.raises(ValueError, match="empty"):
         pack_responses(prompt_batch(prompts, pixels, grids), [[1], [], [2]], PAD)
 
@@ -315,7 +359,9 @@ def test_heatmap_png(eager_model, tmp_path):
 
     inputs, lengths = batch_for((2,), "left")
     result = probe_attention(eager_model, inputs, lengths)[0]
-    path = save_heatmap(result, tmp_path / "sample.png", tokens=[f"t{i}" for i in range(lengths[0])], title="x")
+    path = save_heatmap(
+        result, tmp_path / "sample.png", tokens=[f"t{i}" for i in range(lengths[0])], title="x"
+    )
     with Image.open(path) as img:
         assert img.format == "PNG" and img.width > img.height > 100
         assert len(set(img.convert("RGB").getdata())) > 20  # a rendered map, not a blank canvas

@@ -63,13 +63,21 @@ def test_rho_matches_generate_output_attentions(family):
     model = build_tiny_vlm(family)
     prompts, pixels, grids = make_prompts(text_first=True)  # the released code puts text before the image
     prompt = prompt_batch(prompts[2:], pixels[48:], grids[2:])
-    out = model.generate(**prompt, max_new_tokens=7, min_new_tokens=7, do_sample=False, output_attentions=True,
-                         return_dict_in_generate=True, pad_token_id=PAD, eos_token_id=None)
+    out = model.generate(
+        **prompt,
+        max_new_tokens=7,
+        min_new_tokens=7,
+        do_sample=False,
+        output_attentions=True,
+        return_dict_in_generate=True,
+        pad_token_id=PAD,
+        eos_token_id=None,
+    )
     steps = [[layer[0, :, -1, :] for layer in step] for step in out.attentions]  # [heads, context] rows
     ids = out.sequences[0]
     image_idx = (ids == IMAGE).nonzero().squeeze(1).tolist()
     text_idx = list(range(image_idx[0]))
-    response = ids[prompt["input_ids"].shape[1]:].tolist()
+    response = ids[prompt["input_ids"].shape[1] :].tolist()
     assert len(response) == len(steps) == 7
 
     inputs, lengths = pack_responses(prompt, [response], PAD)
@@ -97,15 +105,17 @@ def test_rho_matches_eager_maps_on_a_padded_batch(padding_side):
     for b, n in enumerate(lengths):
         valid = mask[b].nonzero().squeeze(1)
         # Step t of a generate() call = the query at position P-1+t, over the keys up to it.
-        steps = [[m[b][:, int(pos), : int(pos) + 1] for m in maps] for pos in valid[-(n + 1):-1]]
+        steps = [[m[b][:, int(pos), : int(pos) + 1] for m in maps] for pos in valid[-(n + 1) : -1]]
         image_mask = ids[b] == IMAGE
         image_idx = image_mask.nonzero().squeeze(1).tolist()
         text_idx = [i for i in range(image_idx[0]) if mask[b, i]]
         layer = cmab_layers("code", LAYERS)[0]
         assert cmab_rho(code[b], "code", num_layers=LAYERS) == pytest.approx(
-            released_code_rho(steps, image_idx, text_idx, layer), rel=RTOL)
+            released_code_rho(steps, image_idx, text_idx, layer), rel=RTOL
+        )
         assert cmab_rho(paper[b], "paper", num_layers=LAYERS) == pytest.approx(
-            paper_rho(steps, image_mask, mask[b], LAYERS), rel=RTOL)
+            paper_rho(steps, image_mask, mask[b], LAYERS), rel=RTOL
+        )
 
 
 def test_layer_selection():
@@ -128,8 +138,15 @@ def test_layer_selection():
 
 def synthetic(image, text, layers, span, image_tokens=4, text_tokens=2):
     image, text = torch.tensor(image, dtype=torch.float64), torch.tensor(text, dtype=torch.float64)
-    return ProbeResult(layers=tuple(layers), image_mass=image, text_mass=text, image_tokens=image_tokens,
-                       text_tokens=torch.full((image.shape[1],), text_tokens), text_span=span, prompt_length=10)
+    return ProbeResult(
+        layers=tuple(layers),
+        image_mass=image,
+        text_mass=text,
+        image_tokens=image_tokens,
+        text_tokens=torch.full((image.shape[1],), text_tokens),
+        text_span=span,
+        prompt_length=10,
+    )
 
 
 def test_code_variant_by_hand():
@@ -146,14 +163,18 @@ def test_code_variant_by_hand():
 
 def test_paper_variant_by_hand():
     r = synthetic([[0.5, 0.2], [0.1, 0.2]], [[0.5, 0.4], [0.4, 0.8]], [1, 2], "all")
-    rho_t = [math.exp((math.log(1.0 + 1e-8) + math.log(0.25 + 1e-8)) / 2),
-             math.exp((math.log(0.5 + 1e-8) + math.log(0.25 + 1e-8)) / 2)]
+    rho_t = [
+        math.exp((math.log(1.0 + 1e-8) + math.log(0.25 + 1e-8)) / 2),
+        math.exp((math.log(0.5 + 1e-8) + math.log(0.25 + 1e-8)) / 2),
+    ]
     assert cmab_rho(r, "paper", num_layers=4) == pytest.approx(sum(rho_t) / 2, rel=1e-12)
 
 
 def test_undefined_rho_is_an_error():
     with pytest.raises(CmabError, match="no image tokens"):
-        cmab_rho(synthetic([[0.0, 0.0]], [[1.0, 1.0]], [20], "before_image", image_tokens=0), "code", num_layers=28)
+        cmab_rho(
+            synthetic([[0.0, 0.0]], [[1.0, 1.0]], [20], "before_image", image_tokens=0), "code", num_layers=28
+        )
     with pytest.raises(CmabError, match="leaves no token"):
         cmab_rho(synthetic([[0.5]], [[0.5]], [20], "before_image"), "code", num_layers=28)
     with pytest.raises(CmabError, match="no attention on text"):
@@ -163,8 +184,17 @@ def test_undefined_rho_is_an_error():
 @pytest.mark.parametrize(
     ("rho", "bucket"),
     [
-        (0.0, "easy"), (0.0999, "easy"), (0.1, "medium"), (0.3999, "medium"), (0.4, "hard"), (1.0, "hard"),
-        (1.6, "hard"), (1.6001, "medium"), (1.9, "medium"), (1.9001, "easy"), (25.0, "easy"),
+        (0.0, "easy"),
+        (0.0999, "easy"),
+        (0.1, "medium"),
+        (0.3999, "medium"),
+        (0.4, "hard"),
+        (1.0, "hard"),
+        (1.6, "hard"),
+        (1.6001, "medium"),
+        (1.9, "medium"),
+        (1.9001, "easy"),
+        (25.0, "easy"),
     ],
 )
 def test_buckets_follow_the_published_bands(rho, bucket):
@@ -174,7 +204,13 @@ def test_buckets_follow_the_published_bands(rho, bucket):
 
 def test_buckets_use_the_given_thresholds():
     wide = CmabThresholds(easy_low=1.0, hard_low=2.0, hard_high=3.0, easy_high=4.0)
-    assert [cmab_bucket(x, True, wide) for x in (0.5, 1.5, 2.5, 3.5, 4.5)] == ["easy", "medium", "hard", "medium", "easy"]
+    assert [cmab_bucket(x, True, wide) for x in (0.5, 1.5, 2.5, 3.5, 4.5)] == [
+        "easy",
+        "medium",
+        "hard",
+        "medium",
+        "easy",
+    ]
     assert cmab_bucket(None, False, wide) == "unsolved"
     with pytest.raises(ValueError, match="needs a ρ̄"):
         cmab_bucket(None, True, wide)
