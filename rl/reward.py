@@ -24,7 +24,7 @@ import math
 from typing import Any
 
 from curate.grading import GradeResult, UnknownTaskError, format_score, grade, resolve_grader
-from curate.grading.registry import warn_once
+from curate.grading.logs import warn_once
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ def compute_score(
         route = _route(data_source, info)
         if route is None:
             warn_once(
+                logger,
                 f"reward-unknown-task:{info.get('task')}:{info.get('ability')}:{data_source}",
                 "no grader for data_source=%r task=%r ability=%r verifier=%r: reward 0 for these samples",
                 data_source, info.get("task"), info.get("ability"), info.get("verifier"),
@@ -88,5 +89,5 @@ def compute_score(
         result: GradeResult = grade(route[0], solution_str, ground_truth, route[1])
         return {"score": acc_weight * result.score + format_weight * fmt, "acc": result.score, "format": fmt}
     except Exception as exc:  # the training job outlives any single bad sample
-        warn_once(f"reward-error:{type(exc).__name__}", "reward failed (%r): reward 0", exc)
+        warn_once(logger, f"reward-error:{type(exc).__name__}", "reward failed (%r): reward 0", exc)
         return {"score": 0.0, "acc": 0.0, "format": 0.0}

@@ -24,12 +24,14 @@ Contract:
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 
 from curate.grading.extract import extract_answer
 from curate.grading.format import format_score
-from curate.grading.registry import GRADERS, UnknownTaskError, resolve_grader, warn_once
+from curate.grading.logs import warn_once
+from curate.grading.registry import GRADERS, UnknownTaskError, resolve_grader
 
 __all__ = [
     "GRADERS",
@@ -41,6 +43,8 @@ __all__ = [
     "grade",
     "resolve_grader",
 ]
+
+logger = logging.getLogger(__name__)
 
 # `extracted` is for audits and logs; longer readings are cut.
 MAX_EXTRACTED_CHARS = 1000
@@ -82,7 +86,8 @@ def grade(task: str, response: str, ground_truth: str, verifier: str | None = No
         score, extracted = grader.score(_as_text(response), _as_text(ground_truth))
         score = float(score)
     except Exception as exc:  # a grader bug must not stop a training run: score 0, say so once
-        warn_once(f"grader-error:{name}:{type(exc).__name__}", "grader %s failed (%r); scoring 0", name, exc)
+        key = f"grader-error:{name}:{type(exc).__name__}"
+        warn_once(logger, key, "grader %s failed (%r); scoring 0", name, exc)
         score, extracted = 0.0, None
     score = min(1.0, max(0.0, score)) if math.isfinite(score) else 0.0
     if extracted is not None and len(extracted) > MAX_EXTRACTED_CHARS:

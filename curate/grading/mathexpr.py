@@ -34,6 +34,7 @@ from typing import Any
 
 from curate.grading.deadline import run_with_deadline
 from curate.grading.extract import answer_region, answer_text
+from curate.grading.logs import warn_once
 from curate.grading.numbers import iter_numbers
 from curate.grading.text import normalize_text
 
@@ -208,7 +209,8 @@ def grade_math(response: str, ground_truth: str) -> tuple[float, str | None]:
             verdict, read = run_with_deadline(lambda: _symbolic_equal(gold, region, tagged), MATH_TIMEOUT_S)
             extracted = extracted or read
         except TimeoutError:
-            logger.warning("math grading gave up after %g s; comparing numbers instead", MATH_TIMEOUT_S)
+            warn_once(logger, "math-timeout", "math grading gave up after %g s; comparing numbers instead"
+                      " (further timeouts are logged at DEBUG)", MATH_TIMEOUT_S)
     if verdict is not None:
         return float(verdict), extracted
     same, number = _numbers_equal(gold, region, tagged)

@@ -9,11 +9,11 @@ a warning) and the task decides; when neither is known, ``UnknownTaskError``.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from curate.grading import boxes, choice, counting, mathexpr, ocr, text
+from curate.grading.logs import warn_once
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def resolve_grader(task: str, verifier: str | None = None) -> str:
         family = VERIFIER_FAMILIES.get(_key(verifier))
         if family is not None:
             return task_grader if task_grader in family else family[0]
-        warn_once(f"verifier:{verifier}", "unknown verifier %r: grading by task %r instead", verifier, task)
+        warn_once(logger, f"verifier:{verifier}", "unknown verifier %r: grading by task %r", verifier, task)
     if task_grader is None:
         raise UnknownTaskError(
             f"no grader for task {task!r}"
@@ -108,15 +108,3 @@ def resolve_grader(task: str, verifier: str | None = None) -> str:
         )
     return task_grader
 
-
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
-
-
-def warn_once(key: str, msg: str, *args: object) -> None:
-    """Log a warning the first time ``key`` is seen in this process (graders run millions of times)."""
-    with _warned_lock:
-        if key in _warned:
-            return
-        _warned.add(key)
-    logger.warning(msg, *args)
