@@ -16,9 +16,10 @@ Contract:
   evaluated); it raises :class:`UnknownTaskError` only for a task/verifier no grader serves, which
   is a data or configuration error. Readers call :func:`resolve_grader` (and
   :func:`check_ground_truth`) up front to turn such rows into ``status=error`` rows.
-- Time: every grader looks at a bounded part of the response (the extracted answer capped at a few
-  thousand characters, or the last ``extract.TAIL_CHARS`` characters); a 1 MB response grades in
-  milliseconds. Math spends at most ``mathexpr.MATH_TIMEOUT_S`` in sympy, in any thread.
+- Time: every grader looks at a bounded part of the response (the extracted answer, capped, or the
+  last ``extract.TAIL_CHARS`` characters), so a 1 MB response costs what a short one does: micro- to
+  milliseconds. Math spends at most ``mathexpr.MATH_TIMEOUT_S`` (2 s) in sympy, in any thread;
+  only pathological LaTeX (deeply nested brackets) gets near it.
 """
 
 from __future__ import annotations
