@@ -123,6 +123,10 @@ class PromptConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     # How the question is put to the model; {question} is replaced by the sample's question.
     template: str = "{question}"
+    # Where the images go when the question has no <image> placeholders: first (Qwen's convention)
+    # or last (after the text: the released CMAB code's layout, which its thresholds assume, since
+    # its "text" span is everything before the first image token).
+    image_position: str = "first"
 
 
 @dataclass
@@ -256,6 +260,7 @@ class CurateConfig:
         _check("sampling.top_p", 0 < self.sampling.top_p <= 1, "must be in (0, 1]")
         _check("sampling.max_tokens", self.sampling.max_tokens > 0, "must be positive")
         _check("prompt.template", "{question}" in self.prompt.template, "must contain {question}")
+        _choice("prompt.image_position", self.prompt.image_position, ["first", "last"])
         p = self.pism
         _choice("pism.mode", p.mode, ["early_exit", "full"])
         _choice("pism.mask", p.mask, ["block", "pixel", "patch"])

@@ -16,7 +16,8 @@ def build_messages(question: str, num_images: int, cfg: PromptConfig) -> list[di
     """System message (if any) plus one user message whose parts interleave images and text.
 
     ``<image>`` placeholders in the question mark where each image goes (verl's convention, which
-    asserts that the counts match); a question without placeholders gets all images first.
+    asserts that the counts match); a question without placeholders gets all images first, or last
+    with ``image_position="last"``.
     """
     if not question or not question.strip():
         raise PromptError("empty question")
@@ -25,8 +26,9 @@ def build_messages(question: str, num_images: int, cfg: PromptConfig) -> list[di
     placeholders = len(pieces) - 1
     parts: list[dict[str, Any]] = []
     if placeholders == 0:
-        parts.extend({"type": "image"} for _ in range(num_images))
-        parts.append({"type": "text", "text": text})
+        images = [{"type": "image"} for _ in range(num_images)]
+        text_part = [{"type": "text", "text": text}]
+        parts = images + text_part if cfg.image_position == "first" else text_part + images
     elif placeholders == num_images:
         for i, piece in enumerate(pieces):
             if piece.strip():

@@ -142,7 +142,8 @@ class TransformersEngine(GenerationEngine):
 
     # ---- preparation -----------------------------------------------------------------------
 
-    def _process(self, request: GenerationRequest, params: SamplingParams) -> dict[str, torch.Tensor]:
+    def encode(self, request: GenerationRequest) -> dict[str, torch.Tensor]:
+        """The processor's tensors for one request's prompt (batch of one), as ``generate`` sees it."""
         check_request(request)
         text = self.processor.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
         kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
@@ -165,7 +166,7 @@ class TransformersEngine(GenerationEngine):
             prompt = by_key.get(key) if key is not None else None
             if prompt is None:
                 try:
-                    inputs = self._process(req, params)
+                    inputs = self.encode(req)
                 except Exception as err:  # a bad request must not fail its batch
                     results[r] = GenerationResult(error=_describe(err))
                     continue
@@ -234,22 +235,23 @@ class TransformersEngine(GenerationEngine):
         if batch:
             yield batch
 
-    def _collate(self, prompts: Sequence[_Prompt]) -> dict[str, torch.Tensor]:
-        width = max(p.length for p in prompts)
-        keys = list(dict.fromkeys(k for p in prompts for k in p.inputs))
+    def collate(self, encoded: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Left-pad ``encode`` outputs into one batch on the model's device."""
+        width = max(int(e["input_ids"].shape[1]) for e in encoded)
+        keys = list(dict.fromkeys(k for e in encoded for k in e))
         batch: dict[str, torch.Tensor] = {}
         for key in keys:
             if key in _SEQUENCE_KEYS:
                 fill = self.pad_token_id if key == "input_ids" else 0
                 padded = []
-                for p in prompts:
-                    v = p.inputs.get(key)
+                for e in encoded:
+                    v = e.get(key)
                     if v is None:  # e.g. a text-only prompt without multimodal token types
-                        v = torch.zeros(1, p.length, dtype=torch.long)
+                        v = torch.zeros_like(e["input_ids"])
                     padded.append(torch.nn.functional.pad(v, (width - v.shape[1], 0), value=fill))
                 batch[key] = torch.cat(padded, dim=0)
             else:  # per-image tensors: concatenated in row order
-                values = [p.inputs[key] for p in prompts if isinstance(p.inputs.get(key), torch.Tensor)]
+                values = [e[key] for e in encoded if isinstance(e.get(key), torch.Tensor)]
                 if values:
                     batch[key] = torch.cat(values, dim=0)
         return {k: v.to(self.device) for k, v in batch.items()}
@@ -261,11 +263,11 @@ class TransformersEngine(GenerationEngine):
         seeds = [p.seeds[i] for p, rows in batch for i in rows]
         shared = self.share_prefill and len(row_ids) > len(batch)
         if shared:
-            inputs = self._collate([p for p, _ in batch])
+            inputs = self.collate([p.inputs for p, _ in batch])
             # expand[j] = the distinct prompt that row j samples from
             expand = torch.tensor([k for k, (_, rows) in enumerate(batch) for _ in rows], device=self.device)
         else:
-            inputs = self._collate([p for p, rows in batch for _ in rows])
+            inputs = self.collate([p.inputs for p, rows in batch for _ in rows])
         width = inputs["input_ids"].shape[1]
         shared = shared and width > 1
         gen_config = GenerationConfig(
