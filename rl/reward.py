@@ -83,7 +83,10 @@ def compute_score(
                 logger,
                 f"reward-unknown-task:{info.get('task')}:{info.get('ability')}:{data_source}",
                 "no grader for data_source=%r task=%r ability=%r verifier=%r: reward 0 for these samples",
-                data_source, info.get("task"), info.get("ability"), info.get("verifier"),
+                data_source,
+                info.get("task"),
+                info.get("ability"),
+                info.get("verifier"),
             )
             return {"score": 0.0, "acc": 0.0, "format": fmt}
         result: GradeResult = grade(route[0], solution_str, ground_truth, route[1])

@@ -214,8 +214,15 @@ def test_math_reads_untagged_responses_from_the_end():
 
 def test_math_guards_sympy_against_giant_integers():
     assert sympy_safe("2^{10} + x^2") and sympy_safe("5!") and sympy_safe("a\\!b")
-    blowups = ("9^{9^{9}}", "2**(10**9)", "(10^{5})^{10^{5}}", "2^{1234567890}", "100000!", "(3+4)!",
-               "10^{20!}")
+    blowups = (
+        "9^{9^{9}}",
+        "2**(10**9)",
+        "(10^{5})^{10^{5}}",
+        "2^{1234567890}",
+        "100000!",
+        "(3+4)!",
+        "10^{20!}",
+    )
     for blowup in blowups:
         assert not sympy_safe(blowup), blowup
     # graded (to 0: no single number either) instead of hanging the worker for hours
@@ -225,8 +232,12 @@ def test_math_guards_sympy_against_giant_integers():
 
 def test_math_off_the_main_thread():
     """math-verify's own timeouts raise ValueError outside the main thread; ours do not."""
-    pairs = [("0.5", "\\frac{1}{2}", 1.0), ("x = 3", "3", 1.0), ("(x+1)^2", "x^2+2x+1", 1.0),
-             ("0.4", "0.5", 0.0)]
+    pairs = [
+        ("0.5", "\\frac{1}{2}", 1.0),
+        ("x = 3", "3", 1.0),
+        ("(x+1)^2", "x^2+2x+1", 1.0),
+        ("0.4", "0.5", 0.0),
+    ]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         scores = list(pool.map(lambda p: grade("math", tagged(p[0]), p[1]).score, pairs * 3))
     assert scores == [p[2] for p in pairs] * 3

@@ -15,13 +15,22 @@ LINES = [
     "this line is not JSON",
     {"id": 3, "task": "no_such_task", "response": "<answer>3</answer>", "ground_truth": "3"},
     "",
-    {"id": 4, "task": "grounding", "response": "<answer>[0, 0, 10, 10]</answer>",
-     "ground_truth": [[0, 0, 10, 20]]},
+    {
+        "id": 4,
+        "task": "grounding",
+        "response": "<answer>[0, 0, 10, 10]</answer>",
+        "ground_truth": [[0, 0, 10, 20]],
+    },
     [1, 2, 3],
     {"id": 5, "task": "ocr", "response": "<answer>YZXT</answer>"},
     {"id": 6, "task": "ocr", "response": 42, "ground_truth": "YZXT"},
-    {"id": 7, "task": "grounding", "verifier": "detection", "response": "<answer>[0, 0, 10, 10]</answer>",
-     "ground_truth": "[{'bbox_2d': [0, 0, 10, 10], 'label': 'dog'}]"},
+    {
+        "id": 7,
+        "task": "grounding",
+        "verifier": "detection",
+        "response": "<answer>[0, 0, 10, 10]</answer>",
+        "ground_truth": "[{'bbox_2d': [0, 0, 10, 10], 'label': 'dog'}]",
+    },
 ]
 
 
@@ -36,10 +45,22 @@ def test_grade_file(tmp_path, capsys):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 9  # every non-blank line, in order
 
-    assert rows[0] == {**LINES[0], "score": 1.0, "correct": True, "format": 1.0, "grader": "counting",
-                       "extracted": "3"}
-    assert rows[1] == {**LINES[1], "score": 0.0, "correct": False, "format": 0.0, "grader": "short_answer",
-                       "extracted": "blue"}
+    assert rows[0] == {
+        **LINES[0],
+        "score": 1.0,
+        "correct": True,
+        "format": 1.0,
+        "grader": "counting",
+        "extracted": "3",
+    }
+    assert rows[1] == {
+        **LINES[1],
+        "score": 0.0,
+        "correct": False,
+        "format": 0.0,
+        "grader": "short_answer",
+        "extracted": "blue",
+    }
     assert rows[2]["line"] == 3 and rows[2]["raw"] == "this line is not JSON"
     assert "invalid JSON" in rows[2]["error"]
     assert rows[3]["id"] == 3 and "no_such_task" in rows[3]["error"] and "score" not in rows[3]
@@ -69,7 +90,10 @@ def test_grade_reads_stdin_as_a_module():
     run = subprocess.run(
         [sys.executable, "-m", "curate", "grade", "-"],
         input=json.dumps({"task": "math", "response": "\\boxed{0.5}", "ground_truth": "\\frac{1}{2}"}) + "\n",
-        capture_output=True, text=True, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     row = json.loads(run.stdout)
     assert (row["score"], row["correct"], row["extracted"]) == (1.0, True, "0.5")

@@ -18,11 +18,63 @@ pytestmark = pytest.mark.timeout(300)
 
 # Pieces of the syntax every parser looks for, so random strings exercise its branches.
 FRAGMENTS = [
-    "<answer>", "</answer>", "<think>", "</think>", "\\boxed{", "\\fbox{", "{", "}", "[", "]", "(", ")",
-    ",", " ", "\n", "0", "1", "3", "42", "-", ".", "0.5", "1e400", "nan", "inf", "%", "\\%", "^", "**", "!",
-    "\\frac", "\\sqrt", "$", "x", "=", "bbox_2d", "'bbox_2d'", '"bbox_2d"', ":", "'label'", "'dog'", "yes",
-    "no", "(B)", "B.", "A", "the answer is", "twenty", "one", "hundred", "and", "__import__('os')",
-    "\\text{cm}", "\x00", "é", "\U0001d7d8", "\ud800",
+    "<answer>",
+    "</answer>",
+    "<think>",
+    "</think>",
+    "\\boxed{",
+    "\\fbox{",
+    "{",
+    "}",
+    "[",
+    "]",
+    "(",
+    ")",
+    ",",
+    " ",
+    "\n",
+    "0",
+    "1",
+    "3",
+    "42",
+    "-",
+    ".",
+    "0.5",
+    "1e400",
+    "nan",
+    "inf",
+    "%",
+    "\\%",
+    "^",
+    "**",
+    "!",
+    "\\frac",
+    "\\sqrt",
+    "$",
+    "x",
+    "=",
+    "bbox_2d",
+    "'bbox_2d'",
+    '"bbox_2d"',
+    ":",
+    "'label'",
+    "'dog'",
+    "yes",
+    "no",
+    "(B)",
+    "B.",
+    "A",
+    "the answer is",
+    "twenty",
+    "one",
+    "hundred",
+    "and",
+    "__import__('os')",
+    "\\text{cm}",
+    "\x00",
+    "é",
+    "\U0001d7d8",
+    "\ud800",
 ]
 texts = st.one_of(st.text(max_size=300), st.lists(st.sampled_from(FRAGMENTS), max_size=60).map("".join))
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -78,8 +130,11 @@ _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
 @FAST
-@given(text=st.lists(st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "x", "1"]),
-                     max_size=12).map("".join))
+@given(
+    text=st.lists(
+        st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "x", "1"]), max_size=12
+    ).map("".join)
+)
 def test_format_score_is_the_regex_with_each_tag_once(text):
     once = all(text.count(tag) == 1 for tag in _TAGS)
     assert format_score(text) == float(once and _FORMAT.fullmatch(text) is not None)
@@ -92,8 +147,10 @@ def test_well_formed_responses_get_format_reward(think, answer, gap):
     assert format_score(f"<think>{think}</think>{gap}<answer>{answer}</answer>") == 1.0
 
 
-_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen " \
-        "sixteen seventeen eighteen nineteen".split()
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen".split()
+)
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 
 
@@ -138,12 +195,16 @@ valid_box = st.tuples(coordinate, coordinate, st.integers(1, 500), st.integers(1
 
 
 @FAST
-@given(truth=st.lists(valid_box, min_size=1, max_size=8), pred=st.lists(valid_box, max_size=8),
-       scale=st.sampled_from([0.25, 2.0, 8.0]))
+@given(
+    truth=st.lists(valid_box, min_size=1, max_size=8),
+    pred=st.lists(valid_box, max_size=8),
+    scale=st.sampled_from([0.25, 2.0, 8.0]),
+)
 def test_box_score_properties(truth, pred, scale):
     score = box_score(pred, truth)
     assert 0.0 <= score <= 1.0
     assert box_score(truth, truth) == pytest.approx(1.0)
+
     def scaled(boxes: list[Box]) -> list[Box]:
         return [Box(b.x1 * scale, b.y1 * scale, b.x2 * scale, b.y2 * scale) for b in boxes]
 

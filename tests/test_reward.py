@@ -27,8 +27,12 @@ TOY = [
     ("color", "yellow", toy("I look at its color.", "yellow"), toy("I look at its color.", "red")),
     ("arithmetic", "6", toy("1+2+3", "6"), toy("1+2+3", "7")),
     ("ocr", "YZXT", toy("I read the text.", "YZXT"), toy("I read the text.", "QQ")),
-    ("grounding", '[{"bbox_2d": [87, 3, 109, 25]}]', toy("I find it.", '[{"bbox_2d": [87, 3, 109, 25]}]'),
-     toy("I find it.", '[{"bbox_2d": [0, 0, 22, 22]}]')),
+    (
+        "grounding",
+        '[{"bbox_2d": [87, 3, 109, 25]}]',
+        toy("I find it.", '[{"bbox_2d": [87, 3, 109, 25]}]'),
+        toy("I find it.", '[{"bbox_2d": [0, 0, 22, 22]}]'),
+    ),
 ]
 
 
@@ -45,8 +49,9 @@ def test_partial_credit_is_continuous():
     # OCR: LCS 2 of 4 + 2 characters; boxes: IoU 242/726 (22x22 box shifted by 11 px)
     ocr = compute_score("toy/ocr", toy("r", "YZ"), "YZXT", {"task": "ocr"})
     assert ocr["acc"] == pytest.approx(4 / 6)
-    box = compute_score("toy/grounding", toy("r", "[98, 3, 120, 25]"), "[[87, 3, 109, 25]]",
-                        {"task": "grounding"})
+    box = compute_score(
+        "toy/grounding", toy("r", "[98, 3, 120, 25]"), "[[87, 3, 109, 25]]", {"task": "grounding"}
+    )
     assert box["acc"] == pytest.approx(242 / 726)
     assert box["score"] == pytest.approx(242 / 726 + 1.0)
 
@@ -85,9 +90,17 @@ def test_unknown_task_scores_zero_and_warns_once(caplog):
 
 
 ADVERSARIAL = [
-    "", "\x00", "<answer>", "</answer><answer>", "\\boxed{" * 100_000, "9" * 1_000_000,
-    "<answer>__import__('os').system('echo pwned')</answer>", "<answer>" + "{" * 10_000,
-    "<think>" * 50_000, "<answer>[1e999, nan, -inf, 0]</answer>", "\ud800\udfff" * 1000,
+    "",
+    "\x00",
+    "<answer>",
+    "</answer><answer>",
+    "\\boxed{" * 100_000,
+    "9" * 1_000_000,
+    "<answer>__import__('os').system('echo pwned')</answer>",
+    "<answer>" + "{" * 10_000,
+    "<think>" * 50_000,
+    "<answer>[1e999, nan, -inf, 0]</answer>",
+    "\ud800\udfff" * 1000,
 ]
 
 
@@ -115,12 +128,18 @@ def test_adversarial_strings(task, monkeypatch):
     solution=st.one_of(st.text(max_size=200), st.none()),
     truth=st.one_of(st.text(max_size=100), st.integers(), st.lists(st.integers(), max_size=4), st.none()),
     extra_info=st.one_of(
-        st.none(), st.text(max_size=5),
-        st.fixed_dictionaries({}, optional={
-            "task": st.one_of(st.sampled_from(["counting", "ocr", "grounding", "math", "x"]), st.integers()),
-            "ability": st.text(max_size=10),
-            "verifier": st.one_of(st.sampled_from(["mathverify", "detection", "??"]), st.none()),
-        }),
+        st.none(),
+        st.text(max_size=5),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "task": st.one_of(
+                    st.sampled_from(["counting", "ocr", "grounding", "math", "x"]), st.integers()
+                ),
+                "ability": st.text(max_size=10),
+                "verifier": st.one_of(st.sampled_from(["mathverify", "detection", "??"]), st.none()),
+            },
+        ),
     ),
 )
 def test_never_raises(data_source, solution, truth, extra_info):
@@ -136,15 +155,32 @@ def test_verl_loads_and_calls_it_like_its_reward_loop():
     from omegaconf import OmegaConf
     from verl.trainer.ppo.reward import get_custom_reward_fn
 
-    config = OmegaConf.create({"reward": {"custom_reward_function": {
-        "path": "pkg://rl.reward", "name": "compute_score", "reward_kwargs": {"format_weight": 0.5}}}})
+    config = OmegaConf.create(
+        {
+            "reward": {
+                "custom_reward_function": {
+                    "path": "pkg://rl.reward",
+                    "name": "compute_score",
+                    "reward_kwargs": {"format_weight": 0.5},
+                }
+            }
+        }
+    )
     reward_fn = get_custom_reward_fn(config)
 
     async def run_single(solution: str, truth: str, task: str) -> dict:
-        extra_info = {"task": np.str_(task), "index": np.int64(3), "num_turns": None,
-                      "rollout_reward_scores": {}}
-        return await asyncio.get_running_loop().run_in_executor(None, lambda: reward_fn(
-            data_source="toy/" + task, solution_str=solution, ground_truth=truth, extra_info=extra_info))
+        extra_info = {
+            "task": np.str_(task),
+            "index": np.int64(3),
+            "num_turns": None,
+            "rollout_reward_scores": {},
+        }
+        return await asyncio.get_running_loop().run_in_executor(
+            None,
+            lambda: reward_fn(
+                data_source="toy/" + task, solution_str=solution, ground_truth=truth, extra_info=extra_info
+            ),
+        )
 
     async def run_all() -> list[dict]:
         return await asyncio.gather(

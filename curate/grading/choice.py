@@ -65,7 +65,7 @@ def check_multiple_choice_truth(ground_truth: str) -> str | None:
 
 
 def yes_no(text: str) -> str | None:
-    """"yes" or "no": the first word if it is one, else the last standalone yes/no in the text."""
+    """ "yes" or "no": the first word if it is one, else the last standalone yes/no in the text."""
     normalized = normalize_text(text)
     words = _YES_NO.findall(normalized)
     if not words:

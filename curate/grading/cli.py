@@ -81,8 +81,9 @@ class Summary:
     def write(self, stream: IO[str]) -> None:
         graded = sum(len(v) for v in self.scores.values())
         mean = sum(sum(v) for v in self.scores.values()) / graded if graded else float("nan")
-        print(f"lines {self.lines}  graded {graded}  errors {self.errors}  mean score {mean:.4f}",
-              file=stream)
+        print(
+            f"lines {self.lines}  graded {graded}  errors {self.errors}  mean score {mean:.4f}", file=stream
+        )
         for task in sorted(self.scores):
             n, accuracy = len(self.scores[task]), self.correct[task] / len(self.scores[task])
             mean = sum(self.scores[task]) / n

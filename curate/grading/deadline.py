@@ -34,7 +34,12 @@ T = TypeVar("T")
 _RETRY_S = 0.005
 _REFIRE_S = 0.1
 _DO_NOT_INTERRUPT = (
-    "importlib._bootstrap", "importlib._bootstrap_external", "logging", "threading", "_weakrefset", "weakref",
+    "importlib._bootstrap",
+    "importlib._bootstrap_external",
+    "logging",
+    "threading",
+    "_weakrefset",
+    "weakref",
 )
 
 
@@ -50,7 +55,7 @@ def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
 
 
 def _where(frame: FrameType | None, guard: FrameType) -> str:
-    """"inside" the guarded function, "delicate" code inside it, or "outside" of it."""
+    """ "inside" the guarded function, "delicate" code inside it, or "outside" of it."""
     if frame is None or frame is guard:
         return "outside"
     delicate = False

@@ -209,8 +209,13 @@ def grade_math(response: str, ground_truth: str) -> tuple[float, str | None]:
             verdict, read = run_with_deadline(lambda: _symbolic_equal(gold, region, tagged), MATH_TIMEOUT_S)
             extracted = extracted or read
         except TimeoutError:
-            warn_once(logger, "math-timeout", "math grading gave up after %g s; comparing numbers instead"
-                      " (further timeouts are logged at DEBUG)", MATH_TIMEOUT_S)
+            warn_once(
+                logger,
+                "math-timeout",
+                "math grading gave up after %g s; comparing numbers instead"
+                " (further timeouts are logged at DEBUG)",
+                MATH_TIMEOUT_S,
+            )
     if verdict is not None:
         return float(verdict), extracted
     same, number = _numbers_equal(gold, region, tagged)

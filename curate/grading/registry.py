@@ -107,4 +107,3 @@ def resolve_grader(task: str, verifier: str | None = None) -> str:
             + f"; known tasks: {sorted(TASK_ALIASES)}; known verifiers: {sorted(VERIFIER_FAMILIES)}"
         )
     return task_grader
-
