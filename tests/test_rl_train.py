@@ -147,6 +147,9 @@ def test_toy_cpu_recipe_composes_into_a_cpu_grpo_run():
     assert cfg.actor_rollout_ref.rollout.name == "hf" and cfg.actor_rollout_ref.actor.strategy == "fsdp2"
     assert cfg.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
     assert cfg.actor_rollout_ref.model.use_remove_padding is False
+    for role in ("actor", "ref"):  # fp32 compute, like the fp32 rollout (verl's FSDP default is bf16)
+        assert dict(cfg.actor_rollout_ref[role].fsdp_config.mixed_precision) == {
+            "param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
     assert cfg.actor_rollout_ref.rollout.tensor_model_parallel_size == 1
     assert cfg.transfer_queue.backend.SimpleStorage.num_data_storage_units == 1
     assert cfg.data.val_files == "/data/t.parquet" and cfg.data.dataloader_num_workers == 0
