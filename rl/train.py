@@ -27,9 +27,10 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from curate.config import ConfigError
 
@@ -125,8 +126,11 @@ def _hardmode(section: Mapping[str, Any], cli: Sequence[str]) -> HardmodeSection
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(HardmodeSection), section,
-                              OmegaConf.from_dotlist([o.removeprefix("hardmode.") for o in cli]))
+        cfg = OmegaConf.merge(
+            OmegaConf.structured(HardmodeSection),
+            section,
+            OmegaConf.from_dotlist([o.removeprefix("hardmode.") for o in cli]),
+        )
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
@@ -137,12 +141,15 @@ def _toy_model_path() -> str:
     try:
         from curate.toy import toy_model_path
     except ImportError as err:
-        raise ConfigError(f"config key 'actor_rollout_ref.model.path': 'toy' needs curate.toy ({err})") from None
+        raise ConfigError(
+            f"config key 'actor_rollout_ref.model.path': 'toy' needs curate.toy ({err})"
+        ) from None
     return str(toy_model_path())
 
 
-def plan_training(recipe_path: str | Path, cli_overrides: Sequence[str] = (),
-                  environ: Mapping[str, str] | None = None) -> TrainPlan:
+def plan_training(
+    recipe_path: str | Path, cli_overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None
+) -> TrainPlan:
     """Compose a recipe and command-line overrides into the verl command to run (nothing is started)."""
     environ = os.environ if environ is None else environ
     section, verl_part = _load_recipe(recipe_path)
@@ -172,13 +179,20 @@ def plan_training(recipe_path: str | Path, cli_overrides: Sequence[str] = (),
     merged = {**implied, **recipe}
     unset = [k for k, (_, v) in merged.items() if v == MISSING and k not in cli_keys]
     if unset:
-        raise ConfigError(f"config key '{unset[0]}' must be given on the command line (the recipe leaves it {MISSING})"
-                          + (f"; also {', '.join(unset[1:])}" if unset[1:] else ""))
-    if merged.get("actor_rollout_ref.model.path", (False, None))[1] == TOY_MODEL and \
-            "actor_rollout_ref.model.path" not in cli_keys:
+        raise ConfigError(
+            f"config key '{unset[0]}' must be given on the command line (the recipe leaves it {MISSING})"
+            + (f"; also {', '.join(unset[1:])}" if unset[1:] else "")
+        )
+    if (
+        merged.get("actor_rollout_ref.model.path", (False, None))[1] == TOY_MODEL
+        and "actor_rollout_ref.model.path" not in cli_keys
+    ):
         merged["actor_rollout_ref.model.path"] = (False, _toy_model_path())
-    overrides = [f"{'+' if add else ''}{key}={hydra_value(value)}"
-                 for key, (add, value) in merged.items() if key not in cli_keys]
+    overrides = [
+        f"{'+' if add else ''}{key}={hydra_value(value)}"
+        for key, (add, value) in merged.items()
+        if key not in cli_keys
+    ]
     return TrainPlan(overrides=overrides + list(verl_cli), env=env)
 
 
@@ -206,7 +220,8 @@ def verl_config(plan: TrainPlan) -> Any:
             raise ConfigError(str(err).splitlines()[0]) from None
         unset_by_default = OmegaConf.missing_keys(compose(config_name=VERL_CONFIG_NAME))
     unset = sorted(OmegaConf.missing_keys(cfg) - unset_by_default) + sorted(
-        {"actor_rollout_ref.rollout.name", "actor_rollout_ref.model.path"} & OmegaConf.missing_keys(cfg))
+        {"actor_rollout_ref.rollout.name", "actor_rollout_ref.model.path"} & OmegaConf.missing_keys(cfg)
+    )
     if unset:
         raise ConfigError(f"config key '{unset[0]}' must be set (it is {MISSING})")
     return cfg
@@ -214,10 +229,15 @@ def verl_config(plan: TrainPlan) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="recipe YAML (configs/rl/*.yaml)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the composed command and verl config, start nothing")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="verl config overrides (Hydra syntax) or hardmode.* keys")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the composed command and verl config, start nothing"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="verl config overrides (Hydra syntax) or hardmode.* keys",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -46,8 +46,14 @@ def test_plugin_refuses_to_load_against_another_verl(tmp_path):
         md.version = lambda name: "0.10.0" if name == "verl" else real(name)
         import verl
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **cpu_env()}, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **cpu_env()},
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     assert "supports exactly verl==0.9.1; found verl==0.10.0" in proc.stderr
 
@@ -75,8 +81,9 @@ def test_cpu_overrides_declare_ray_resources_only_for_a_local_cluster():
 
 
 def test_cpu_platform_is_registered_and_answers_for_cpu():
-    import rl.cpu.plugin  # noqa: F401
     from verl.plugin.platform import PlatformRegistry
+
+    import rl.cpu.plugin  # noqa: F401
 
     platform = PlatformRegistry.get("cpu")()
     assert platform.device_name == "cpu"
@@ -92,7 +99,9 @@ def test_device_module_memory_and_rng_calls():
 
     free, total = torch_cpu.mem_get_info()
     assert 0 < free <= total
-    assert torch_cpu.memory_allocated() > 0 and torch_cpu.max_memory_allocated() >= torch_cpu.memory_allocated()
+    assert (
+        torch_cpu.memory_allocated() > 0 and torch_cpu.max_memory_allocated() >= torch_cpu.memory_allocated()
+    )
     state = torch_cpu.get_rng_state()
     first = torch.rand(3)
     torch_cpu.set_rng_state(state)
@@ -153,8 +162,14 @@ def _free_port() -> int:
 
 def test_a_cpu_process_gets_the_platform_process_group_and_fsdp2_offload(tmp_path):
     """A fresh process with the CPU run's environment: what verl's workers see and do."""
-    proc = subprocess.run([sys.executable, "-c", _CPU_PROCESS_CHECK, str(_free_port())], capture_output=True,
-                          text=True, timeout=180, env={**os.environ, **cpu_env()}, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CPU_PROCESS_CHECK, str(_free_port())],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, **cpu_env()},
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "device: cpu gloo rl.cpu.torch_cpu FSDPEngineWithLMHead" in out
@@ -171,8 +186,9 @@ def test_overrides_are_not_applied_without_the_cpu_platform(tmp_path):
         print(d.initialize_global_process_group_ray is o.initialize_global_process_group_ray)
     """)
     env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "False"
 
@@ -196,7 +212,9 @@ def test_position_ids_survive_the_fix_and_verl_minibatch_selection(lengths):
     packed, rows = _packed_like_transfer_queue(lengths)
     data = TensorDict({"position_ids": packed}, batch_size=[len(rows)])
     maybe_fix_3d_position_ids(data)
-    assert [torch.equal(a, b) for a, b in zip(data["position_ids"].unbind(), rows)] == [True] * len(rows)
+    assert [torch.equal(a, b) for a, b in zip(data["position_ids"].unbind(), rows, strict=True)] == [
+        True
+    ] * len(rows)
     last = index_select_tensor_dict(data, torch.tensor([len(rows) - 1]))  # how verl cuts mini-batches
     assert torch.equal(last["position_ids"].unbind()[0], rows[-1])
 
@@ -253,20 +271,27 @@ def test_dataset_extracts_images_for_the_processor(tiny_model_dir, tmp_path):
     from rl.cpu.dataset import TorchvisionFreeRLHFDataset
 
     images = [Image.new("RGB", (112, 112), (200, 30, 30)), Image.new("RGB", (56, 84), (30, 30, 200))]
-    pd.DataFrame([{
-        "data_source": "toy/counting",
-        "prompt": [{"role": "user", "content": "<image>and<image>How many?"}],
-        "images": [{"bytes": _png(im), "path": None} for im in images],
-        "ability": "counting",
-        "reward_model": {"style": "rule", "ground_truth": "1"},
-        "extra_info": {"index": 0},
-    }]).to_parquet(tmp_path / "d.parquet")
+    pd.DataFrame(
+        [
+            {
+                "data_source": "toy/counting",
+                "prompt": [{"role": "user", "content": "<image>and<image>How many?"}],
+                "images": [{"bytes": _png(im), "path": None} for im in images],
+                "ability": "counting",
+                "reward_model": {"style": "rule", "ground_truth": "1"},
+                "extra_info": {"index": 0},
+            }
+        ]
+    ).to_parquet(tmp_path / "d.parquet")
     processor = hf_processor(str(tiny_model_dir), trust_remote_code=True)
     config = OmegaConf.create({"max_prompt_length": 512, "image_key": "images", "trust_remote_code": True})
-    dataset = TorchvisionFreeRLHFDataset(str(tmp_path / "d.parquet"), hf_tokenizer(str(tiny_model_dir)),
-                                         config, processor)
+    dataset = TorchvisionFreeRLHFDataset(
+        str(tmp_path / "d.parquet"), hf_tokenizer(str(tiny_model_dir)), config, processor
+    )
     messages = dataset[0]["raw_prompt"]
-    got, videos, _ = asyncio.run(dataset.process_multi_modal_info(messages, image_patch_size=14, config=config))
+    got, videos, _ = asyncio.run(
+        dataset.process_multi_modal_info(messages, image_patch_size=14, config=config)
+    )
     assert videos is None
     assert [im.size for im in got] == [(112, 112), (56, 84)]
     assert [im.getpixel((5, 5)) for im in got] == [(200, 30, 30), (30, 30, 200)]
@@ -275,8 +300,9 @@ def test_dataset_extracts_images_for_the_processor(tiny_model_dir, tmp_path):
     image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert int((ids == image_token).sum()) == 16 + 6  # 112x112 -> 4x4 tokens, 56x84 -> 2x3 tokens
     with pytest.raises(NotImplementedError, match="video"):
-        dataset._process_multi_modal_info([{"role": "user", "content": [{"type": "video", "video": "v.mp4"}]}],
-                                          14, config)
+        dataset._process_multi_modal_info(
+            [{"role": "user", "content": [{"type": "video", "video": "v.mp4"}]}], 14, config
+        )
 
 
 # ---- the hf rollout server ------------------------------------------------------------------------------
@@ -296,10 +322,24 @@ def _server(model_dir: Path, **rollout):
 
     from rl.cpu.hf_rollout import HFRolloutServer
 
-    config = OmegaConf.create({"name": "hf", "prompt_length": 256, "response_length": 12, "dtype": "float32",
-                               "load_format": "auto", "calculate_log_probs": True, **rollout})
-    model = OmegaConf.create({"path": str(model_dir), "trust_remote_code": True,
-                              "override_config": {"attn_implementation": "sdpa"}})
+    config = OmegaConf.create(
+        {
+            "name": "hf",
+            "prompt_length": 256,
+            "response_length": 12,
+            "dtype": "float32",
+            "load_format": "auto",
+            "calculate_log_probs": True,
+            **rollout,
+        }
+    )
+    model = OmegaConf.create(
+        {
+            "path": str(model_dir),
+            "trust_remote_code": True,
+            "override_config": {"attn_implementation": "sdpa"},
+        }
+    )
     return HFRolloutServer(config=config, model_config=model, replica_rank=0)
 
 
@@ -318,8 +358,13 @@ def _teacher_forced_log_probs(server, prompt_ids, images, response_ids, temperat
     pixels = processor.image_processor(images=images, return_tensors="pt")
     mm_types = (ids == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).long()
     with torch.no_grad():
-        logits = server.model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm_types,
-                              **pixels).logits[0, len(prompt_ids) - 1 : -1].float()
+        logits = (
+            server.model(
+                input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm_types, **pixels
+            )
+            .logits[0, len(prompt_ids) - 1 : -1]
+            .float()
+        )
     log_probs = torch.log_softmax(logits / temperature, dim=-1)
     return log_probs.gather(-1, torch.tensor(response_ids)[:, None])[:, 0]
 
@@ -329,14 +374,25 @@ def test_server_samples_with_log_probs_of_the_model(tiny_model_dir):
 
     server = _server(tiny_model_dir)
     prompt_ids, images = _prompt(server)
-    out = asyncio.run(server.generate(prompt_ids=prompt_ids, request_id="r",
-                                      sampling_params={"temperature": 0.7, "top_p": 1.0, "top_k": -1, "logprobs": True},
-                                      image_data=images))
+    out = asyncio.run(
+        server.generate(
+            prompt_ids=prompt_ids,
+            request_id="r",
+            sampling_params={"temperature": 0.7, "top_p": 1.0, "top_k": -1, "logprobs": True},
+            image_data=images,
+        )
+    )
     assert 1 <= len(out.token_ids) <= 12 and len(out.log_probs) == len(out.token_ids)
     reference = _teacher_forced_log_probs(server, prompt_ids, images, out.token_ids, temperature=0.7)
     torch.testing.assert_close(torch.tensor(out.log_probs), reference, atol=1e-4, rtol=0)
-    no_log_probs = asyncio.run(server.generate(prompt_ids=prompt_ids, request_id="r2", image_data=images,
-                                               sampling_params={"temperature": 1.0, "logprobs": False}))
+    no_log_probs = asyncio.run(
+        server.generate(
+            prompt_ids=prompt_ids,
+            request_id="r2",
+            image_data=images,
+            sampling_params={"temperature": 1.0, "logprobs": False},
+        )
+    )
     assert no_log_probs.log_probs is None
 
 
@@ -346,10 +402,16 @@ def test_server_greedy_is_the_argmax_path(tiny_model_dir):
     server = _server(tiny_model_dir)
     prompt_ids, images = _prompt(server)
     params = {"temperature": 0, "top_p": 1.0, "top_k": -1, "logprobs": True, "max_tokens": 6}
-    first = asyncio.run(server.generate(prompt_ids=prompt_ids, sampling_params=dict(params), request_id="a",
-                                        image_data=images))
-    again = asyncio.run(server.generate(prompt_ids=prompt_ids, sampling_params=dict(params), request_id="b",
-                                        image_data=images))
+    first = asyncio.run(
+        server.generate(
+            prompt_ids=prompt_ids, sampling_params=dict(params), request_id="a", image_data=images
+        )
+    )
+    again = asyncio.run(
+        server.generate(
+            prompt_ids=prompt_ids, sampling_params=dict(params), request_id="b", image_data=images
+        )
+    )
     assert first.token_ids == again.token_ids and len(first.token_ids) <= 6
     reference = _teacher_forced_log_probs(server, prompt_ids, images, first.token_ids, temperature=1.0)
     torch.testing.assert_close(torch.tensor(first.log_probs), reference, atol=1e-4, rtol=0)

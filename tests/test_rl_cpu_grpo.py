@@ -94,7 +94,12 @@ def test_two_grpo_steps_with_reference_model_on_cpu(tmp_path):
     _write_corpus(train)
     metrics_file, checkpoints = tmp_path / "metrics.jsonl", tmp_path / "checkpoints"
     command = [
-        sys.executable, "-m", "rl", "train", "--config", str(TOY_CPU),
+        sys.executable,
+        "-m",
+        "rl",
+        "train",
+        "--config",
+        str(TOY_CPU),
         f"data.train_files={train}",
         f"actor_rollout_ref.model.path={model_dir}",
         "trainer.total_training_steps=2",
@@ -107,8 +112,9 @@ def test_two_grpo_steps_with_reference_model_on_cpu(tmp_path):
     env.pop("RAY_ADDRESS", None)
     log = (tmp_path / "train.log").open("w")
     start = time.monotonic()
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     tree = ProcessTree(psutil.Process(proc.pid))
     try:
         while proc.poll() is None:
@@ -159,7 +165,9 @@ def test_two_grpo_steps_with_reference_model_on_cpu(tmp_path):
     changed = [k for k in before if not (before[k] == after[k]).all()]
     assert changed, "weights identical after two GRPO steps"
 
-    print(f"\n2 GRPO steps: wall {wall:.0f} s, peak RAM {tree.peak_bytes / 2**30:.2f} GiB, "
-          f"{len(tree.seen)} processes, advantages {advantages}, rollout-actor prob gap "
-          f"{[s['data']['training/rollout_probs_diff_mean'] for s in steps]}, {len(changed)} tensors changed")
+    print(
+        f"\n2 GRPO steps: wall {wall:.0f} s, peak RAM {tree.peak_bytes / 2**30:.2f} GiB, "
+        f"{len(tree.seen)} processes, advantages {advantages}, rollout-actor prob gap "
+        f"{[s['data']['training/rollout_probs_diff_mean'] for s in steps]}, {len(changed)} tensors changed"
+    )
     assert tree.peak_bytes < PEAK_RAM_LIMIT

@@ -32,7 +32,9 @@ def _keys(plan: TrainPlan) -> dict[str, str]:
 
 
 def test_values_reach_verl_with_their_types(tmp_path):
-    recipe = _recipe(tmp_path, """
+    recipe = _recipe(
+        tmp_path,
+        """
         trainer:
           project_name: "2"            # a string that looks like a number
           experiment_name: "it's a 'test'"
@@ -53,7 +55,8 @@ def test_values_reach_verl_with_their_types(tmp_path):
         data:
           custom_cls:
             path: pkg://rl.cpu.dataset
-    """)
+    """,
+    )
     cfg = verl_config(plan_training(recipe, environ=NO_RAY))
     assert cfg.trainer.project_name == "2"
     assert cfg.trainer.experiment_name == "it's a 'test'"
@@ -74,7 +77,9 @@ def test_hydra_value_quotes_only_what_needs_it():
 
 
 def test_precedence_cpu_defaults_then_recipe_then_command_line(tmp_path):
-    recipe = _recipe(tmp_path, """
+    recipe = _recipe(
+        tmp_path,
+        """
         hardmode:
           cpu: true
         ray_kwargs:
@@ -83,7 +88,8 @@ def test_precedence_cpu_defaults_then_recipe_then_command_line(tmp_path):
         trainer:
           n_gpus_per_node: 1
           total_epochs: 2
-    """)
+    """,
+    )
     plan = plan_training(recipe, ["trainer.total_epochs=5", "+trainer.extra_key=1"], environ=NO_RAY)
     keys = _keys(plan)
     assert keys["ray_kwargs.ray_init.num_cpus"] == "6"
@@ -104,15 +110,18 @@ def test_private_cluster_unless_told_to_join_one(tmp_path):
     assert local["+ray_kwargs.ray_init.address"] == "local"
     assert "+ray_kwargs.ray_init.num_gpus" in local
     joined = _keys(plan_training(recipe, environ={"RAY_ADDRESS": "http://head:8265"}))
-    assert not any(k.lstrip("+").startswith(("ray_kwargs.ray_init.address", "ray_kwargs.ray_init.num_"))
-                   for k in joined)
+    assert not any(
+        k.lstrip("+").startswith(("ray_kwargs.ray_init.address", "ray_kwargs.ray_init.num_")) for k in joined
+    )
     named = _keys(plan_training(recipe, ["+ray_kwargs.ray_init.address=auto"], environ=NO_RAY))
     assert named["+ray_kwargs.ray_init.address"] == "auto"
     assert "+ray_kwargs.ray_init.num_gpus" not in named
 
 
 def test_gpu_recipe_gets_no_cpu_settings(tmp_path):
-    plan = plan_training(_recipe(tmp_path, "actor_rollout_ref:\n  rollout:\n    name: vllm\n"), environ=NO_RAY)
+    plan = plan_training(
+        _recipe(tmp_path, "actor_rollout_ref:\n  rollout:\n    name: vllm\n"), environ=NO_RAY
+    )
     assert plan.env == {}
     assert not any("rl.cpu" in o or "VERL_PLATFORM" in o for o in plan.overrides)
     assert _keys(plan)["actor_rollout_ref.rollout.name"] == "vllm"
@@ -139,8 +148,9 @@ def test_missing_recipe_file_is_a_config_error(tmp_path):
 
 
 def test_toy_cpu_recipe_composes_into_a_cpu_grpo_run():
-    plan = plan_training(TOY_CPU, ["data.train_files=/data/t.parquet", "actor_rollout_ref.model.path=/m"],
-                         environ=NO_RAY)
+    plan = plan_training(
+        TOY_CPU, ["data.train_files=/data/t.parquet", "actor_rollout_ref.model.path=/m"], environ=NO_RAY
+    )
     cfg = verl_config(plan)
     assert cfg.algorithm.adv_estimator == "grpo"
     assert cfg.actor_rollout_ref.actor.use_kl_loss is True  # reference model + KL loss
@@ -149,7 +159,10 @@ def test_toy_cpu_recipe_composes_into_a_cpu_grpo_run():
     assert cfg.actor_rollout_ref.model.use_remove_padding is False
     for role in ("actor", "ref"):  # fp32 compute, like the fp32 rollout (verl's FSDP default is bf16)
         assert dict(cfg.actor_rollout_ref[role].fsdp_config.mixed_precision) == {
-            "param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
+            "param_dtype": "fp32",
+            "reduce_dtype": "fp32",
+            "buffer_dtype": "fp32",
+        }
     assert cfg.actor_rollout_ref.rollout.tensor_model_parallel_size == 1
     assert cfg.transfer_queue.backend.SimpleStorage.num_data_storage_units == 1
     assert cfg.data.val_files == "/data/t.parquet" and cfg.data.dataloader_num_workers == 0
@@ -160,9 +173,21 @@ def test_toy_cpu_recipe_composes_into_a_cpu_grpo_run():
 
 def test_command_line_dry_run_prints_the_verl_command_and_config(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "rl", "train", "--config", str(TOY_CPU), "--dry-run",
-         "data.train_files=/data/t.parquet", "actor_rollout_ref.model.path=/m"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "rl",
+            "train",
+            "--config",
+            str(TOY_CPU),
+            "--dry-run",
+            "data.train_files=/data/t.parquet",
+            "actor_rollout_ref.model.path=/m",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -175,8 +200,13 @@ def test_command_line_dry_run_prints_the_verl_command_and_config(tmp_path):
 def test_command_line_reports_config_errors_without_a_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "rl", "train", "--config", str(TOY_CPU), "--dry-run"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("python -m rl train: config key 'data.train_files' must be given on the "
-                                   "command line (the recipe leaves it ???)")
+    assert proc.stderr.strip() == (
+        "python -m rl train: config key 'data.train_files' must be given on the "
+        "command line (the recipe leaves it ???)"
+    )

@@ -2,16 +2,31 @@
 
 verl 0.9.1 has no CPU support: its trainer assumes CUDA/NPU devices, NCCL and a vLLM/SGLang rollout.
 Nothing here edits or copies verl. verl imports every module named in ``VERL_USE_EXTERNAL_MODULES``
-inside ``import verl`` (in the driver and in every Ray worker), and ``rl.cpu.plugin`` is that module:
+inside ``import verl`` (in the driver and in every Ray worker), and ``rl.cpu.plugin`` is that module.
+What stands between verl and a CPU, and what removes it:
 
-- ``rl.cpu.platform``: a "cpu" platform in verl's registry (device "cpu", gloo, no-op memory calls),
-  selected with ``VERL_PLATFORM=cpu``;
-- ``rl.cpu.hf_rollout``: an "hf" rollout (replica + server + weight-sync adapter) on transformers;
-- ``rl.cpu.overrides``: the two hard-coded accelerator assumptions no platform answer reaches;
-- ``rl.cpu.dataset``: verl's dataset with image extraction that needs no torchvision.
+============================================================  ==============================================
+obstacle (verl 0.9.1, torch 2.13 CPU, no torchvision)          removed by
+============================================================  ==============================================
+silent hang: TransferQueue's 8 one-CPU storage actors          :func:`cpu_overrides` (1 unit, 16 logical CPUs)
+"Total available GPUs 0 is less than total desired GPUs 1"     :func:`cpu_overrides` (logical GPUs for Ray)
+"NCCL built in": no CPU platform, falls back to "nvidia"       ``rl.cpu.platform`` + ``VERL_PLATFORM=cpu``
+"Duplicate device type cpu in backend string"                  ``rl.cpu.overrides`` (gloo only)
+"No engine registered for device='cpu'"                        ``VERL_ENGINE_DEVICE=cuda`` (:func:`cpu_env`)
+FlashAttention2 import error; remove-padding needs flash-attn   :func:`cpu_overrides` (sdpa, padded batches)
+FSDP1 "Cannot access accelerator device"                       :func:`cpu_overrides` (fsdp2)
+"rollout world_size 1 not divisible by infer_world_size 2"     :func:`cpu_overrides` (tensor parallel 1)
+no rollout engine without vLLM/SGLang                          ``rl.cpu.hf_rollout`` ("hf": replica, server,
+                                                               weight-sync adapter)
+reference model: CPUOffloadPolicy(pin_memory=True) fails       ``rl.cpu.overrides`` (unpinned policy)
+images need qwen_vl_utils, which needs torchvision             ``rl.cpu.dataset`` via ``data.custom_cls``
+Qwen2.5-VL position ids crash when all sequences of a batch    ``rl.cpu.overrides`` (rebuilt ragged on the
+have the same length ("split_with_sizes expects ...")          sequence dim)
+============================================================  ==============================================
 
-Everything else the CPU path needs is configuration, listed in :func:`cpu_overrides` with the obstacle
-each setting removes; ``python -m rl train`` applies it for recipes with ``hardmode.cpu: true``.
+Two more facts a CPU recipe must respect (``configs/rl/toy_cpu.yaml``): verl's FSDP engine computes in
+bf16 unless ``fsdp_config.mixed_precision`` says otherwise (``fsdp_config.dtype`` is not read), and
+``torch.compile`` (``actor.use_torch_compile``) would spend minutes compiling C++ kernels.
 
 These hooks touch verl internals, so the versions they were written against are pinned here and
 checked when the plugin loads (:func:`check_versions`).
@@ -104,12 +119,14 @@ def cpu_overrides(local_cluster: bool) -> dict[str, Any]:
         "transfer_queue.backend.SimpleStorage.num_data_storage_units": 1,
     }
     if local_cluster:
-        overrides.update({
-            # Verl's resource pools ask Ray for one GPU per worker: declare logical ones (never used).
-            "+ray_kwargs.ray_init.num_gpus": "${trainer.n_gpus_per_node}",
-            # More logical CPUs than cores: verl, TransferQueue and the agent/reward loops start many
-            # 1-CPU actors, and Ray queues (silently) any actor it cannot place.
-            "ray_kwargs.ray_init.num_cpus": 16,
-            "+ray_kwargs.ray_init.include_dashboard": False,
-        })
+        overrides.update(
+            {
+                # Verl's resource pools ask Ray for one GPU per worker: declare logical ones (never used).
+                "+ray_kwargs.ray_init.num_gpus": "${trainer.n_gpus_per_node}",
+                # More logical CPUs than cores: verl, TransferQueue and the agent/reward loops start many
+                # 1-CPU actors, and Ray queues (silently) any actor it cannot place.
+                "ray_kwargs.ray_init.num_cpus": 16,
+                "+ray_kwargs.ray_init.include_dashboard": False,
+            }
+        )
     return overrides

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any, Optional
+from typing import Any
 
 from PIL import Image
 from verl.utils.dataset.rl_dataset import RLHFDataset
@@ -53,7 +53,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _requested_size(item: dict[str, Any], image: Image.Image, factor: int) -> Optional[tuple[int, int]]:
+def _requested_size(item: dict[str, Any], image: Image.Image, factor: int) -> tuple[int, int] | None:
     """(width, height) the message item asks for, on the model's patch grid; None if it asks nothing."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
@@ -62,8 +62,11 @@ def _requested_size(item: dict[str, Any], image: Image.Image, factor: int) -> Op
     elif "min_pixels" in item or "max_pixels" in item:
         width, height = image.size
         height, width = smart_resize(
-            height, width, factor=factor,
-            min_pixels=item.get("min_pixels", 4 * factor**2), max_pixels=item.get("max_pixels", 16384 * factor**2),
+            height,
+            width,
+            factor=factor,
+            min_pixels=item.get("min_pixels", 4 * factor**2),
+            max_pixels=item.get("max_pixels", 16384 * factor**2),
         )
     else:
         return None
@@ -76,7 +79,7 @@ class TorchvisionFreeRLHFDataset(RLHFDataset):
     @classmethod
     def _process_multi_modal_info(
         cls, messages: list[dict], image_patch_size: int, config: Any
-    ) -> tuple[Optional[list[Image.Image]], None, Optional[list[Any]]]:
+    ) -> tuple[list[Image.Image] | None, None, list[Any] | None]:
         images = []
         for message in messages:
             content = message.get("content")

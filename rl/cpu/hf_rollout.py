@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, AsyncIterator, Iterable, Optional
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import ray
 import torch
@@ -59,7 +60,7 @@ class HFRolloutServer:
         self.config: RolloutConfig = omega_conf_to_dataclass(config, dataclass_type=RolloutConfig)
         self.model_config: HFModelConfig = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
         self.replica_rank = replica_rank
-        self.global_steps: Optional[int] = None
+        self.global_steps: int | None = None
         torch.manual_seed(self.config.seed + replica_rank)
 
         hf_config = self.model_config.hf_config
@@ -70,7 +71,9 @@ class HFRolloutServer:
             self.model = auto_class.from_config(hf_config, dtype=dtype)
         else:
             self.model = auto_class.from_pretrained(
-                self.model_config.local_path, config=hf_config, dtype=dtype,
+                self.model_config.local_path,
+                config=hf_config,
+                dtype=dtype,
                 trust_remote_code=self.model_config.trust_remote_code,
             )
         self.model.eval()
@@ -82,7 +85,9 @@ class HFRolloutServer:
         eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        )
 
     # ---- generation -------------------------------------------------------------------------------
 
@@ -91,10 +96,10 @@ class HFRolloutServer:
         prompt_ids: list[int],
         sampling_params: dict[str, Any],
         request_id: str,
-        image_data: Optional[list[Any]] = None,
-        video_data: Optional[list[Any]] = None,
-        audio_data: Optional[list[Any]] = None,
-        mm_processor_kwargs: Optional[dict[str, Any]] = None,
+        image_data: list[Any] | None = None,
+        video_data: list[Any] | None = None,
+        audio_data: list[Any] | None = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
         priority: int = 0,
         **kwargs: Any,
     ) -> TokenOutput:
@@ -103,7 +108,12 @@ class HFRolloutServer:
         max_tokens = self._max_new_tokens(len(prompt_ids), sampling_params)
         async with self._lock:
             token_ids, log_probs = await asyncio.to_thread(
-                self._generate, list(prompt_ids), dict(sampling_params), max_tokens, image_data, mm_processor_kwargs
+                self._generate,
+                list(prompt_ids),
+                dict(sampling_params),
+                max_tokens,
+                image_data,
+                mm_processor_kwargs,
             )
         return TokenOutput(
             token_ids=token_ids,
@@ -119,8 +129,10 @@ class HFRolloutServer:
         requested = sampling_params.get("max_tokens", sampling_params.get("max_new_tokens"))
         max_tokens = min(self.config.response_length, budget) if requested is None else min(requested, budget)
         if max_tokens < 1:
-            raise ValueError(f"prompt of {prompt_len} tokens leaves no room to generate "
-                             f"(prompt_length + response_length = {self.config.prompt_length + self.config.response_length})")
+            total = self.config.prompt_length + self.config.response_length
+            raise ValueError(
+                f"prompt of {prompt_len} tokens leaves no room to generate (prompt + response length {total})"
+            )
         return max_tokens
 
     @torch.no_grad()
@@ -129,8 +141,8 @@ class HFRolloutServer:
         prompt_ids: list[int],
         sampling_params: dict[str, Any],
         max_tokens: int,
-        images: Optional[list[Any]],
-        mm_processor_kwargs: Optional[dict[str, Any]],
+        images: list[Any] | None,
+        mm_processor_kwargs: dict[str, Any] | None,
     ) -> tuple[list[int], list[float]]:
         from transformers import GenerationConfig
 
@@ -157,7 +169,7 @@ class HFRolloutServer:
             output_logits=True,
         )
         out = self.model.generate(**inputs, generation_config=generation_config)
-        token_ids = out.sequences[0, input_ids.shape[1]:].tolist()
+        token_ids = out.sequences[0, input_ids.shape[1] :].tolist()
         # Log-probs of the sampled tokens under the temperature-scaled distribution: what the actor
         # recomputes (logits / temperature) and vLLM's processed_logprobs report.
         logits = torch.stack(out.logits, dim=1)[0].float()
@@ -167,16 +179,22 @@ class HFRolloutServer:
         return token_ids, log_probs.tolist()
 
     def _image_inputs(
-        self, input_ids: torch.Tensor, images: list[Any], mm_processor_kwargs: Optional[dict[str, Any]]
+        self, input_ids: torch.Tensor, images: list[Any], mm_processor_kwargs: dict[str, Any] | None
     ) -> dict[str, torch.Tensor]:
         """Pixel values for the images whose placeholder tokens are already expanded in the prompt."""
         processor = self.model_config.processor
         if processor is None:
-            raise ValueError(f"{self.model_config.local_path} has no multimodal processor; cannot take images")
-        image_inputs = dict(processor.image_processor(images=images, return_tensors="pt", **(mm_processor_kwargs or {})))
+            raise ValueError(
+                f"{self.model_config.local_path} has no multimodal processor; cannot take images"
+            )
+        image_inputs = dict(
+            processor.image_processor(images=images, return_tensors="pt", **(mm_processor_kwargs or {}))
+        )
         # Qwen2/2.5-VL place vision tokens on the 3D rope grid only where mm_token_type_ids says so.
         if hasattr(processor, "create_mm_token_type_ids"):
-            image_inputs["mm_token_type_ids"] = torch.as_tensor(processor.create_mm_token_type_ids(input_ids.tolist()))
+            image_inputs["mm_token_type_ids"] = torch.as_tensor(
+                processor.create_mm_token_type_ids(input_ids.tolist())
+            )
         return image_inputs
 
     # ---- weights ----------------------------------------------------------------------------------
@@ -185,8 +203,10 @@ class HFRolloutServer:
         """Copy one bucket of the actor's full tensors into the model (names are HF state-dict names)."""
         unknown = [name for name, _ in named_tensors if name not in self._params]
         if unknown:
-            raise KeyError(f"weights the rollout model does not have: {unknown[:5]} "
-                           f"(model has e.g. {list(self._params)[:3]})")
+            raise KeyError(
+                f"weights the rollout model does not have: {unknown[:5]} "
+                f"(model has e.g. {list(self._params)[:3]})"
+            )
         async with self._lock:
             for name, tensor in named_tensors:
                 self._params[name].copy_(tensor)
@@ -198,7 +218,7 @@ class HFRolloutServer:
     # There is no device memory to hand back on CPU: weights stay resident between steps and are
     # overwritten in place by each sync; transformers keeps no KV cache between requests.
 
-    async def wake_up(self, tags: Optional[list[str]] = None) -> None:
+    async def wake_up(self, tags: list[str] | None = None) -> None:
         return None
 
     async def sleep(self) -> None:
@@ -217,7 +237,9 @@ class HFRolloutServer:
         async with self._lock:
             return None
 
-    async def abort_all_requests(self, reset_prefix_cache: bool = True, reject_request: bool = False) -> dict[str, Any]:
+    async def abort_all_requests(
+        self, reset_prefix_cache: bool = True, reject_request: bool = False
+    ) -> dict[str, Any]:
         # Generation is one blocking call per request: nothing can be cut short, the lock drains it.
         await self.wait_for_requests_to_drain()
         return {"aborted_count": 0, "request_ids": []}
@@ -240,16 +262,22 @@ class HFReplica(RolloutReplica):
 
     async def launch_servers(self) -> None:
         if self.nnodes != 1:
-            raise ValueError(f"the hf rollout serves a replica from one node; got {self.nnodes} nodes "
-                             f"(tensor_model_parallel_size={self.config.tensor_model_parallel_size})")
+            raise ValueError(
+                f"the hf rollout serves a replica from one node; got {self.nnodes} nodes "
+                f"(tensor_model_parallel_size={self.config.tensor_model_parallel_size})"
+            )
         if self.workers:
-            node_id = await self.workers[0].__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
+            node_id = await self.workers[0].__ray_call__.remote(
+                lambda self: ray.get_runtime_context().get_node_id()
+            )
             placement = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)}
         else:
             placement = {}
         server = (
             ray.remote(HFRolloutServer)
-            .options(name=server_actor_name(self.replica_rank), max_concurrency=self.max_concurrency, **placement)
+            .options(
+                name=server_actor_name(self.replica_rank), max_concurrency=self.max_concurrency, **placement
+            )
             .remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank)
         )
         self.servers = [server]
@@ -262,7 +290,9 @@ class HFReplica(RolloutReplica):
 class HFServerAdapter(BaseRollout):
     """The FSDP worker's side of the hf rollout: finds its replica's server and syncs weights to it."""
 
-    def __init__(self, config: RolloutConfig, model_config: HFModelConfig, device_mesh: Any, replica_rank: int = -1):
+    def __init__(
+        self, config: RolloutConfig, model_config: HFModelConfig, device_mesh: Any, replica_rank: int = -1
+    ):
         super().__init__(config, model_config, device_mesh)
         rank = int(os.environ["RANK"])
         rollout_world_size = (
@@ -274,7 +304,7 @@ class HFServerAdapter(BaseRollout):
         # One rank per replica talks to the server; every rank still walks the weight generator,
         # because gathering a sharded parameter is a collective.
         self.is_leader = rank % rollout_world_size == 0
-        self._server: Optional[ray.actor.ActorHandle] = None
+        self._server: ray.actor.ActorHandle | None = None
 
     @property
     def server(self) -> ray.actor.ActorHandle:
@@ -295,14 +325,18 @@ class HFServerAdapter(BaseRollout):
     async def update_weights(
         self,
         weights: Iterable[tuple[str, torch.Tensor]],
-        global_steps: Optional[int] = None,
+        global_steps: int | None = None,
         wire_format: str = "named_tensors",
         **kwargs: Any,
     ) -> None:
         if wire_format != "named_tensors":
-            raise NotImplementedError(f"the hf rollout takes full tensors (wire_format='named_tensors'), got {wire_format!r}")
+            raise NotImplementedError(
+                f"the hf rollout takes full tensors (wire_format='named_tensors'), got {wire_format!r}"
+            )
         if kwargs.get("peft_config") is not None:
-            raise NotImplementedError("the hf rollout takes merged weights; set actor_rollout_ref.model.lora.merge=True")
+            raise NotImplementedError(
+                "the hf rollout takes merged weights; set actor_rollout_ref.model.lora.merge=True"
+            )
         bucket_bytes = self.config.checkpoint_engine.update_weights_bucket_megabytes << 20
         async for bucket in _buckets(weights, bucket_bytes):
             if self.is_leader:

@@ -7,7 +7,7 @@ when this module is imported in a process that selected the CPU platform, and no
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import verl.utils.distributed as verl_distributed
@@ -21,7 +21,9 @@ _init_process_group_ray = verl_distributed.initialize_global_process_group_ray
 _fix_3d_position_ids = verl_tensordict_utils.maybe_fix_3d_position_ids
 
 
-def initialize_global_process_group_ray(timeout_second: Optional[int] = None, backend: Optional[str] = None) -> None:
+def initialize_global_process_group_ray(
+    timeout_second: int | None = None, backend: str | None = None
+) -> None:
     """verl's worker process-group setup with gloo for CPU tensors only.
 
     verl builds the backend string ``f"cpu:gloo,{device}:{backend}"``, which on CPU becomes
@@ -63,7 +65,9 @@ def maybe_fix_3d_position_ids(data: TensorDict) -> None:
         rows = positions.unbind()  # (4, seq) each, all the same seq
         lengths = torch.tensor([row.shape[-1] for row in rows])
         data["position_ids"] = torch.nested.nested_tensor_from_jagged(
-            torch.cat(rows, dim=-1), lengths=None, offsets=torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]),
+            torch.cat(rows, dim=-1),
+            lengths=None,
+            offsets=torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]),
             jagged_dim=2,
         )
         return

@@ -16,9 +16,10 @@ It never claims a machine by auto-detection (``is_platform_available`` is False)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 from verl.plugin.platform import PlatformBase, PlatformRegistry
@@ -58,7 +59,7 @@ class PlatformCPU(PlatformBase):
     def set_device(self, device_index: int) -> None:
         """A process has one CPU "device"; Ray's logical GPU index means nothing here."""
 
-    def synchronize(self, device_index: Optional[int] = None) -> None:
+    def synchronize(self, device_index: int | None = None) -> None:
         """CPU kernels run synchronously."""
 
     def manual_seed(self, seed: int) -> None:
@@ -73,7 +74,7 @@ class PlatformCPU(PlatformBase):
     def empty_cache(self) -> None:
         torch_cpu.empty_cache()
 
-    def get_device_capability(self, device_index: int = 0) -> tuple[Optional[int], Optional[int]]:
+    def get_device_capability(self, device_index: int = 0) -> tuple[int | None, int | None]:
         return None, None
 
     def communication_backend_name(self) -> str:
