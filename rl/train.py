@@ -40,6 +40,7 @@ VERL_ENTRY = "verl.trainer.main_ppo"
 VERL_CONFIG_NAME = "ppo_trainer"
 MISSING = "???"
 TOY_MODEL = "toy"  # actor_rollout_ref.model.path value naming the project's tiny trained model
+METRICS_ROOT = "outputs/rl"  # where verl's file logger writes <project>/<experiment>.jsonl by default
 _UNQUOTED = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/:]*|\$\{[^{}'\\]+\}")  # plain words, paths, ${interpolation}
 _HYDRA_WORDS = {"true", "false", "null", "none", "nan", "inf"}
 
@@ -164,6 +165,8 @@ def plan_training(
 
     implied: dict[str, tuple[bool, Any]] = {}
     env: dict[str, str] = {}
+    if "VERL_FILE_LOGGER_PATH" not in environ and "VERL_FILE_LOGGER_ROOT" not in environ:
+        env["VERL_FILE_LOGGER_ROOT"] = METRICS_ROOT  # verl's file logger, else ./<project>/ in the cwd
     if local_cluster:
         implied["ray_kwargs.ray_init.address"] = (True, "local")
     if hardmode.cpu:
@@ -171,10 +174,10 @@ def plan_training(
 
         for key, value in cpu_overrides(local_cluster).items():
             implied[key.lstrip("+")] = (key.startswith("+"), value)
-        env = cpu_env()
-        # The workers' environment: on a cluster they are not children of this process.
-        for name, value in env.items():
-            implied[f"ray_kwargs.ray_init.runtime_env.env_vars.{name}"] = (True, value)
+        env.update(cpu_env())
+    # The workers' environment too: on a cluster they are not children of this process.
+    for name, value in env.items():
+        implied[f"ray_kwargs.ray_init.runtime_env.env_vars.{name}"] = (True, value)
 
     merged = {**implied, **recipe}
     unset = [k for k, (_, v) in merged.items() if v == MISSING and k not in cli_keys]
