@@ -20,7 +20,6 @@ models, and it keeps a request's output independent of what else is in flight.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -35,14 +34,12 @@ from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
 from rl.cpu import ROLLOUT_NAME
 
-logger = logging.getLogger(__name__)
-
 SERVER_NAME_PREFIX = f"{ROLLOUT_NAME}_server"
 
 
-def server_actor_name(replica_rank: int, node_rank: int = 0) -> str:
+def server_actor_name(replica_rank: int) -> str:
     """The Ray actor name under which a replica's server is found by the workers' adapters."""
-    return f"{SERVER_NAME_PREFIX}_{replica_rank}_{node_rank}"
+    return f"{SERVER_NAME_PREFIX}_{replica_rank}"
 
 
 def _torch_dtype(name: str) -> torch.dtype:
