@@ -16,6 +16,7 @@ from typing import Sequence
 COMMANDS: dict[str, str] = {
     "report": "curate.report",
     "grade": "curate.grading.cli",
+    "select": "curate.select",
 }
 
 

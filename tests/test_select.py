@@ -1,0 +1,585 @@
+"""Selection of training subsets (curate.select / curate.selection) on a hand-built annotated dataset.
+
+Expected values are counted by hand from the table below (or by a direct, independent filter over
+its rows), never read back from the code under test.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curate import schema as S
+from curate.config import ConfigError, PromptConfig, load_structured
+from curate.select import main as select_main
+from curate.select import plan, select
+from curate.selection.config import SelectConfig
+from curate.selection.rules import ScoreTable, largest_remainder, rng_for
+
+REPO = Path(__file__).resolve().parents[1]
+
+# One row per (task, pism bucket, cmab bucket) pattern, repeated: 3 tasks x 24 rows + 6 error rows.
+# PISM bucket cycles through easy, medium, hard, unsolved (6 of each per task);
+# CMAB bucket cycles through easy, medium, hard (8 of each per task), unsolved where PISM is unsolved.
+TASKS = ("counting", "ocr", "math")
+PISM_CYCLE = ("easy", "medium", "hard", "unsolved")
+CMAB_CYCLE = ("easy", "medium", "hard")
+LAMBDA = {"easy": None, "medium": 0.5, "hard": 0.3, "unsolved": 0.0}
+RHO = {"easy": 0.05, "medium": 0.3, "hard": 1.0, "unsolved": None}
+
+
+def _png(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (28, 28), (value % 256, (value * 7) % 256, 11)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _rows() -> list[dict]:
+    rows = []
+    for t, task in enumerate(TASKS):
+        for i in range(24):
+            pism = PISM_CYCLE[i % 4]
+            cmab = "unsolved" if pism == "unsolved" else CMAB_CYCLE[i % 3]
+            n = t * 100 + i
+            rows.append(
+                {
+                    S.ID: f"{task}-{i:02d}",
+                    S.DATA_SOURCE: "hand",
+                    S.TASK: task,
+                    S.QUESTION: f"<image>What is shown in picture {n}?",
+                    S.IMAGES: [_png(n)],
+                    S.IMAGE_PATHS: [None],
+                    S.GROUND_TRUTH: str(n),
+                    S.VERIFIER: None,
+                    S.STATUS: S.STATUS_OK,
+                    S.ERROR: None,
+                    "orig_note": f"note {n}",
+                    "pism_bucket": pism,
+                    "pism_lambda_star": LAMBDA[pism],
+                    "pism_pc": [1.0, 0.5] if pism != "unsolved" else [0.0, None],
+                    "cmab_bucket": cmab,
+                    "cmab_rho": RHO[cmab],
+                }
+            )
+    for i in range(6):
+        stage = ("read", "pism", "cmab")[i % 3]
+        rows.append(
+            {
+                S.ID: f"bad-{i}",
+                S.DATA_SOURCE: "hand",
+                S.TASK: TASKS[i % 3],
+                S.QUESTION: "<image>?",
+                S.IMAGES: [],
+                S.IMAGE_PATHS: [],
+                S.GROUND_TRUTH: "0",
+                S.VERIFIER: None,
+                S.STATUS: S.STATUS_ERROR,
+                S.ERROR: f"{stage}: something failed",
+                "orig_note": None,
+                "pism_bucket": None,
+                "pism_lambda_star": None,
+                "pism_pc": None,
+                "cmab_bucket": None,
+                "cmab_rho": None,
+            }
+        )
+    return rows
+
+
+SCHEMA = pa.schema(
+    [
+        *S.CANONICAL_SCHEMA,
+        pa.field("orig_note", pa.string()),
+        S.PISM_SCHEMA.field("pism_bucket"),
+        S.PISM_SCHEMA.field("pism_lambda_star"),
+        S.PISM_SCHEMA.field("pism_pc"),
+        S.CMAB_SCHEMA.field("cmab_bucket"),
+        S.CMAB_SCHEMA.field("cmab_rho"),
+    ]
+)
+
+
+def write_annotated(
+    run: Path,
+    rows: list[dict] | None = None,
+    shards: int = 3,
+    order_seed: int = 0,
+    run_record: dict | None = None,
+) -> Path:
+    """``rows`` as Parquet shards under ``run/annotated`` in a shuffled order, plus run.json."""
+    rows = list(rows if rows is not None else _rows())
+    np.random.default_rng(order_seed).shuffle(rows)
+    annotated = run / "annotated"
+    annotated.mkdir(parents=True)
+    for k in range(shards):
+        pq.write_table(
+            pa.Table.from_pylist(rows[k::shards], schema=SCHEMA), annotated / f"shard-{k:03d}.parquet"
+        )
+    record = (
+        run_record
+        if run_record is not None
+        else {
+            "fingerprint": "abc123",
+            "model": "toy",
+            "config": {
+                "prompt": {
+                    "system_prompt": "Think, then answer.",
+                    "template": "{question}",
+                    "image_position": "first",
+                }
+            },
+        }
+    )
+    (run / "run.json").write_text(json.dumps(record))
+    return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return write_annotated(tmp_path_factory.mktemp("run"))
+
+
+def _cfg(run: Path, out: Path | None = None, recipe: str | None = None, *overrides: str) -> SelectConfig:
+    path = REPO / "configs" / "select" / recipe if recipe else None
+    return load_structured(
+        SelectConfig, path, [f"input={run}", f"output={out or run / 'unused'}", *overrides]
+    )
+
+
+def _ids(scores: ScoreTable, rows) -> set[str]:
+    return set(scores.ids[rows].tolist())
+
+
+def _by_hand(pred) -> set[str]:
+    return {r[S.ID] for r in _rows() if r[S.STATUS] == S.STATUS_OK and pred(r)}
+
+
+# ---- rules -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, pred",
+    [
+        ([], lambda r: r["pism_bucket"] in ("medium", "hard")),
+        (["subsets.grpo.rule.by=cmab"], lambda r: r["cmab_bucket"] in ("medium", "hard")),
+        (
+            ["subsets.grpo.rule.by=either"],
+            lambda r: r["pism_bucket"] in ("medium", "hard") or r["cmab_bucket"] in ("medium", "hard"),
+        ),
+        (
+            ["subsets.grpo.rule.by=both"],
+            lambda r: r["pism_bucket"] in ("medium", "hard") and r["cmab_bucket"] in ("medium", "hard"),
+        ),
+        (
+            [
+                "subsets.grpo.rule.by=either",
+                "subsets.grpo.rule.pism_buckets=[hard]",
+                "subsets.grpo.rule.cmab_buckets=[easy]",
+            ],
+            lambda r: r["pism_bucket"] == "hard" or r["cmab_bucket"] == "easy",
+        ),
+        (["subsets.grpo.rule.buckets=[unsolved]"], lambda r: r["pism_bucket"] == "unsolved"),
+        (["subsets.grpo.kind=full"], lambda r: True),
+        (
+            ["subsets.grpo.tasks=[ocr]", "subsets.grpo.rule.buckets=[hard]"],
+            lambda r: r[S.TASK] == "ocr" and r["pism_bucket"] == "hard",
+        ),
+    ],
+)
+def test_bucket_rules_and_combinations(run_dir, overrides, pred):
+    cfg = _cfg(run_dir, None, None, "subsets.grpo.kind=rule", *overrides)
+    _, scores, sel = plan(cfg)
+    assert _ids(scores, sel["grpo"].rows) == _by_hand(pred)
+
+
+def test_hand_counts_of_the_proposal():
+    # 6 medium + 6 hard per task; CMAB medium/hard: 16 per task, of which the PISM-unsolved rows
+    # (i % 4 == 3) are CMAB-unsolved: i in 0..23 with i % 3 in (1, 2) and i % 4 != 3 -> 12 per task.
+    assert len(_by_hand(lambda r: r["pism_bucket"] in ("medium", "hard"))) == 36
+    assert len(_by_hand(lambda r: r["cmab_bucket"] in ("medium", "hard"))) == 36
+    # both: i % 4 in (1, 2) and i % 3 in (1, 2): 2 x 2 of every 12 residues (CRT) -> 8 per task
+    assert (
+        len(
+            _by_hand(
+                lambda r: r["pism_bucket"] in ("medium", "hard") and r["cmab_bucket"] in ("medium", "hard")
+            )
+        )
+        == 24
+    )
+
+
+def test_order_of_shards_and_rows_does_not_change_the_selection(tmp_path, run_dir):
+    other = write_annotated(tmp_path / "reshuffled", shards=5, order_seed=99)
+    for recipe in ("random_same_size.yaml", "mid_hard_pism.yaml"):
+        _, s1, a = plan(_cfg(run_dir, None, recipe))
+        _, s2, b = plan(_cfg(other, None, recipe))
+        for name in a:
+            assert _ids(s1, a[name].train) == _ids(s2, b[name].train)
+            assert _ids(s1, a[name].val) == _ids(s2, b[name].val)
+
+
+# ---- random controls -----------------------------------------------------------------------------------
+
+
+def test_random_same_size_draws_from_all_scored_rows_seeded(run_dir):
+    rule_rows = _by_hand(lambda r: r["pism_bucket"] in ("medium", "hard"))
+    picks = []
+    for seed in (0, 0, 1):
+        _, scores, sel = plan(_cfg(run_dir, None, "random_same_size.yaml", f"seed={seed}"))
+        ids = _ids(scores, sel["grpo"].rows)
+        assert len(ids) == len(rule_rows) == 36
+        assert ids <= _by_hand(lambda r: True)  # usable rows only
+        picks.append(ids)
+    assert picks[0] == picks[1]
+    assert picks[0] != picks[2]
+    # drawn from everything: with 72 usable rows some picks come from outside the rule's buckets
+    assert picks[0] - rule_rows and picks[0] & rule_rows
+
+
+def test_random_control_outside_the_rule_is_disjoint(run_dir):
+    rule_rows = _by_hand(lambda r: r["pism_bucket"] in ("medium", "hard"))
+    _, scores, sel = plan(
+        _cfg(run_dir, None, "random_same_size.yaml", "subsets.grpo.random.pool=outside_rule")
+    )
+    ids = _ids(scores, sel["grpo"].rows)
+    assert len(ids) == 36 and not ids & rule_rows
+
+
+def test_random_control_stratified_matches_the_rule_task_mix(run_dir):
+    # the rule: PISM hard on counting and ocr only -> 6 + 6 rows
+    cfg = _cfg(
+        run_dir,
+        None,
+        "random_same_size.yaml",
+        "subsets.grpo.rule.buckets=[hard]",
+        "subsets.grpo.random.stratify_by_task=true",
+        "subsets.grpo.tasks=[counting,ocr]",
+    )
+    _, scores, sel = plan(cfg)
+    assert Counter(scores.tasks[sel["grpo"].rows].tolist()) == {"counting": 6, "ocr": 6}
+    too_many = _cfg(
+        run_dir,
+        None,
+        "random_same_size.yaml",
+        "subsets.grpo.random.stratify_by_task=true",
+        "subsets.grpo.random.pool=outside_rule",
+        "subsets.grpo.rule.buckets=[easy,medium,hard]",
+    )
+    with pytest.raises(ConfigError, match="subsets.grpo.random.stratify_by_task"):
+        plan(too_many)  # 18 per task wanted, 6 per task outside the rule
+
+
+def test_random_control_of_explicit_size_and_too_big(run_dir):
+    _, scores, sel = plan(_cfg(run_dir, None, "random_same_size.yaml", "subsets.grpo.random.size=10"))
+    assert len(sel["grpo"].rows) == 10
+    with pytest.raises(ConfigError, match="subsets.grpo.random"):
+        plan(_cfg(run_dir, None, "random_same_size.yaml", "subsets.grpo.random.size=73"))
+
+
+# ---- balancing -------------------------------------------------------------------------------------------
+
+
+def test_balance_cap_per_task(run_dir):
+    _, scores, sel = plan(
+        _cfg(
+            run_dir,
+            None,
+            "mid_hard_pism.yaml",
+            "subsets.grpo.balance.mode=cap",
+            "subsets.grpo.balance.cap_per_task=4",
+            "subsets.grpo.split.val_fraction=0",
+        )
+    )
+    rows = sel["grpo"].rows
+    assert Counter(scores.tasks[rows].tolist()) == {"counting": 4, "ocr": 4, "math": 4}
+    assert _ids(scores, rows) <= _by_hand(lambda r: r["pism_bucket"] in ("medium", "hard"))
+
+
+def test_balance_proportional_quotas(run_dir):
+    # weights 2:1:1 over 12 mid+hard rows per task: the largest subset is 24 = 12 + 6 + 6
+    _, scores, sel = plan(
+        _cfg(
+            run_dir,
+            None,
+            "mid_hard_pism.yaml",
+            "subsets.grpo.balance.mode=proportional",
+            "subsets.grpo.balance.quotas={counting: 2, ocr: 1, math: 1}",
+            "subsets.grpo.split.val_fraction=0",
+        )
+    )
+    assert Counter(scores.tasks[sel["grpo"].rows].tolist()) == {"counting": 12, "ocr": 6, "math": 6}
+    _, scores, sel = plan(
+        _cfg(
+            run_dir,
+            None,
+            "mid_hard_pism.yaml",
+            "subsets.grpo.balance.mode=proportional",
+            "subsets.grpo.balance.quotas={counting: 1, ocr: 1}",
+            "subsets.grpo.balance.size=10",
+            "subsets.grpo.split.val_fraction=0",
+        )
+    )
+    assert Counter(scores.tasks[sel["grpo"].rows].tolist()) == {"counting": 5, "ocr": 5}
+    with pytest.raises(ConfigError, match="subsets.grpo.balance.size"):
+        plan(
+            _cfg(
+                run_dir,
+                None,
+                "mid_hard_pism.yaml",
+                "subsets.grpo.balance.mode=proportional",
+                "subsets.grpo.balance.size=40",
+            )
+        )
+
+
+def test_largest_remainder_is_exact_and_proportional():
+    assert largest_remainder({"a": 1, "b": 1, "c": 1}, 10) == {"a": 4, "b": 3, "c": 3}
+    assert largest_remainder({"a": 2, "b": 1}, 7) == {"a": 5, "b": 2}  # 4.67 + 2.33
+    assert sum(largest_remainder({"x": 0.3, "y": 0.3, "z": 0.4}, 11).values()) == 11
+
+
+def test_rng_is_stable_across_processes():
+    # independent of PYTHONHASHSEED: the generator is seeded from blake2b of the labels
+    assert (
+        rng_for(3, "grpo", "split").integers(0, 1 << 30, 3).tolist()
+        == rng_for(3, "grpo", "split").integers(0, 1 << 30, 3).tolist()
+    )
+    assert rng_for(3, "grpo", "split").random() != rng_for(3, "sft", "split").random()
+
+
+# ---- split -----------------------------------------------------------------------------------------------
+
+
+def test_split_is_stratified_by_task_and_seeded(run_dir):
+    cfg = _cfg(run_dir, None, "mid_hard_pism.yaml", "subsets.grpo.split.val_fraction=0.25")
+    _, scores, sel = plan(cfg)
+    grpo = sel["grpo"]
+    assert len(grpo.val) == 9 and len(grpo.train) == 27  # 36 rows, a quarter in val
+    assert Counter(scores.tasks[grpo.val].tolist()) == {"counting": 3, "ocr": 3, "math": 3}
+    assert not _ids(scores, grpo.val) & _ids(scores, grpo.train)
+    _, s2, again = plan(cfg)
+    assert _ids(s2, again["grpo"].val) == _ids(scores, grpo.val)
+
+
+# ---- SFT(X) + GRPO(Y): disjoint subsets --------------------------------------------------------------------
+
+
+def test_sft_then_grpo_subsets_are_disjoint(run_dir):
+    cfg = _cfg(run_dir, None, "sft_random_grpo_mid_hard.yaml")
+    _, scores, sel = plan(cfg)
+    grpo, sft = _ids(scores, sel["grpo"].rows), _ids(scores, sel["sft"].rows)
+    assert grpo == _by_hand(lambda r: r["pism_bucket"] in ("medium", "hard"))
+    assert len(sft) == len(grpo) and not grpo & sft
+    assert sel["sft"].excluded_by_disjointness == 36
+
+
+# ---- QuaDMix -----------------------------------------------------------------------------------------------
+
+
+def test_quadmix_expected_copies_follow_the_percentile(run_dir):
+    # omega = 1, eta = 1, lam = 0, epsilon = 0: S = (2 / 2)^1 = 1 copy for every ranked row
+    cfg = _cfg(
+        run_dir,
+        None,
+        None,
+        "subsets.grpo.kind=quadmix",
+        "subsets.grpo.quadmix.default.lam=0",
+        "subsets.grpo.quadmix.default.omega=1",
+        "subsets.grpo.quadmix.default.epsilon=0",
+    )
+    _, scores, sel = plan(cfg)
+    assert _ids(scores, sel["grpo"].train) == _by_hand(lambda r: r["pism_bucket"] != "unsolved")
+    assert set(sel["grpo"].train_copies.tolist()) == {1}
+    # omega = 0, epsilon = 2: no row has percentile <= 0 (the 6 hard rows of a type tie at the
+    # mean rank 2.5 of 17 -> 0.15), so every row gets exactly epsilon = 2 copies
+    cfg = _cfg(
+        run_dir,
+        None,
+        None,
+        "subsets.grpo.kind=quadmix",
+        "subsets.grpo.quadmix.default.omega=0",
+        "subsets.grpo.quadmix.default.epsilon=2",
+    )
+    _, scores, sel = plan(cfg)
+    assert set(sel["grpo"].train_copies.tolist()) == {2}
+
+
+def test_quadmix_prefers_harder_rows(run_dir):
+    # default recipe: hard rows (smallest λ*) rank first and get the most copies on average
+    _, scores, sel = plan(_cfg(run_dir, None, "quadmix_pism.yaml", "subsets.grpo.split.val_fraction=0"))
+    g = sel["grpo"]
+    by_bucket: dict[str, list[int]] = {}
+    for row, c in zip(g.train.tolist(), g.train_copies.tolist()):
+        by_bucket.setdefault(scores.columns["pism_bucket"][row], []).append(c)
+    assert "unsolved" not in by_bucket
+    mean = {b: sum(v) / 18 for b, v in by_bucket.items()}  # 18 rows of each bucket were ranked
+    assert mean["hard"] > mean.get("medium", 0) >= mean.get("easy", 0)
+
+
+# ---- export ------------------------------------------------------------------------------------------------
+
+
+def test_export_manifest_counts_and_errors(tmp_path, run_dir):
+    out = tmp_path / "out"
+    manifest = select(_cfg(run_dir, out, "mid_hard_pism.yaml"))
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["subsets"] == manifest["subsets"]
+    inp = on_disk["input"]
+    assert (inp["rows"], inp["usable_rows"], inp["error_rows"]) == (78, 72, 6)
+    assert inp["error_rows_by_stage"] == {"cmab": 2, "pism": 2, "read": 2}
+    assert inp["run"]["fingerprint"] == "abc123"
+    assert (
+        on_disk["prompt"]["source"] == "run" and on_disk["prompt"]["system_prompt"] == "Think, then answer."
+    )
+    assert on_disk["before"]["pism_bucket"]["ocr"] == {"easy": 6, "hard": 6, "medium": 6, "unsolved": 6}
+    g = on_disk["subsets"]["grpo"]
+    assert g["rows"] == 36 and g["train_rows"] + g["val_rows"] == 36
+    assert g["pism_bucket"] == {t: {"hard": 6, "medium": 6} for t in ("counting", "math", "ocr")}
+    assert on_disk["config"]["seed"] == 0 and on_disk["seed"] == 0
+    # the canonical rows are the chosen ones, complete, and never error rows
+    train = pq.read_table(out / g["files"]["canonical"]["train"])
+    val = pq.read_table(out / g["files"]["canonical"]["val"])
+    ids = set(train.column(S.ID).to_pylist()) | set(val.column(S.ID).to_pylist())
+    assert ids == _by_hand(lambda r: r["pism_bucket"] in ("medium", "hard"))
+    assert set(train.column(S.STATUS).to_pylist()) == {"ok"}
+    by_id = {r[S.ID]: r for r in _rows()}
+    for r in train.to_pylist():
+        assert r[S.IMAGES] == by_id[r[S.ID]][S.IMAGES] and r["orig_note"] == by_id[r[S.ID]]["orig_note"]
+
+
+def test_export_is_refused_over_an_existing_output_and_leaves_nothing(tmp_path, run_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ConfigError, match="'output'"):
+        select(_cfg(run_dir, out, "mid_hard_pism.yaml"))
+    with pytest.raises(ConfigError, match="subsets.grpo"):
+        select(_cfg(run_dir, tmp_path / "empty", "mid_hard_pism.yaml", "subsets.grpo.tasks=[nothing]"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_verl_export_carries_difficulty_in_extra_info(tmp_path, run_dir):
+    out = tmp_path / "out"
+    select(_cfg(run_dir, out, "mid_hard_pism.yaml", "subsets.grpo.split.val_fraction=0"))
+    rows = pq.read_table(out / "grpo" / "verl" / "train.parquet").to_pylist()
+    by_id = {r[S.ID]: r for r in _rows()}
+    assert len(rows) == 36
+    for r in rows:
+        info = r["extra_info"]
+        src = by_id[info["id"]]
+        assert info["pism_bucket"] == src["pism_bucket"] and info["cmab_bucket"] == src["cmab_bucket"]
+        assert info["pism_lambda_star"] == src["pism_lambda_star"]
+        assert (
+            info["cmab_rho"] == pytest.approx(src["cmab_rho"])
+            if src["cmab_rho"] is not None
+            else info["cmab_rho"] is None
+        )
+        assert r["prompt"][0] == {"role": "system", "content": "Think, then answer."}  # the run's prompt
+        assert r["prompt"][1]["content"] == src[S.QUESTION]
+        assert r["reward_model"]["ground_truth"] == src[S.GROUND_TRUTH]
+        assert r["images"][0]["bytes"] == src[S.IMAGES][0]
+
+
+def test_quadmix_copies_are_written_and_val_has_one_of_each(tmp_path, run_dir):
+    out = tmp_path / "out"
+    manifest = select(
+        _cfg(
+            run_dir,
+            out,
+            "quadmix_pism.yaml",
+            "subsets.grpo.split.val_fraction=0.2",
+            "subsets.grpo.formats=[verl,sft_jsonl]",
+        )
+    )
+    g = manifest["subsets"]["grpo"]
+    train_ids = [
+        r["id"]
+        for r in pq.read_table(out / "grpo" / "verl" / "train.parquet").column("extra_info").to_pylist()
+    ]
+    val_ids = [
+        r["id"] for r in pq.read_table(out / "grpo" / "verl" / "val.parquet").column("extra_info").to_pylist()
+    ]
+    assert len(train_ids) == g["train_rows"] > g["distinct_train_rows"] == len(set(train_ids))
+    assert len(val_ids) == len(set(val_ids)) == g["val_rows"]
+    assert not set(train_ids) & set(val_ids)
+    jsonl = [
+        json.loads(line) for line in (out / "grpo" / "sft_jsonl" / "train.jsonl").read_text().splitlines()
+    ]
+    assert Counter(r["id"] for r in jsonl) == Counter(train_ids)
+
+
+def test_cli_dry_run_and_run(tmp_path, run_dir, capsys):
+    out = tmp_path / "cli"
+    recipe = str(REPO / "configs" / "select" / "mid_hard_either.yaml")
+    assert select_main(_args(["--config", recipe, "--dry-run", f"input={run_dir}", f"output={out}"])) == 0
+    printed = capsys.readouterr().out
+    assert "grpo" in printed and "counting" in printed and not out.exists()
+    assert select_main(_args(["--config", recipe, f"input={run_dir}", f"output={out}"])) == 0
+    assert (out / "manifest.json").exists()
+    assert (
+        select_main(
+            _args(["--config", recipe, f"input={run_dir}", f"output={out}", "subsets.grpo.rule.by=x"])
+        )
+        == 2
+    )
+    assert "subsets.grpo.rule.by" in capsys.readouterr().err
+
+
+def _args(argv):
+    from curate.__main__ import build_parser
+
+    return build_parser().parse_args(["select", *argv])
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs" / "select").glob("*.yaml")))
+def test_every_recipe_loads_and_selects(run_dir, recipe):
+    _, scores, sel = plan(_cfg(run_dir, None, recipe))
+    assert sel and all(len(s.rows) for s in sel.values())
+
+
+def test_prompt_from_config_when_the_run_has_no_record(tmp_path):
+    run = write_annotated(tmp_path / "bare", run_record={})
+    (run / "run.json").unlink()
+    out = tmp_path / "out"
+    manifest = select(_cfg(run, out, "mid_hard_pism.yaml", "prompt.system_prompt=Be brief."))
+    assert manifest["prompt"]["source"] == "config (no run record)"
+    rows = pq.read_table(out / "grpo" / "verl" / "train.parquet").column("prompt").to_pylist()
+    assert rows[0][0] == {"role": "system", "content": "Be brief."}
+    assert PromptConfig().system_prompt != "Be brief."
+    assert not math.isnan(manifest["seed"])
+
+
+def test_quadmix_copies_match_the_formula_on_distinct_ranks():
+    from curate.selection.config import QuadMixConfig
+    from curate.selection.rules import quadmix_copies
+
+    # one type, five distinct λ*: percentiles 0, .25, .5, .75, 1 (None = never fails = last)
+    lambdas = [0.1, 0.2, 0.3, 0.5, None]
+    table = pa.table(
+        {
+            S.ID: [f"r{i}" for i in range(5)],
+            S.TASK: ["math"] * 5,
+            S.STATUS: ["ok"] * 5,
+            "pism_bucket": ["hard", "hard", "hard", "medium", "easy"],
+            "pism_lambda_star": lambdas,
+        }
+    )
+    scores = ScoreTable.from_table(table)
+    expected = [2 / (1 + math.exp(-10 * (0.5 - r))) for r in (0.0, 0.25, 0.5)] + [0.0, 0.0]
+    assert expected[2] == 1.0
+    runs = 400
+    totals = np.zeros(5)
+    for seed in range(runs):
+        rows, copies = quadmix_copies(scores, np.arange(5), QuadMixConfig(), rng_for(seed, "t"), "k")
+        totals[rows] += copies
+    assert totals[2] == runs and totals[3] == totals[4] == 0  # exact where S is an integer
+    for i in (0, 1):  # S = 1.987, 1.848: one copy plus a second with probability 0.987 / 0.848
+        assert abs(totals[i] / runs - expected[i]) < 0.06, (i, totals[i] / runs, expected[i])
