@@ -39,6 +39,9 @@ __all__ = ["HardmodeSection", "TrainPlan", "add_arguments", "main", "plan_traini
 VERL_ENTRY = "verl.trainer.main_ppo"
 VERL_CONFIG_NAME = "ppo_trainer"
 MISSING = "???"
+EXTERNAL_MODULES = "VERL_USE_EXTERNAL_MODULES"  # verl imports these modules inside `import verl`
+# verl 0.9.1 ignores data.sampler.class_path; this module's hook makes it build that sampler again.
+SAMPLER_HOOK = "rl.sampler"
 TOY_MODEL = "toy"  # actor_rollout_ref.model.path value naming the project's tiny trained model
 METRICS_ROOT = "outputs/rl"  # where verl's file logger writes <project>/<experiment>.jsonl by default
 _UNQUOTED = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/:]*|\$\{[^{}'\\]+\}")  # plain words, paths, ${interpolation}
@@ -52,6 +55,10 @@ class HardmodeSection:
     # Run verl on this machine's CPU (rl.cpu): verl's platform, rollout and env settings for
     # machines without an accelerator. Tests and the offline demo; never on a GPU cluster.
     cpu: bool = False
+    # Modules verl imports in every process (VERL_USE_EXTERNAL_MODULES), e.g. plugins that register
+    # with verl's registries. rl.cpu.plugin (hardmode.cpu) and rl.sampler (data.sampler.class_path)
+    # are added when needed; so are the ones already in the environment.
+    verl_modules: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -169,12 +176,19 @@ def plan_training(
         env["VERL_FILE_LOGGER_ROOT"] = METRICS_ROOT  # verl's file logger, else ./<project>/ in the cwd
     if local_cluster:
         implied["ray_kwargs.ray_init.address"] = (True, "local")
+    hooks = [m for m in environ.get(EXTERNAL_MODULES, "").split(",") if m] + hardmode.verl_modules
     if hardmode.cpu:
         from rl.cpu import cpu_env, cpu_overrides
 
         for key, value in cpu_overrides(local_cluster).items():
             implied[key.lstrip("+")] = (key.startswith("+"), value)
-        env.update(cpu_env())
+        cpu = cpu_env()
+        hooks.insert(0, cpu.pop(EXTERNAL_MODULES))  # before any other plugin: it checks versions
+        env.update(cpu)
+    if "data.sampler.class_path" in recipe or "data.sampler.class_path" in cli_keys:
+        hooks.append(SAMPLER_HOOK)
+    if hooks:
+        env[EXTERNAL_MODULES] = ",".join(dict.fromkeys(hooks))
     # The workers' environment too: on a cluster they are not children of this process.
     for name, value in env.items():
         implied[f"ray_kwargs.ray_init.runtime_env.env_vars.{name}"] = (True, value)

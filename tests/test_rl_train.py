@@ -119,6 +119,29 @@ def test_private_cluster_unless_told_to_join_one(tmp_path):
     assert "+ray_kwargs.ray_init.num_gpus" not in named
 
 
+def test_verl_plugin_modules_are_merged_in_order(tmp_path):
+    recipe = _recipe(
+        tmp_path,
+        """
+        hardmode:
+          cpu: true
+          verl_modules: [my.plugin]
+        data:
+          sampler:
+            +class_path: pkg://rl.sampler
+            +class_name: DifficultySampler
+        """,
+    )
+    plan = plan_training(recipe, environ={"VERL_USE_EXTERNAL_MODULES": "site.hook,my.plugin"})
+    modules = "rl.cpu.plugin,site.hook,my.plugin,rl.sampler"  # CPU plugin first: it checks versions
+    assert plan.env["VERL_USE_EXTERNAL_MODULES"] == modules
+    cfg = verl_config(plan)
+    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == modules
+    plain = _recipe(tmp_path, "actor_rollout_ref:\n  rollout:\n    name: vllm\n")
+    with_sampler = plan_training(plain, ["+data.sampler.class_path=pkg://rl.sampler"], environ=NO_RAY)
+    assert with_sampler.env["VERL_USE_EXTERNAL_MODULES"] == "rl.sampler"
+
+
 def test_gpu_recipe_gets_no_cpu_settings(tmp_path):
     plan = plan_training(
         _recipe(tmp_path, "actor_rollout_ref:\n  rollout:\n    name: vllm\n"), environ=NO_RAY
