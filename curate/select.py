@@ -186,22 +186,27 @@ def _write_canonical(
     return paths
 
 
+def _prompt(cfg: SelectConfig, dataset: Any) -> tuple[Any, str]:
+    """(prompt written into the exports, where it came from)."""
+    from curate.selection.export import prompt_of_run
+
+    if cfg.prompt_source == "run":
+        recorded = prompt_of_run(dataset.run_metadata())
+        return (recorded, "run") if recorded is not None else (cfg.prompt, "config (no run record)")
+    return cfg.prompt, "config"
+
+
 def select(cfg: SelectConfig) -> dict[str, Any]:
     """Choose every subset of ``cfg``, write them and the manifest; returns the manifest."""
     import pyarrow.parquet as pq
 
-    from curate.selection.export import FORMAT_FILES, prompt_of_run, repeat_rows, write_format
+    from curate.selection.export import FORMAT_FILES, repeat_rows, write_format
 
     out = Path(cfg.output).resolve()
     if out.exists() and not cfg.overwrite:
         raise ConfigError(f"config key 'output': {out} exists; choose another path or set overwrite=true")
     dataset, scores, selections = plan(cfg)
-    prompt, prompt_source = cfg.prompt, "config"
-    if cfg.prompt_source == "run":
-        recorded = prompt_of_run(dataset.run_metadata())
-        prompt, prompt_source = (
-            (recorded, "run") if recorded is not None else (cfg.prompt, "config (no run record)")
-        )
+    prompt, prompt_source = _prompt(cfg, dataset)
     annotations = [c for c in cfg.annotations if c in dataset.schema.names]
     manifest = _manifest(cfg, dataset, scores, selections, prompt_source, prompt, annotations)
 
@@ -302,17 +307,8 @@ def main(args: argparse.Namespace) -> int:
         cfg = load_structured(SelectConfig, args.config, args.overrides)
         if args.dry_run:
             dataset, scores, selections = plan(cfg)
-            from curate.selection.export import prompt_of_run
-
-            manifest = _manifest(
-                cfg,
-                dataset,
-                scores,
-                selections,
-                cfg.prompt_source,
-                prompt_of_run(dataset.run_metadata()) or cfg.prompt,
-                [],
-            )
+            prompt, source = _prompt(cfg, dataset)
+            manifest = _manifest(cfg, dataset, scores, selections, source, prompt, [])
         else:
             manifest = select(cfg)
     except ConfigError as err:

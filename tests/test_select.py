@@ -583,3 +583,26 @@ def test_quadmix_copies_match_the_formula_on_distinct_ranks():
     assert totals[2] == runs and totals[3] == totals[4] == 0  # exact where S is an integer
     for i in (0, 1):  # S = 1.987, 1.848: one copy plus a second with probability 0.987 / 0.848
         assert abs(totals[i] / runs - expected[i]) < 0.06, (i, totals[i] / runs, expected[i])
+
+
+def test_a_score_the_dataset_lacks_is_named(tmp_path):
+    rows = [{k: v for k, v in r.items() if not k.startswith("cmab_")} for r in _rows()]
+    run = tmp_path / "pism_only"
+    annotated = run / "annotated"
+    annotated.mkdir(parents=True)
+    schema = pa.schema([f for f in SCHEMA if not f.name.startswith("cmab_")])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), annotated / "part-0.parquet")
+    with pytest.raises(ConfigError, match="subsets.grpo.rule.by.*cmab_bucket"):
+        plan(_cfg(run, None, "mid_hard_either.yaml"))
+    _, scores, sel = plan(_cfg(run, None, "mid_hard_pism.yaml"))  # no run.json: fine
+    assert len(sel["grpo"].rows) == 36
+    with pytest.raises(ConfigError, match="subsets.grpo.balance.mode"):
+        plan(
+            _cfg(
+                run,
+                None,
+                "quadmix_pism.yaml",
+                "subsets.grpo.balance.mode=cap",
+                "subsets.grpo.balance.cap_per_task=3",
+            )
+        )
