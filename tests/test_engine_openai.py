@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import socket
 import time
 
@@ -59,7 +58,12 @@ def test_one_request_per_sample_with_seed_plus_i_and_images_inlined():
     assert sorted(b["seed"] for b in bodies) == [7, 100, 101, 102]
     for body in bodies:
         assert body["n"] == 1 and body["model"] == "served-model"
-        assert (body["temperature"], body["top_p"], body["max_tokens"], body["stop"]) == (0.7, 0.9, 32, ["</answer>"])
+        assert (body["temperature"], body["top_p"], body["max_tokens"], body["stop"]) == (
+            0.7,
+            0.9,
+            32,
+            ["</answer>"],
+        )
         assert "logprobs" not in body
     first = next(b for b in bodies if b["seed"] == 100)
     assert first["messages"][0] == {"role": "system", "content": "Answer."}
@@ -97,16 +101,27 @@ def test_stop_string_is_kept(text, matched, expected):
 def test_length_finish_and_logprobs_with_token_ids():
     def respond(req, calls):
         assert req.body["logprobs"] is True and req.body["return_tokens_as_token_ids"] is True
-        return Reply(body=chat_completion(
-            "abc", finish_reason="length", stop_reason=None, completion_tokens=2,
-            logprobs=[("token_id:17", -0.5), ("token_id:4", -1.25)],
-        ))
+        return Reply(
+            body=chat_completion(
+                "abc",
+                finish_reason="length",
+                stop_reason=None,
+                completion_tokens=2,
+                logprobs=[("token_id:17", -0.5), ("token_id:4", -1.25)],
+            )
+        )
 
     params = SamplingParams(temperature=0.0, max_tokens=2, logprobs=True)
     with ScriptedServer(respond) as server, engine_for(server) as engine:
         (result,) = engine.generate([request()], params)
     (c,) = result.completions
-    assert (c.text, c.finish_reason, c.num_tokens, c.token_ids, c.logprobs) == ("abc", "length", 2, [17, 4], [-0.5, -1.25])
+    assert (c.text, c.finish_reason, c.num_tokens, c.token_ids, c.logprobs) == (
+        "abc",
+        "length",
+        2,
+        [17, 4],
+        [-0.5, -1.25],
+    )
 
 
 def test_retries_5xx_then_succeeds():
@@ -200,7 +215,9 @@ def test_from_config_reads_the_key_from_the_env_and_asks_the_server_for_the_mode
 
     monkeypatch.setenv("HARDMODE_TEST_KEY", "sk-local")
     with ScriptedServer(respond) as server:
-        cfg = EngineConfig(backend="openai", openai=OpenAIConfig(base_url=server.base_url, api_key_env="HARDMODE_TEST_KEY"))
+        cfg = EngineConfig(
+            backend="openai", openai=OpenAIConfig(base_url=server.base_url, api_key_env="HARDMODE_TEST_KEY")
+        )
         with create_engine(cfg) as engine:
             assert isinstance(engine, OpenAIEngine) and engine.model == "qwen-served"
             (result,) = engine.generate([request(seed=9)], PARAMS)

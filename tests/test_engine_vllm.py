@@ -24,7 +24,10 @@ def engine():
     from curate.engines.vllm_engine import VllmEngine
 
     cfg = EngineConfig(
-        backend="vllm", model="toy", dtype="float32", max_model_len=MAX_MODEL_LEN,
+        backend="vllm",
+        model="toy",
+        dtype="float32",
+        max_model_len=MAX_MODEL_LEN,
         vllm=VllmConfig(enforce_eager=True, max_num_seqs=64),
     )
     engine = VllmEngine.from_config(cfg)

@@ -8,13 +8,19 @@ from curate.engines.vllm_engine import CPU_KV_CACHE_BYTES, llm_kwargs
 
 def engine_cfg(*overrides: str) -> EngineConfig:
     """An engine config as the CLI builds it from ``engine.*`` overrides."""
-    return load_structured(EngineConfig, None, ["backend=vllm", *(o.replace("engine.", "", 1) for o in overrides)])
+    return load_structured(
+        EngineConfig, None, ["backend=vllm", *(o.replace("engine.", "", 1) for o in overrides)]
+    )
 
 
 def test_cluster_settings_pass_through():
     cfg = engine_cfg(
-        "engine.dtype=bfloat16", "engine.max_model_len=8192", "engine.vllm.tensor_parallel_size=4",
-        "engine.vllm.gpu_memory_utilization=0.6", "engine.vllm.max_num_seqs=512", "engine.vllm.enforce_eager=true",
+        "engine.dtype=bfloat16",
+        "engine.max_model_len=8192",
+        "engine.vllm.tensor_parallel_size=4",
+        "engine.vllm.gpu_memory_utilization=0.6",
+        "engine.vllm.max_num_seqs=512",
+        "engine.vllm.enforce_eager=true",
         "engine.vllm.enable_prefix_caching=false",
     )
     kwargs = llm_kwargs(cfg, "/models/qwen", on_cpu=False)

@@ -148,7 +148,9 @@ class OpenAIEngine(GenerationEngine):
 
     # ---- generation ------------------------------------------------------------------------
 
-    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
+    def generate(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams
+    ) -> list[GenerationResult]:
         # Images are encoded once per request (in the pool: PNG encoding releases the GIL), then each
         # sample is one HTTP request.
         messages = list(self._pool.map(_request_messages, requests))
@@ -158,7 +160,9 @@ class OpenAIEngine(GenerationEngine):
             if not isinstance(messages[r], Exception)
             for i in range(request.n)
         ]
-        outcomes = self._pool.map(lambda job: self._sample(requests[job[0]], messages[job[0]], job[1], params), jobs)
+        outcomes = self._pool.map(
+            lambda job: self._sample(requests[job[0]], messages[job[0]], job[1], params), jobs
+        )
         samples = dict(zip(jobs, outcomes))
         results: list[GenerationResult] = []
         for r, request in enumerate(requests):
@@ -217,7 +221,9 @@ def _request_messages(request: GenerationRequest) -> list[dict[str, Any]] | Exce
                 for part in content:
                     if part.get("type") == "image":
                         data = base64.b64encode(encode_png(next(images))).decode("ascii")
-                        parts.append({"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}})
+                        parts.append(
+                            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
+                        )
                     else:
                         parts.append(part)
                 content = parts
@@ -225,7 +231,9 @@ def _request_messages(request: GenerationRequest) -> list[dict[str, Any]] | Exce
     except StopIteration:
         return ValueError(f"messages have more image parts than the request's {len(request.images)} images")
     if next(images, None) is not None:
-        return ValueError(f"the request has {len(request.images)} images but fewer image parts in its messages")
+        return ValueError(
+            f"the request has {len(request.images)} images but fewer image parts in its messages"
+        )
     return messages
 
 
@@ -242,11 +250,18 @@ def _parse_completion(body: dict[str, Any], params: SamplingParams) -> tuple[Com
         num_tokens = int(usage.get("completion_tokens") or len(tokens))
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as err:
-        raise RequestFailed(f"malformed completion ({type(err).__name__}: {err}): {str(body)[:200]}") from None
+        raise RequestFailed(
+            f"malformed completion ({type(err).__name__}: {err}): {str(body)[:200]}"
+        ) from None
     if finish not in ("stop", "length"):
         raise RequestFailed(f"the server finished with reason {finish!r}")
     matched = choice.get("stop_reason") or choice.get("matched_stop")
-    if finish == "stop" and isinstance(matched, str) and matched in params.stop and not text.endswith(matched):
+    if (
+        finish == "stop"
+        and isinstance(matched, str)
+        and matched in params.stop
+        and not text.endswith(matched)
+    ):
         text += matched
     token_ids = None
     if tokens and all(t.startswith("token_id:") for t in tokens):

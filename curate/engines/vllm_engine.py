@@ -65,7 +65,9 @@ def llm_kwargs(cfg: "EngineConfig", model_path: str, *, on_cpu: bool) -> dict[st
         # Curation sends images only: no memory is profiled or reserved for videos.
         "limit_mm_per_prompt": {"video": 0},
     }
-    pixels = {k: p for k, p in (("min_pixels", cfg.min_pixels), ("max_pixels", cfg.max_pixels)) if p is not None}
+    pixels = {
+        k: p for k, p in (("min_pixels", cfg.min_pixels), ("max_pixels", cfg.max_pixels)) if p is not None
+    }
     if pixels:
         kwargs["mm_processor_kwargs"] = pixels
     if on_cpu:
@@ -120,7 +122,9 @@ class VllmEngine(GenerationEngine):
             if part.get("type") == "image"
         )
         if image_parts != len(request.images):
-            raise ValueError(f"messages have {image_parts} image parts but the request has {len(request.images)} images")
+            raise ValueError(
+                f"messages have {image_parts} image parts but the request has {len(request.images)} images"
+            )
         prompt: dict[str, Any] = {
             "prompt": self.tokenizer.apply_chat_template(
                 request.messages, tokenize=False, add_generation_prompt=True
@@ -129,7 +133,9 @@ class VllmEngine(GenerationEngine):
         if request.images:
             prompt["multi_modal_data"] = {"image": list(request.images)}
             if request.image_id is not None:
-                prompt["multi_modal_uuids"] = {"image": [f"{request.image_id}/{j}" for j in range(len(request.images))]}
+                prompt["multi_modal_uuids"] = {
+                    "image": [f"{request.image_id}/{j}" for j in range(len(request.images))]
+                }
         return prompt
 
     @staticmethod
@@ -150,7 +156,9 @@ class VllmEngine(GenerationEngine):
 
     # ---- generation ------------------------------------------------------------------------
 
-    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
+    def generate(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams
+    ) -> list[GenerationResult]:
         results: list[GenerationResult | None] = [None] * len(requests)
         batch: list[tuple[int, dict[str, Any], Any]] = []
         for i, request in enumerate(requests):
@@ -161,7 +169,9 @@ class VllmEngine(GenerationEngine):
         self._run(batch, params, results)
         return results  # type: ignore[return-value]
 
-    def _run(self, batch: list[tuple[int, dict[str, Any], Any]], params: SamplingParams, results: list) -> None:
+    def _run(
+        self, batch: list[tuple[int, dict[str, Any], Any]], params: SamplingParams, results: list
+    ) -> None:
         if not batch:
             return
         try:
@@ -172,7 +182,9 @@ class VllmEngine(GenerationEngine):
             if len(batch) == 1:
                 results[batch[0][0]] = GenerationResult(error=_describe(err))
                 return
-            log.warning("vLLM refused a batch of %d requests (%s); isolating the bad ones", len(batch), _describe(err))
+            log.warning(
+                "vLLM refused a batch of %d requests (%s); isolating the bad ones", len(batch), _describe(err)
+            )
             half = len(batch) // 2
             self._run(batch[:half], params, results)
             self._run(batch[half:], params, results)
@@ -194,7 +206,9 @@ class VllmEngine(GenerationEngine):
                     finish_reason=sample.finish_reason,
                     token_ids=token_ids if params.logprobs else None,
                     logprobs=(
-                        [step[t].logprob for step, t in zip(sample.logprobs, token_ids)] if params.logprobs else None
+                        [step[t].logprob for step, t in zip(sample.logprobs, token_ids)]
+                        if params.logprobs
+                        else None
                     ),
                 )
             )

@@ -35,7 +35,9 @@ class ReferenceSteps:
         return all(m > MARGIN for m in self.margins)
 
 
-def teacher_forced(model: Any, processor: Any, request: GenerationRequest, token_ids: Sequence[int]) -> ReferenceSteps:
+def teacher_forced(
+    model: Any, processor: Any, request: GenerationRequest, token_ids: Sequence[int]
+) -> ReferenceSteps:
     text = processor.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
     kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
     if request.images:
@@ -59,10 +61,15 @@ def teacher_forced(model: Any, processor: Any, request: GenerationRequest, token
     )
 
 
-def check_greedy(model: Any, processor: Any, request: GenerationRequest, completion: Completion) -> ReferenceSteps:
+def check_greedy(
+    model: Any, processor: Any, request: GenerationRequest, completion: Completion
+) -> ReferenceSteps:
     """Assert a greedy completion (with token ids and log-probabilities) agrees with the reference
     model: every log-probability within LOGPROB_TOL, the greedy token wherever the margin is clear."""
-    assert completion.token_ids and len(completion.token_ids) == len(completion.logprobs) == completion.num_tokens
+    assert (
+        completion.token_ids
+        and len(completion.token_ids) == len(completion.logprobs) == completion.num_tokens
+    )
     ref = teacher_forced(model, processor, request, completion.token_ids)
     for step, (token, logprob) in enumerate(zip(completion.token_ids, completion.logprobs)):
         assert abs(logprob - ref.logprobs[step]) <= LOGPROB_TOL, (step, logprob, ref.logprobs[step])

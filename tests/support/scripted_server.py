@@ -47,7 +47,9 @@ class ScriptedServer:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                request = Received(self.command, self.path, json.loads(raw) if raw else None, dict(self.headers))
+                request = Received(
+                    self.command, self.path, json.loads(raw) if raw else None, dict(self.headers)
+                )
                 with lock:
                     server.received.append(request)
                     n = calls.get(self.path, 0)
@@ -110,12 +112,17 @@ def chat_completion(
         "stop_reason": stop_reason,
     }
     if logprobs is not None:
-        choice["logprobs"] = {"content": [{"token": t, "logprob": lp, "top_logprobs": []} for t, lp in logprobs]}
+        choice["logprobs"] = {
+            "content": [{"token": t, "logprob": lp, "top_logprobs": []} for t, lp in logprobs]
+        }
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "model": "served-model",
         "choices": [choice],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
