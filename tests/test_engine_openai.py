@@ -231,3 +231,12 @@ def test_no_served_model_fails_fast_naming_the_key():
     with ScriptedServer(respond) as server:
         with pytest.raises(RuntimeError, match="engine.openai.base_url"):
             OpenAIEngine(server.base_url, None, backoff_s=0.01)
+
+
+def test_an_image_that_cannot_be_encoded_fails_only_its_request():
+    bad = request(images=1)
+    bad.images[0] = Image.new("RGB", (0, 0))  # PNG has no zero-sized images
+    with ScriptedServer(echo_seed) as server, engine_for(server) as engine:
+        results = engine.generate([bad, request(seed=4)], PARAMS)
+    assert results[0].error and results[1].ok
+    assert [b["seed"] for b in server.posted()] == [4]

@@ -210,7 +210,8 @@ class OpenAIEngine(GenerationEngine):
 
 
 def _request_messages(request: GenerationRequest) -> list[dict[str, Any]] | Exception:
-    """The request's chat messages in OpenAI form, its images inlined as base64 PNG data URLs."""
+    """The request's chat messages in OpenAI form, its images inlined as base64 PNG data URLs; or,
+    for a request that cannot be sent, the exception (returned: a bad request must not fail its batch)."""
     images = iter(request.images)
     try:
         messages = []
@@ -230,6 +231,8 @@ def _request_messages(request: GenerationRequest) -> list[dict[str, Any]] | Exce
             messages.append({**message, "content": content})
     except StopIteration:
         return ValueError(f"messages have more image parts than the request's {len(request.images)} images")
+    except Exception as err:  # e.g. an image PIL cannot encode
+        return err
     if next(images, None) is not None:
         return ValueError(
             f"the request has {len(request.images)} images but fewer image parts in its messages"
