@@ -24,7 +24,7 @@ TOY_CPU = REPO / "configs" / "rl" / "toy_cpu.yaml"
 PEAK_RAM_LIMIT = 8 << 30
 # Weight sync from actor to rollout: verl logs |p_rollout - p_actor| per response token. Both compute in
 # fp32 here, so with the actor's weights synced it is float noise (~3e-7 measured); a rollout on other
-# weights is far off (it starts from random "dummy" weights; one step of drift alone gives ~1e-3).
+# weights is far off (it starts from random "dummy" weights; one stale step measured 1.9e-3).
 MAX_PROB_GAP = 1e-4
 
 
