@@ -14,6 +14,8 @@ from typing import Sequence
 
 # subcommand -> module implementing it
 COMMANDS: dict[str, str] = {
+    "score": "curate.score",
+    "run": "curate.pipeline",
     "report": "curate.report",
     "grade": "curate.grading.cli",
     "select": "curate.select",

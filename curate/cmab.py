@@ -21,16 +21,28 @@ non-visual positions in the query's context); ρ(l, t) = S_img / S_txt; ρ_t = e
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
-from curate.attention_probe import ProbeResult
-from curate.config import CmabThresholds
+from curate.attention_probe import ProbeResult, decoder_layers, pack_responses, probe_attention
+from curate.config import CmabConfig, CmabThresholds, PromptConfig
+from curate.engines.base import GenerationEngine, GenerationRequest, SamplingParams
+from curate.grading import grade
+from curate.images import content_id
+from curate.masks import derived_seed
+from curate.prompts import build_messages
+
+if TYPE_CHECKING:
+    from curate.engines.transformers_engine import TransformersEngine
+    from curate.pism import Sample
 
 __all__ = [
     "CMAB_VARIANTS",
     "CmabError",
+    "CmabResult",
+    "CmabScorer",
     "cmab_bucket",
     "cmab_layers",
     "cmab_probe_options",
@@ -133,3 +145,113 @@ def cmab_bucket(rho: Optional[float], correct: bool, thresholds: CmabThresholds)
     if t.easy_low <= rho < t.hard_low or t.hard_high < rho <= t.easy_high:
         return "medium"
     return "easy"
+
+
+# ---- the flow: generate, grade, probe ---------------------------------------------------------
+
+
+@dataclass
+class CmabResult:
+    rho: float | None
+    bucket: str
+    variant: str
+    layers: list[int]
+    correct: int
+    generations: int
+
+
+class CmabScorer:
+    """CMAB for batches of samples: K responses from any engine, graded; the probe on correct ones.
+
+    Generation may run on any backend (vLLM on clusters); the probe always runs in transformers on
+    ``probe_engine``'s model, teacher-forcing the generated token ids (vLLM exposes no attention).
+    """
+
+    def __init__(
+        self,
+        engine: GenerationEngine,
+        probe_engine: "TransformersEngine",
+        cfg: CmabConfig,
+        sampling: SamplingParams,
+        prompt: PromptConfig,
+        probe_batch: int = 8,
+    ):
+        self.engine = engine
+        self.probe_engine = probe_engine
+        self.cfg = cfg
+        # Token ids come with log-probabilities; the probe needs the exact generated ids.
+        self.sampling = SamplingParams(sampling.temperature, sampling.top_p, sampling.max_tokens, sampling.stop,
+                                       logprobs=True)
+        self.prompt = prompt
+        self.probe_batch = probe_batch
+        self.num_layers = len(decoder_layers(probe_engine.model))
+        self.layers = cmab_layers(cfg.variant, self.num_layers, cfg.layer)
+
+    def score(self, samples: Sequence["Sample"]) -> list[CmabResult | str]:
+        """One result per sample: a ``CmabResult``, or an error message."""
+        out: list[CmabResult | str | None] = [None] * len(samples)
+        requests: list[tuple[int, GenerationRequest]] = []
+        for i, s in enumerate(samples):
+            try:
+                messages = build_messages(s.question, len(s.images), self.prompt)
+            except ValueError as err:
+                out[i] = str(err)
+                continue
+            requests.append((i, GenerationRequest(messages, s.images, seed=derived_seed("cmab", s.id, self.cfg.seed),
+                                                  n=self.cfg.k, image_id=content_id(s.images))))
+        results = self.engine.generate([r for _, r in requests], self.sampling)
+        to_probe: list[tuple[int, GenerationRequest, list[list[int]]]] = []
+        correct_counts: dict[int, int] = {}
+        for (i, request), result in zip(requests, results):
+            if result.error is not None:
+                out[i] = f"engine: {result.error}"
+                continue
+            s = samples[i]
+            good = [c for c in result.completions if grade(s.task, c.text, s.ground_truth, s.verifier).correct]
+            correct_counts[i] = len(good)
+            if not good:
+                out[i] = self._result(None, 0)
+                continue
+            chosen = good[:1] if self.cfg.response == "first_correct" else good
+            ids = [c.token_ids if c.token_ids else self._tokenize(c.text) for c in chosen]
+            to_probe.append((i, request, ids))
+        for start in range(0, len(to_probe), self.probe_batch):
+            self._probe(to_probe[start:start + self.probe_batch], correct_counts, out)
+        return out  # type: ignore[return-value]
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self.probe_engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _probe(self, group, correct_counts: dict[int, int], out: list) -> None:
+        """Probe every chosen response of ``group`` in one teacher-forced batch."""
+        encoded, responses, owners = [], [], []
+        for i, request, ids in group:
+            prompt = self.probe_engine.encode(request)
+            for response in ids:
+                encoded.append(prompt)
+                responses.append(response)
+                owners.append(i)
+        inputs = self.probe_engine.collate(encoded)
+        packed, lengths = pack_responses(inputs, responses, self.probe_engine.pad_token_id)
+        packed = {k: v.to(self.probe_engine.device) if isinstance(v, torch.Tensor) else v for k, v in packed.items()}
+        options = cmab_probe_options(self.cfg.variant, self.num_layers, self.cfg.layer)
+        with torch.inference_mode():
+            probed = probe_attention(self.probe_engine.model, packed, lengths, chunk=self.cfg.probe_chunk, **options)
+        rhos: dict[int, list[float]] = {}
+        failures: dict[int, str] = {}
+        for owner, result in zip(owners, probed):
+            try:
+                rhos.setdefault(owner, []).append(cmab_rho(result, self.cfg.variant, num_layers=self.num_layers,
+                                                           layer=self.cfg.layer))
+            except CmabError as err:
+                failures[owner] = str(err)
+        for i, _, _ in group:
+            if i in rhos:
+                out[i] = self._result(sum(rhos[i]) / len(rhos[i]), correct_counts[i])
+            else:
+                out[i] = failures[i]
+
+    def _result(self, rho: float | None, correct: int) -> CmabResult:
+        thresholds = self.cfg.thresholds[self.cfg.variant]
+        return CmabResult(rho=rho, bucket=cmab_bucket(rho, correct > 0, thresholds), variant=self.cfg.variant,
+                          layers=list(self.layers), correct=correct, generations=self.cfg.k)

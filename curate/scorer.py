@@ -1,0 +1,154 @@
+"""Annotate canonical tables with difficulty columns: the one scoring path for the local CLI and Ray.
+
+``Scorer.score_table`` takes a batch of canonical rows (``curate.schema``) and returns the same rows,
+in the same order, with the PISM and/or CMAB columns added and ``status``/``error`` updated. Rows that
+arrive with ``status=error`` pass through untouched (null scores); a row that fails here (an image
+that does not decode, a task no grader knows, an engine error, a prompt over the engine's limit) gets
+``status=error`` and a message naming the stage. Nothing is dropped, nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from curate import schema
+from curate.config import CurateConfig
+from curate.engines import GenerationEngine, SamplingParams, create_engine
+from curate.grading import check_ground_truth
+from curate.images import decode_image
+from curate.pism import PismResult, PismScorer, Sample
+
+log = logging.getLogger(__name__)
+
+
+def sampling_params(cfg: CurateConfig) -> SamplingParams:
+    s = cfg.sampling
+    return SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, stop=tuple(s.stop))
+
+
+def output_schema(cfg: CurateConfig) -> list[pa.Field]:
+    """The score columns a run with ``cfg`` adds, in order."""
+    fields: list[pa.Field] = []
+    if cfg.pism.enabled:
+        fields += list(schema.PISM_SCHEMA)
+    if cfg.cmab.enabled:
+        fields += list(schema.CMAB_SCHEMA)
+    return fields
+
+
+class Scorer:
+    """Holds the engine (loaded once) and scores table batches with it."""
+
+    def __init__(self, cfg: CurateConfig, engine: GenerationEngine | None = None):
+        self.cfg = cfg
+        self.engine = engine if engine is not None else create_engine(cfg.engine)
+        self.pism = PismScorer(self.engine, cfg.pism, sampling_params(cfg), cfg.prompt) if cfg.pism.enabled else None
+        self.cmab = None
+        if cfg.cmab.enabled:
+            from curate.cmab import CmabScorer
+            from curate.engines.transformers_engine import TransformersEngine
+
+            # The probe runs in transformers; reuse the generation model when it already is one.
+            probe = self.engine if isinstance(self.engine, TransformersEngine) else TransformersEngine.from_config(
+                dataclasses.replace(cfg.engine, backend="transformers"))
+            self.cmab = CmabScorer(self.engine, probe, cfg.cmab, sampling_params(cfg), cfg.prompt)
+
+    def close(self) -> None:
+        if self.cmab is not None and self.cmab.probe_engine is not self.engine:
+            self.cmab.probe_engine.close()
+        self.engine.close()
+
+    def score_table(self, table: pa.Table, progress: Callable[[int], None] | None = None) -> pa.Table:
+        rows = table.select([schema.ID, schema.TASK, schema.QUESTION, schema.IMAGES, schema.GROUND_TRUTH,
+                             schema.VERIFIER, schema.STATUS, schema.ERROR]).to_pylist()
+        errors: list[str | None] = [r[schema.ERROR] if r[schema.STATUS] != schema.STATUS_OK else None for r in rows]
+        samples: list[tuple[int, Sample]] = []
+        for i, row in enumerate(rows):
+            if row[schema.STATUS] != schema.STATUS_OK:
+                continue
+            try:
+                samples.append((i, _sample(row)))
+            except Exception as err:
+                errors[i] = f"score: {err}"
+        if progress and len(rows) > len(samples):
+            progress(len(rows) - len(samples))
+        columns: dict[str, list[Any]] = {f.name: [None] * len(rows) for f in output_schema(self.cfg)}
+        if self.pism is not None and samples:
+            results = self.pism.score([s for _, s in samples], progress=progress)
+            for (i, _), result in zip(samples, results):
+                if isinstance(result, PismResult):
+                    _put_pism(columns, i, result)
+                else:
+                    errors[i] = f"pism: {result}"
+        if self.cmab is not None and samples:
+            from curate.cmab import CmabResult
+
+            for (i, _), result in zip(samples, self.cmab.score([s for _, s in samples])):
+                if isinstance(result, CmabResult):
+                    _put_cmab(columns, i, result)
+                else:
+                    errors[i] = "; ".join(filter(None, [errors[i], f"cmab: {result}"]))
+        out = table
+        for f in output_schema(self.cfg):
+            values = [v if errors[i] is None else None for i, v in enumerate(columns[f.name])]
+            out = _set(out, f, pa.array(values, type=f.type))
+        status = [schema.STATUS_OK if e is None else schema.STATUS_ERROR for e in errors]
+        out = _set(out, pa.field(schema.STATUS, pa.string()), pa.array(status, pa.string()))
+        return _set(out, pa.field(schema.ERROR, pa.string()), pa.array(errors, pa.string()))
+
+
+def _sample(row: dict[str, Any]) -> Sample:
+    images = row[schema.IMAGES] or []
+    decoded = []
+    for j, data in enumerate(images):
+        try:
+            decoded.append(decode_image(data))
+        except ValueError as err:
+            raise ValueError(f"image {j}: {err}") from None
+    if not decoded:
+        raise ValueError("the sample has no image")
+    if not (row[schema.QUESTION] or "").strip():
+        raise ValueError("empty question")
+    if row[schema.GROUND_TRUTH] is None:
+        raise ValueError("no ground truth")
+    problem = check_ground_truth(row[schema.TASK] or "", row[schema.GROUND_TRUTH], row[schema.VERIFIER])
+    if problem:
+        raise ValueError(f"ground truth unusable by the {row[schema.TASK]!r} grader: {problem}")
+    return Sample(
+        id=row[schema.ID],
+        images=decoded,
+        question=row[schema.QUESTION],
+        task=row[schema.TASK],
+        ground_truth=row[schema.GROUND_TRUTH],
+        verifier=row[schema.VERIFIER],
+    )
+
+
+def _put_pism(columns: dict[str, list[Any]], i: int, r: PismResult) -> None:
+    columns["pism_pc"][i] = r.pc
+    columns["pism_attempts"][i] = r.attempts
+    columns["pism_correct"][i] = r.correct
+    columns["pism_generations"][i] = r.generations
+    columns["pism_tokens"][i] = r.tokens
+    columns["pism_lambda_star"][i] = r.lambda_star
+    columns["pism_bucket"][i] = r.bucket
+    columns["pism_answers"][i] = r.answers
+
+
+def _put_cmab(columns: dict[str, list[Any]], i: int, r: Any) -> None:
+    columns["cmab_rho"][i] = r.rho
+    columns["cmab_bucket"][i] = r.bucket
+    columns["cmab_variant"][i] = r.variant
+    columns["cmab_layers"][i] = r.layers
+    columns["cmab_correct"][i] = r.correct
+    columns["cmab_generations"][i] = r.generations
+
+
+def _set(table: pa.Table, field: pa.Field, values: pa.Array) -> pa.Table:
+    """Replace the column ``field.name`` if present, else append it."""
+    at = table.schema.get_field_index(field.name)
+    return table.set_column(at, field, values) if at >= 0 else table.append_column(field, values)
