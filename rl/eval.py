@@ -203,23 +203,15 @@ def _get(row: dict[str, Any], key: str) -> Any:
 
 
 def _verl_task(row: dict[str, Any], task_key: Optional[str]) -> Optional[str]:
-    """The task of a verl row: ``task_key`` if given, else the first of extra_info.task, ability,
-    data_source that a grader serves (the order ``rl.reward`` routes rewards by)."""
-    from curate.grading import UnknownTaskError, resolve_grader
+    """The task of a verl row: ``task_key`` if given, else the task GRPO's reward graded it as
+    (``rl.reward``'s routing: extra_info.task, extra_info.ability, data_source)."""
+    from rl.reward import _route as reward_route
 
     if task_key:
         value = _get(row, task_key)
         return None if value is None else str(value)
-    verifier = (row.get("extra_info") or {}).get("verifier")
-    for key in ("extra_info.task", "ability", "data_source"):
-        value = _get(row, key)
-        if value:
-            try:
-                resolve_grader(str(value), verifier)
-                return str(value)
-            except UnknownTaskError:
-                continue
-    return None
+    route = reward_route(row.get("data_source"), row.get("extra_info") or {})
+    return route[0] if route else None
 
 
 def _verl_samples(files: Sequence[str], task_key: Optional[str], errors: list[str]) -> Iterator[EvalSample]:
@@ -246,9 +238,8 @@ def _verl_samples(files: Sequence[str], task_key: Optional[str], errors: list[st
                                 images.append(im.convert("RGB"))
                     task = _verl_task(row, task_key)
                     if task is None:
-                        raise ValueError(
-                            f"no task (--task-key {task_key or 'extra_info.task/ability/data_source'})"
-                        )
+                        where = task_key or "extra_info.task, extra_info.ability, data_source"
+                        raise ValueError(f"no task a grader serves in {where} (see --task-key)")
                     yield EvalSample(
                         sample_id,
                         task,
@@ -446,7 +437,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--task-key",
         default=None,
         help="field naming the task type (e.g. ability, data_source, extra_info.task); "
-        "default: verl extra_info.task, else ability, else data_source; canonical task",
+        "default: the task GRPO's reward graded the row as (rl.reward), the canonical task otherwise",
     )
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N usable rows")
     parser.add_argument("--out", default=None, help="write the summary and every sample here (JSON)")
