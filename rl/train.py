@@ -42,9 +42,11 @@ MISSING = "???"
 EXTERNAL_MODULES = "VERL_USE_EXTERNAL_MODULES"  # verl imports these modules inside `import verl`
 # verl 0.9.1 ignores data.sampler.class_path; this module's hook makes it build that sampler again.
 SAMPLER_HOOK = "rl.sampler"
-TOY_MODEL = "toy"  # actor_rollout_ref.model.path value naming the project's tiny trained model
+TOY_MODEL = "toy"  # actor_rollout_ref.model.path value: the project's tiny trained model (curate.toy.cache)
 METRICS_ROOT = "outputs/rl"  # where verl's file logger writes <project>/<experiment>.jsonl by default
-_UNQUOTED = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/:]*|\$\{[^{}'\\]+\}")  # plain words, paths, ${interpolation}
+_UNQUOTED = re.compile(
+    r"[A-Za-z_/.][A-Za-z0-9_.\-/:]*|\$\{[^{}'\\]+\}"
+)  # plain words, paths, ${interpolation}
 _HYDRA_WORDS = {"true", "false", "null", "none", "nan", "inf"}
 
 
@@ -147,7 +149,7 @@ def _hardmode(section: Mapping[str, Any], cli: Sequence[str]) -> HardmodeSection
 
 def _toy_model_path() -> str:
     try:
-        from curate.toy import toy_model_path
+        from curate.toy.cache import toy_model_path
     except ImportError as err:
         raise ConfigError(
             f"config key 'actor_rollout_ref.model.path': 'toy' needs curate.toy ({err})"

@@ -66,10 +66,8 @@ class ProcessTree:
 
 
 def _toy_model_dir() -> str:
-    toy = pytest.importorskip("curate.toy")
-    if not hasattr(toy, "toy_model_path"):
-        pytest.skip("curate.toy.toy_model_path is not available yet")
-    return str(toy.toy_model_path())
+    """The trained toy model (trained once per machine, then cached)."""
+    return str(pytest.importorskip("curate.toy.cache").toy_model_path())
 
 
 def _write_corpus(path: Path) -> None:
@@ -100,8 +98,7 @@ def test_two_grpo_steps_with_reference_model_on_cpu(tmp_path):
         "train",
         "--config",
         str(TOY_CPU),
-        f"data.train_files={train}",
-        f"actor_rollout_ref.model.path={model_dir}",
+        f"data.train_files={train}",  # the model is the recipe's "toy", resolved by rl train to model_dir
         "trainer.total_training_steps=2",
         "trainer.save_freq=2",
         f"trainer.default_local_dir={checkpoints}",
@@ -129,6 +126,7 @@ def test_two_grpo_steps_with_reference_model_on_cpu(tmp_path):
     wall = time.monotonic() - start
     output = (tmp_path / "train.log").read_text()
     assert proc.returncode == 0, output[-6000:]
+    assert f"actor_rollout_ref.model.path={model_dir} " in output.splitlines()[0]  # the printed command
 
     # ---- everything this run started is gone ------------------------------------------------------
     deadline = time.monotonic() + 30

@@ -72,6 +72,7 @@ def test_hydra_value_quotes_only_what_needs_it():
     assert hydra_value("toy_cpu") == "toy_cpu"
     assert hydra_value("pkg://rl.reward") == "pkg://rl.reward"
     assert hydra_value("${trainer.n_gpus_per_node}") == "${trainer.n_gpus_per_node}"
+    assert hydra_value("/data/a-1.parquet") == "/data/a-1.parquet" and hydra_value("./x") == "./x"
     assert hydra_value("true") == "'true'" and hydra_value("2") == "'2'" and hydra_value("/a b") == "'/a b'"
     assert hydra_value([1, "x", None]) == "[1,x,null]"
 
@@ -164,6 +165,15 @@ def test_gpu_recipe_gets_no_cpu_settings(tmp_path):
 def test_config_mistakes_fail_naming_the_key(tmp_path, recipe, cli, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         verl_config(plan_training(_recipe(tmp_path, recipe), cli, environ=NO_RAY))
+
+
+def test_toy_model_path_is_resolved_to_the_cached_directory(tmp_path, monkeypatch):
+    cache = pytest.importorskip("curate.toy.cache")
+    monkeypatch.setattr(cache, "toy_model_path", lambda: tmp_path / "toy-model" / "abc")
+    plan = plan_training(TOY_CPU, ["data.train_files=/data/t.parquet"], environ=NO_RAY)
+    assert _keys(plan)["actor_rollout_ref.model.path"] == f"{tmp_path}/toy-model/abc"
+    given = plan_training(TOY_CPU, ["data.train_files=t", "actor_rollout_ref.model.path=/m"], environ=NO_RAY)
+    assert "actor_rollout_ref.model.path=/m" in given.overrides
 
 
 def test_missing_recipe_file_is_a_config_error(tmp_path):
