@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "report": "curate.report",
     "grade": "curate.grading.cli",
     "select": "curate.select",
+    "toy": "curate.toy.cli",
 }
 
 

@@ -1,0 +1,124 @@
+"""Train the toy model once per machine and hand out its directory: a content-addressed cache.
+
+The key hashes everything that decides the trained weights: the architecture and trainer settings,
+the default prompt the model is trained on, and the source code of the modules that draw the corpus,
+build the tokenizer and model, and train it. Anything else (library versions, the time) is recorded in
+``toy_model.json`` but not keyed, so one trained directory serves every process and environment.
+
+Several processes may ask at once (tests, the demo, Ray actors): the first takes an exclusive file
+lock and trains, the others wait on the lock and then find the directory. Training writes into a
+temporary directory that is renamed into place when complete, so a crash never leaves a half-written
+model where readers look.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+from curate.config import PromptConfig
+from curate.toy.model import ToyArchitecture
+from curate.toy.train import TrainSettings
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "HARDMODE_CACHE"
+METADATA_FILE = "toy_model.json"  # written last: its presence marks a complete directory
+_KEYED_MODULES = ("font.py", "corpus.py", "tokenizer.py", "model.py", "train.py", "processing_hardmode.py")
+_KEYED_SHARED = ("prompts.py",)
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else ``$HARDMODE_CACHE``, else ``~/.cache/hardmode``."""
+    root = cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hardmode"
+    return Path(root).expanduser()
+
+
+def cache_key(arch: ToyArchitecture, settings: TrainSettings) -> str:
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    h.update(json.dumps({"arch": arch.to_dict(), "train": settings.to_dict(), "prompt": asdict(PromptConfig())},
+                        sort_keys=True).encode())
+    for path in [here / name for name in _KEYED_MODULES] + [here.parent / name for name in _KEYED_SHARED]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another process that is training the toy model (%s)", lock_path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _versions() -> dict[str, str]:
+    import tokenizers
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
+
+
+def _train_into(directory: Path, arch: ToyArchitecture, settings: TrainSettings, key: str) -> None:
+    from curate.toy.model import save_toy_model
+    from curate.toy.train import train_toy_model
+
+    model, processor, report = train_toy_model(arch, settings)
+    save_toy_model(model, processor, directory, extra={
+        "key": key,
+        "architecture": arch.to_dict(),
+        "training": settings.to_dict(),
+        "report": report.to_dict(),
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created_by": os.getpid(),
+    })
+
+
+def toy_model_path(cache_dir: str | os.PathLike | None = None, *, arch: ToyArchitecture | None = None,
+                   settings: TrainSettings | None = None) -> Path:
+    """The directory of the trained toy model, training it first if this machine has none yet."""
+    arch = arch or ToyArchitecture()
+    settings = settings or TrainSettings()
+    key = cache_key(arch, settings)
+    root = cache_root(cache_dir) / "toy-model"
+    final = root / key
+    if (final / METADATA_FILE).is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / f"{key}.lock"):
+        if (final / METADATA_FILE).is_file():  # another process finished while we waited
+            return final
+        if final.exists():  # never complete (no metadata): not ours to trust
+            shutil.rmtree(final)
+        logger.info("training toy model %s (once per machine, about a minute on 2 CPU cores)", key)
+        start = time.perf_counter()
+        scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+        try:
+            _train_into(scratch, arch, settings, key)
+            os.rename(scratch, final)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        logger.info("toy model trained in %.0f s, cached at %s", time.perf_counter() - start, final)
+    return final
