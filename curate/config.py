@@ -209,13 +209,15 @@ class OutputConfig:
     path: str = "outputs/curate"
     # Skip ids already written by an earlier run into the same directory.
     resume: bool = True
-    # Rows per written shard.
+    # Rows per shard of the canonical corpus and of the annotated output: the unit that is written,
+    # checkpointed and, when a run is killed, lost and redone.
     rows_per_shard: int = 256
 
 
 @dataclass
 class RayConfig:
-    # Cluster address; None uses RAY_ADDRESS when set, else starts a local cluster.
+    # Cluster address. None: RAY_ADDRESS when set (as under `ray job submit`), else a cluster started
+    # with `ray start` on this machine, else a new local one; "local" always starts a private one.
     address: Optional[str] = None
     # Scoring actor pool size (min..max; equal for a fixed pool).
     min_actors: int = 1
@@ -225,8 +227,10 @@ class RayConfig:
     num_cpus: float = 1.0
     # Rows per map_batches call into a scoring actor.
     batch_size: int = 16
-    # Actor restarts and task retries before a batch is split and its rows marked as errors.
-    max_restarts: int = 2
+    # A crashed scoring actor is restarted (-1: always; a finite budget can leave Ray Data's pool
+    # with a dead actor and the run waiting forever). A batch is retried max_task_retries times, then
+    # set aside and its rows retried one per batch; a row that still crashes becomes an error row.
+    max_restarts: int = -1
     max_task_retries: int = 2
     # Seconds between progress log lines.
     log_every_s: float = 30.0
@@ -286,6 +290,8 @@ class CurateConfig:
         _check("ray.min_actors", 1 <= r.min_actors <= r.max_actors, "must satisfy 1 <= min_actors <= max_actors")
         _check("ray.batch_size", r.batch_size > 0, "must be positive")
         _check("ray.num_gpus", r.num_gpus >= 0, "must be >= 0")
+        _check("ray.max_task_retries", r.max_task_retries >= 0,
+               "must be >= 0 (a batch that always crashes its actor would otherwise be retried forever)")
         _check("output.rows_per_shard", self.output.rows_per_shard > 0, "must be positive")
         return self
 

@@ -31,7 +31,9 @@ def decode_image(data: bytes | None) -> Image.Image:
             return img.convert("RGB")
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except UnidentifiedImageError:
+        raise ImageError(f"cannot decode image ({len(data)} bytes): not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageError(f"cannot decode image ({len(data)} bytes): {err}") from None
 
 

@@ -42,3 +42,32 @@ def test_data_path_required_for_real_formats():
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and k not in ("thresholds",):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_default_yaml_lists_every_key_with_its_default():
+    import dataclasses
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "curate" / "default.yaml"
+    written = _flatten(OmegaConf.to_container(OmegaConf.load(path)))
+    defaults = _flatten(dataclasses.asdict(CurateConfig()))
+    assert written == defaults
+
+
+def test_every_recipe_loads():
+    from pathlib import Path
+
+    for recipe in sorted((Path(__file__).resolve().parents[1] / "configs" / "curate").glob("*.yaml")):
+        load_config(recipe, ["data.format=toy"] if "toy" not in recipe.name else [])
