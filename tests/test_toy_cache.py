@@ -53,11 +53,14 @@ def test_concurrent_requests_train_once_and_share_the_directory(tmp_path):
     assert Path(again).name == key and pid in trainers
 
 
-def test_incomplete_directory_is_rebuilt(tmp_path):
+def test_incomplete_directory_and_leftover_scratch_are_replaced(tmp_path):
     key = cache_key(ToyArchitecture(), TINY)
     stale = tmp_path / "toy-model" / key
     stale.mkdir(parents=True)
     (stale / "config.json").write_text("{}")  # a crash before the metadata was written
+    scratch = tmp_path / "toy-model" / f".{key}-killed"
+    scratch.mkdir()  # the scratch directory of a process killed mid-training
     path = toy_model_path(tmp_path, settings=TINY)
     assert path == stale and (path / METADATA_FILE).is_file() and (path / "model.safetensors").is_file()
+    assert not scratch.exists()
     assert json.loads((path / METADATA_FILE).read_text())["created_by"] == os.getpid()

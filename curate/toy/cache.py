@@ -1,8 +1,9 @@
 """Train the toy model once per machine and hand out its directory: a content-addressed cache.
 
 The key hashes everything that decides the trained weights: the architecture and trainer settings,
-the default prompt the model is trained on, and the source code of the modules that draw the corpus,
-build the tokenizer and model, and train it. Anything else (library versions, the time) is recorded in
+the chat messages the model is trained on (``curate.prompts.build_messages`` with the default
+``PromptConfig``), and the source code of the modules that draw the corpus, build the tokenizer and
+model, and train it. Anything else (library versions, the time) is recorded in
 ``toy_model.json`` but not keyed, so one trained directory serves every process and environment.
 
 Several processes may ask at once (tests, the demo, Ray actors): the first takes an exclusive file
@@ -23,11 +24,12 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
 from curate.config import PromptConfig
+from curate.prompts import build_messages
+from curate.schema import IMAGE_PLACEHOLDER
 from curate.toy.model import ToyArchitecture
 from curate.toy.train import TrainSettings
 
@@ -36,7 +38,6 @@ logger = logging.getLogger(__name__)
 CACHE_ENV = "HARDMODE_CACHE"
 METADATA_FILE = "toy_model.json"  # written last: its presence marks a complete directory
 _KEYED_MODULES = ("font.py", "corpus.py", "tokenizer.py", "model.py", "train.py", "processing_hardmode.py")
-_KEYED_SHARED = ("prompts.py",)
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -47,10 +48,11 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def cache_key(arch: ToyArchitecture, settings: TrainSettings) -> str:
     here = Path(__file__).resolve().parent
+    messages = build_messages(f"Question?\n{IMAGE_PLACEHOLDER}", 1, PromptConfig())
     h = hashlib.sha256()
-    h.update(json.dumps({"arch": arch.to_dict(), "train": settings.to_dict(), "prompt": asdict(PromptConfig())},
+    h.update(json.dumps({"arch": arch.to_dict(), "train": settings.to_dict(), "messages": messages},
                         sort_keys=True).encode())
-    for path in [here / name for name in _KEYED_MODULES] + [here.parent / name for name in _KEYED_SHARED]:
+    for path in (here / name for name in _KEYED_MODULES):
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -109,9 +111,11 @@ def toy_model_path(cache_dir: str | os.PathLike | None = None, *, arch: ToyArchi
     with _exclusive(root / f"{key}.lock"):
         if (final / METADATA_FILE).is_file():  # another process finished while we waited
             return final
-        if final.exists():  # never complete (no metadata): not ours to trust
-            shutil.rmtree(final)
-        logger.info("training toy model %s (once per machine, about a minute on 2 CPU cores)", key)
+        # Leftovers of a process killed mid-training (no exception ran its cleanup); we hold the lock.
+        for stale in [final, *root.glob(f".{key}-*")]:
+            if stale.exists():
+                shutil.rmtree(stale)
+        logger.info("training toy model %s (once per machine; a few minutes on one CPU core)", key)
         start = time.perf_counter()
         scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
         try:

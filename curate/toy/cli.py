@@ -4,7 +4,7 @@
   model               print the trained toy model's directory (trains and caches it on first use)
   eval                greedy accuracy per task, unmasked and under PISM block masks of each ratio
 
-The toy model trains once per machine (about a minute on 2 CPU cores) into $HARDMODE_CACHE
+The toy model trains once per machine (a few minutes on one CPU core) into $HARDMODE_CACHE
 (default ~/.cache/hardmode), keyed by a hash of its architecture, training settings and code.
 Use it anywhere a model is expected with engine.model=toy.
 """

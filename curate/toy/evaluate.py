@@ -1,17 +1,15 @@
 """How well the toy model answers held-out toy samples, unmasked and under PISM block masks.
 
-Scoring is strict on purpose: the model was trained to write the canonical answer exactly, so an
-answer counts when it equals the ground truth (boxes: IoU >= 0.5, the usual grounding bar). The
-grading library used by PISM is more lenient, never stricter.
+An answer counts when ``curate.grading.grade`` says it is correct: the same δ PISM and the GRPO reward
+use (OCR accepts near misses, boxes need IoU >= 0.5).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
+from curate.grading import grade
 from curate.masks import mask_image
 from curate.toy.corpus import ToySample
 from curate.toy.train import prompt_text
@@ -19,43 +17,6 @@ from curate.toy.train import prompt_text
 if TYPE_CHECKING:
     from PIL import Image
     from transformers import PreTrainedModel, ProcessorMixin
-
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-IOU_THRESHOLD = 0.5
-
-
-def extract_answer(text: str) -> str | None:
-    match = _ANSWER.search(text)
-    return match.group(1).strip() if match else None
-
-
-def _box(answer: str) -> list[float] | None:
-    try:
-        value = json.loads(answer)
-        box = value[0]["bbox_2d"]
-        if len(box) == 4 and all(isinstance(v, (int, float)) for v in box):
-            return [float(v) for v in box]
-    except (ValueError, TypeError, KeyError, IndexError):
-        pass
-    return None
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(0.0, w) * max(0.0, h)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def is_correct(task: str, response: str, ground_truth: str) -> bool:
-    answer = extract_answer(response)
-    if answer is None:
-        return False
-    if task == "grounding":
-        predicted, truth = _box(answer), _box(ground_truth)
-        return predicted is not None and truth is not None and iou(predicted, truth) >= IOU_THRESHOLD
-    return answer == ground_truth
 
 
 def generate(model: "PreTrainedModel", processor: "ProcessorMixin", questions: Sequence[str],
@@ -107,7 +68,7 @@ def evaluate(model: "PreTrainedModel", processor: "ProcessorMixin", samples: Seq
                       for s in samples]
             responses = generate(model, processor, [s.question for s in samples], images, batch_size=batch_size)
             for s, response in zip(samples, responses):
-                if is_correct(s.task, response, s.answer):
+                if grade(s.task, response, s.answer).correct:
                     result.per_sample[s.id][j] += 1 if ratio > 0 else realizations
     tasks = sorted({s.task for s in samples}, key=[s.task for s in samples].index)
     for task in tasks:
