@@ -1,0 +1,126 @@
+"""Load a vision-language model and its processor the same way everywhere (engines, probe, verl glue).
+
+``resolve_model_path("toy")`` gives the offline toy model (trained on first use, then cached); any
+other name is a local directory or hub id and is returned unchanged.
+
+``load_processor`` returns transformers' processor for the model. Where torchvision does not work (CPU
+machines: PyPI's torchvision is a CUDA build), transformers' Qwen-VL processors cannot be built at all
+because their video processor needs it; the same processor class minus videos is returned instead,
+with the PIL image processor, so images are processed identically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, ProcessorMixin
+
+logger = logging.getLogger(__name__)
+
+TOY_MODEL = "toy"
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_model_path(name: str) -> str:
+    """``"toy"`` → the trained toy model's directory (built if needed); anything else unchanged."""
+    if name == TOY_MODEL:
+        from curate.toy.cache import toy_model_path
+
+        return str(toy_model_path())
+    return name
+
+
+def _processor_class_name(path: str) -> str | None:
+    """The ``processor_class`` a checkpoint declares (local directory or hub id)."""
+    from transformers.utils import cached_file
+
+    for filename in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        resolved = cached_file(path, filename, _raise_exceptions_for_missing_entries=False,
+                               _raise_exceptions_for_connection_errors=False)
+        if resolved:
+            with open(resolved, encoding="utf-8") as f:
+                name = json.load(f).get("processor_class")
+            if name:
+                return name
+    return None
+
+
+def _images_only_processor(path: str) -> "ProcessorMixin":
+    from transformers.models.auto.processing_auto import processor_class_from_name
+
+    from curate.toy.processing_hardmode import images_only
+
+    name = _processor_class_name(path)
+    processor_class = processor_class_from_name(name) if name else None
+    if processor_class is None or not isinstance(processor_class, type):
+        raise ValueError(f"cannot load a processor for {path!r} without torchvision: processor_class {name!r} "
+                         "is not a transformers processor")
+    logger.info("torchvision unavailable: loading %s for images only (PIL image processor)", name)
+    return images_only(processor_class).from_pretrained(path)
+
+
+def _cap_pixels(processor: "ProcessorMixin", min_pixels: int | None, max_pixels: int | None) -> None:
+    """Set the image pixel budget on this instance only (never through the class-wide default ``size``)."""
+    from transformers.image_utils import SizeDict
+
+    image_processor = processor.image_processor
+    size = image_processor.size
+    shortest = min_pixels if min_pixels is not None else size.shortest_edge
+    longest = max_pixels if max_pixels is not None else size.longest_edge
+    if shortest > longest:
+        raise ValueError(f"min_pixels ({shortest}) must not exceed max_pixels ({longest})")
+    image_processor.size = SizeDict(shortest_edge=shortest, longest_edge=longest)
+
+
+def load_processor(path: str, min_pixels: int | None = None, max_pixels: int | None = None) -> "ProcessorMixin":
+    """The model's processor, with an optional image pixel budget; works with or without torchvision."""
+    from curate.toy.processing_hardmode import torchvision_works
+
+    if torchvision_works():
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(path)
+    else:
+        processor = _images_only_processor(path)
+    if min_pixels is not None or max_pixels is not None:
+        _cap_pixels(processor, min_pixels, max_pixels)
+    return processor
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
+def _dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    if dtype == "auto":
+        # The checkpoint's dtype on GPUs; float32 on CPUs, where bf16/fp16 matmuls are slow or missing.
+        return "auto" if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model(path: str, dtype: str = "auto", device: str = "auto",
+               attn_implementation: str = "sdpa") -> "PreTrainedModel":
+    """The image-text-to-text model at ``path`` in eval mode on ``device``.
+
+    ``attn_implementation="eager"`` is what returns attention probabilities (sdpa returns none).
+    """
+    from transformers import AutoModelForImageTextToText
+
+    device = _device(device)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=_dtype(dtype, device), attn_implementation=attn_implementation
+    )
+    return model.to(device).eval()

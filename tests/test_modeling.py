@@ -1,0 +1,93 @@
+"""The shared loader: model names, processors with and without torchvision, pixel budgets, models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from curate.modeling import load_model, load_processor, resolve_model_path
+
+
+@pytest.fixture(scope="module")
+def toy_dir() -> Path:
+    from curate.toy import toy_model_path
+
+    return toy_model_path()
+
+
+def _image_tokens(processor, side: int) -> int:
+    image = Image.new("RGB", (side, side), (200, 30, 30))
+    inputs = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[image], return_tensors="pt")
+    return int((inputs["input_ids"] == processor.image_token_id).sum())
+
+
+def test_resolve_model_path(toy_dir):
+    assert resolve_model_path("toy") == str(toy_dir)
+    assert resolve_model_path("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert resolve_model_path("/models/mine") == "/models/mine"
+
+
+def test_pixel_budget_is_per_instance(toy_dir):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    class_default = dict(Qwen2VLImageProcessorPil.size)
+    small = load_processor(str(toy_dir), max_pixels=56 * 56)
+    assert _image_tokens(small, 112) == 4  # 112×112 resized to 56×56: 2×2 merged tokens
+    assert _image_tokens(load_processor(str(toy_dir)), 112) == 16  # a fresh load keeps the saved budget
+    large = load_processor(str(toy_dir), min_pixels=224 * 224, max_pixels=224 * 224)
+    assert _image_tokens(large, 112) == 64
+    assert dict(Qwen2VLImageProcessorPil.size) == class_default
+    with pytest.raises(ValueError, match="min_pixels"):
+        load_processor(str(toy_dir), min_pixels=200 * 200, max_pixels=100 * 100)
+
+
+def test_images_only_processor_for_any_qwen_vl_checkpoint(toy_dir, tmp_path, monkeypatch):
+    """A checkpoint without remote code (as on the hub) still loads where torchvision does not work."""
+    import shutil
+
+    import curate.toy.processing_hardmode as processing
+
+    plain = tmp_path / "plain"
+    shutil.copytree(toy_dir, plain)
+    (plain / "processing_hardmode.py").unlink()
+    spec = json.loads((plain / "processor_config.json").read_text())
+    spec.pop("auto_map")
+    (plain / "processor_config.json").write_text(json.dumps(spec))
+    monkeypatch.setattr(processing, "torchvision_works", lambda: False)
+    processor = load_processor(str(plain))
+    assert type(processor).__name__ == "Qwen2_5_VLProcessor"
+    assert type(processor).get_attributes() == ["image_processor", "tokenizer"]
+    assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessorPil"
+    assert _image_tokens(processor, 112) == 16
+
+
+def test_non_processor_checkpoint_fails_clearly(tmp_path, monkeypatch):
+    import curate.toy.processing_hardmode as processing
+
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"processor_class": "NoSuchProcessor"}))
+    monkeypatch.setattr(processing, "torchvision_works", lambda: False)
+    with pytest.raises(ValueError, match="NoSuchProcessor"):
+        load_processor(str(tmp_path))
+
+
+def test_load_model_eval_mode_dtype_and_attention(toy_dir):
+    model = load_model(str(toy_dir), device="cpu")
+    assert not model.training and model.dtype == torch.float32 and model.device.type == "cpu"
+    eager = load_model(str(toy_dir), dtype="bfloat16", device="cpu", attn_implementation="eager")
+    assert eager.dtype == torch.bfloat16
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        attentions = eager(input_ids=ids, output_attentions=True).attentions
+    assert len(attentions) == model.config.text_config.num_hidden_layers
+    assert torch.allclose(attentions[0].float().sum(-1), torch.ones(1), atol=1e-2)  # probabilities
+
+
+def test_load_model_rejects_bad_arguments(toy_dir):
+    with pytest.raises(ValueError, match="dtype"):
+        load_model(str(toy_dir), dtype="float8")
+    with pytest.raises(ValueError, match="device"):
+        load_model(str(toy_dir), device="tpu")
