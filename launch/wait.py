@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import time
 
@@ -32,15 +33,33 @@ def cluster_counts() -> tuple[int, float]:
     return len(alive), sum(n["Resources"].get("GPU", 0) for n in alive)
 
 
+def wait_for_port(address: str, deadline: float, poll: float) -> bool:
+    """True once something accepts connections at HOST:PORT (``ray.init`` would retry for minutes,
+    past any deadline, while the head is still starting)."""
+    host, _, port = address.rpartition(":")
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=poll).close()
+            return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(poll)
+
+
 def main(args: argparse.Namespace) -> int:
     import ray
 
     address = args.address or os.environ.get("RAY_ADDRESS")
-    if not address:
+    if not address or ":" not in address:
         print("python -m launch wait: give --address HOST:PORT or set RAY_ADDRESS", file=sys.stderr)
         return 2
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     deadline = time.monotonic() + args.timeout
+    if not wait_for_port(address, deadline, args.poll):
+        print(f"python -m launch wait: nothing listens at {address} after {args.timeout:g}s; see the head's "
+              "ray start output", file=sys.stderr)
+        return 1
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     seen = None
     while True:
         nodes, gpus = cluster_counts()
