@@ -115,6 +115,9 @@ start() {
   command -v ray >/dev/null || die "ray not found: run 'bash launch/bootstrap.sh' or activate the environment that has it"
 
   export RAY_AUTH_MODE=$auth
+  # On SIGTERM Ray first drains the node (for Serve replicas to move), 30 s by default, and a head
+  # does not finish draining: `stop` would wait it out every time. Batch jobs have nothing to move.
+  export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-5}
   if [[ $auth == token && -z "${RAY_AUTH_TOKEN:-}" && -z "${RAY_AUTH_TOKEN_PATH:-}" ]]; then
     ray get-auth-token --generate >/dev/null  # ~/.ray/auth_token, created when missing
   fi
