@@ -91,3 +91,15 @@ def test_load_model_rejects_bad_arguments(toy_dir):
         load_model(str(toy_dir), dtype="float8")
     with pytest.raises(ValueError, match="device"):
         load_model(str(toy_dir), device="tpu")
+
+
+def test_processors_survive_pickle(toy_dir):
+    """Ray and dataloader workers pickle processors: the images-only class must be found by reference."""
+    import pickle
+
+    from transformers import AutoProcessor
+
+    for processor in (load_processor(str(toy_dir)), AutoProcessor.from_pretrained(toy_dir, trust_remote_code=True)):
+        clone = pickle.loads(pickle.dumps(processor))
+        assert type(clone) is type(processor)
+        assert _image_tokens(clone, 112) == 16

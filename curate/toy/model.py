@@ -174,10 +174,18 @@ def build_model(arch: ToyArchitecture) -> tuple["PreTrainedModel", "ProcessorMix
 def save_toy_model(model: "PreTrainedModel", processor: "ProcessorMixin", path: str | Path,
                    extra: dict[str, Any] | None = None) -> Path:
     """Write a directory that transformers, verl and vLLM load (see the module docstring)."""
+    from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor as Full
+
+    from curate.toy.processing_hardmode import images_only
+
     path = Path(path)
     model.save_pretrained(path)
-    processor.register_for_auto_class("AutoProcessor")  # copies processing_hardmode.py, writes auto_map
-    processor.save_pretrained(path)
+    # Saved through the images-only class whatever `processor` is: its module (processing_hardmode.py)
+    # is copied alongside and named in auto_map; the directory is the same on every machine.
+    saved = images_only(Full)(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+                              chat_template=processor.chat_template)
+    type(saved).register_for_auto_class("AutoProcessor")
+    saved.save_pretrained(path)
     processor_file = path / "processor_config.json"
     spec = json.loads(processor_file.read_text())
     # Where torchvision works, transformers' own Qwen2_5_VLProcessor (no remote code) needs a video

@@ -34,17 +34,25 @@ def images_only(processor_class: type) -> type:
     """A subclass of a Qwen-VL processor class with the same name that takes no video processor.
 
     ``ProcessorMixin`` derives the sub-processors it loads and saves from ``__init__``'s signature;
-    dropping ``video_processor`` from it is all it takes.
+    dropping ``video_processor`` from it is all it takes. One class per base, kept in this module
+    under ``ImagesOnly<name>`` so that pickle (Ray, dataloader workers) finds it again by reference.
     """
+    qualname = f"ImagesOnly{processor_class.__name__}"
+    existing = globals().get(qualname)
+    if existing is not None and existing.__bases__ == (processor_class,):
+        return existing
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):  # noqa: N807
         processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
-    return type(processor_class.__name__, (processor_class,), {
+    cls = type(processor_class.__name__, (processor_class,), {
         "__init__": __init__,
         "__module__": __name__,
-        "__doc__": f"{processor_class.__name__} for images only (no torchvision here for videos).",
+        "__qualname__": qualname,
+        "__doc__": f"{processor_class.__name__} for images only (no working torchvision for videos).",
     })
+    globals()[qualname] = cls
+    return cls
 
 
 if torchvision_works():
