@@ -1,0 +1,400 @@
+"""Distributed curation on Ray Data: read → validate → score on an actor pool → annotated Parquet.
+
+``python -m curate run --config configs/curate/<recipe>.yaml key=value ...`` connects to the Ray
+cluster in ``ray.address`` / ``RAY_ADDRESS`` (as under ``ray job submit``), else to a cluster started
+with ``ray start`` on this machine, else starts a local one. The output directory holds:
+
+    corpus/      the input in the canonical schema (stage 1: read + normalise + validate images, CPU)
+    annotated/   the product: every input row once, original columns + score columns + status/error
+    checkpoint/  Ray Data's id checkpoint of annotated/ (what resume skips)
+    run.json     the resolved config, versions and the run summary
+    report/      plots and report.md (``python -m curate report``)
+
+Stage 2 reads ``corpus/`` and streams it through ``map_batches(ScoringActor)``: each actor loads the
+engine once and runs whole batches through ``curate.scorer.Scorer`` (PISM waves across the batch's
+samples keep one engine busy), then Ray Data writes the shards. Guarantees:
+
+- **Resume.** Ray Data's checkpointing (``CheckpointConfig`` on the ``id`` column, two-phase commit
+  of each written file) records every committed shard; rerunning the same command skips those ids,
+  so a run killed with SIGKILL loses at most its in-flight batches and never writes a row twice.
+  Masks and seeds are pure functions of (id, λ, k, seed), so resumed annotations equal an
+  uninterrupted run's. A resume with a different scoring config is refused.
+- **No row lost.** Actor crashes are retried (``ray.max_restarts`` / ``ray.max_task_retries``); a
+  batch that still fails is set aside (``max_errored_blocks``) and its rows are retried one per
+  batch; a row that crashes the actor even alone is written as an error row. The run ends by
+  checking that every input id appears exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate import schema
+from curate.config import ConfigError, CurateConfig, load_config, to_yaml
+
+log = logging.getLogger(__name__)
+
+CORPUS_DIR = "corpus"
+ANNOTATED_DIR = "annotated"
+CHECKPOINT_DIR = "checkpoint"
+RUN_FILE = "run.json"
+INGEST_MARKER = "_HARDMODE_COMPLETE.json"
+CRASH_ERROR = "score: the scoring actor died on this row on every retry (see the Ray worker logs)"
+
+
+# ---- progress --------------------------------------------------------------------------------
+
+
+class ProgressCounter:
+    """A Ray actor the scoring actors report to; the driver logs its totals periodically."""
+
+    def __init__(self) -> None:
+        self.rows = self.errors = self.generations = self.tokens = 0
+
+    def add(self, rows: int, errors: int, generations: int, tokens: int) -> None:
+        self.rows += rows
+        self.errors += errors
+        self.generations += generations
+        self.tokens += tokens
+
+    def totals(self) -> dict[str, int]:
+        return {"rows": self.rows, "errors": self.errors, "generations": self.generations, "tokens": self.tokens}
+
+
+class _ProgressLogger(threading.Thread):
+    def __init__(self, counter: Any, total: int, every_s: float):
+        super().__init__(daemon=True)
+        self.counter, self.total, self.every_s = counter, total, every_s
+        self.stopped = threading.Event()
+        self.start_time = time.monotonic()
+
+    def run(self) -> None:
+        import ray
+
+        while not self.stopped.wait(self.every_s):
+            t = ray.get(self.counter.totals.remote())
+            dt = max(1e-9, time.monotonic() - self.start_time)
+            log.info("progress: %d/%d rows scored (%d errors), %.2f rows/s, %d generations (%.1f/s), %d tokens (%.0f/s)",
+                     t["rows"], self.total, t["errors"], t["rows"] / dt, t["generations"], t["generations"] / dt,
+                     t["tokens"], t["tokens"] / dt)
+
+
+# ---- the scoring actor -----------------------------------------------------------------------
+
+
+class ScoringActor:
+    """Ray Data callable class: loads the engine once, scores whole batches."""
+
+    def __init__(self, cfg: CurateConfig, counter: Any = None, run_metadata: bytes = b""):
+        from curate.scorer import Scorer
+
+        self.scorer = Scorer(cfg)
+        self.counter = counter
+        self.run_metadata = run_metadata
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = self.scorer.score_table(batch)
+        if self.counter is not None:
+            errors = pc.sum(pc.equal(out[schema.STATUS], schema.STATUS_ERROR)).as_py() or 0
+            gens = _column_sum(out, "pism_generations") + _column_sum(out, "cmab_generations")
+            self.counter.add.remote(out.num_rows, errors, gens, _column_sum(out, "pism_tokens"))
+        return out.replace_schema_metadata({**(out.schema.metadata or {}), b"hardmode.run": self.run_metadata})
+
+
+def _column_sum(table: pa.Table, name: str) -> int:
+    if name not in table.column_names:
+        return 0
+    return int(pc.sum(table[name]).as_py() or 0)
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+
+def cpus_needed(cfg: CurateConfig) -> float:
+    """Logical CPUs the scoring pass holds at once: the actors, Ray Data's checkpoint-filter actor
+    (one CPU) and one read/write task. Fewer and Ray waits forever instead of failing."""
+    return cfg.ray.min_actors * cfg.ray.num_cpus + 2
+
+
+def connect(cfg: CurateConfig) -> None:
+    """Connect to ``ray.address`` / RAY_ADDRESS / a local ``ray start`` cluster, else start one.
+
+    A cluster this function starts declares at least ``cpus_needed`` logical CPUs (they are
+    scheduling slots, not cores); an existing cluster that cannot host the pipeline is refused with
+    the key to change, since Ray would otherwise wait forever for resources that never come.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        if address and address != "local":
+            ray.init(address=address)
+        else:
+            try:
+                if address == "local":
+                    raise ConnectionError
+                ray.init(address="auto")
+            except ConnectionError:
+                ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed(cfg))),
+                         include_dashboard=False)
+    resources = ray.cluster_resources()
+    log.info("ray: %s", {k: v for k, v in resources.items() if not k.startswith("node:")})
+    gpus_needed = cfg.ray.min_actors * cfg.ray.num_gpus
+    if resources.get("GPU", 0) < gpus_needed:
+        raise ConfigError(
+            f"config key 'ray.num_gpus': {cfg.ray.min_actors} actor(s) × {cfg.ray.num_gpus} GPU need {gpus_needed} "
+            f"GPUs, the cluster has {resources.get('GPU', 0):g}; set ray.num_gpus=0 on a CPU cluster")
+    if resources.get("CPU", 0) < cpus_needed(cfg):
+        raise ConfigError(
+            f"config key 'ray.min_actors': {cfg.ray.min_actors} actor(s) × {cfg.ray.num_cpus} CPU plus 2 for reading, "
+            f"writing and Ray Data's checkpoint filter need {cpus_needed(cfg):g} CPUs, the cluster has "
+            f"{resources.get('CPU', 0):g}; lower ray.min_actors or ray.num_cpus")
+
+
+def scoring_fingerprint(cfg: CurateConfig) -> str:
+    """A hash of everything that changes the annotations (not the ray/output settings)."""
+    relevant = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ray", "output")}
+    relevant["engine"] = {k: v for k, v in relevant["engine"].items() if k not in ("batch_size",)}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("hardmode", "ray", "torch", "transformers", "vllm", "pyarrow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def ingest(cfg: CurateConfig, out: Path) -> int:
+    """Stage 1: the input in the canonical schema under ``out/corpus`` (skipped when already done)."""
+    target = out / CORPUS_DIR
+    marker = target / INGEST_MARKER
+    source = {"data": dataclasses.asdict(cfg.data)}
+    if cfg.data.format != "toy":
+        from curate.io import open_corpus
+
+        corpus = open_corpus(cfg.data)
+        source["files"] = [(f.path, os.path.getsize(f.path), os.path.getmtime(f.path)) for f in corpus.files]
+    fingerprint = hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if marker.exists():
+        done = json.loads(marker.read_text())
+        if done.get("fingerprint") == fingerprint:
+            log.info("stage 1: %s already holds this input (%d rows); skipping", target, done["rows"])
+            return int(done["rows"])
+        raise RuntimeError(
+            f"{target} holds a different input (data config or files changed); use a new output.path"
+        )
+    if target.exists():
+        shutil.rmtree(target)  # an ingest that never finished
+    target.mkdir(parents=True)
+    started = time.monotonic()
+    if cfg.data.format == "toy":
+        from curate.toy.corpus import generate_corpus
+
+        t = cfg.data.toy
+        table = generate_corpus(t.num_samples, seed=t.seed, tasks=t.tasks)
+        if cfg.data.limit:
+            table = table.slice(0, cfg.data.limit)
+        step = cfg.output.rows_per_shard
+        for n, start in enumerate(range(0, table.num_rows, step)):
+            pq.write_table(table.slice(start, step), target / f"part-{n:05d}.parquet")
+        rows = table.num_rows
+    else:
+        ds = corpus.to_ray_dataset(batch_rows=cfg.ray.batch_size * 4)
+        if cfg.data.limit:
+            ds = ds.limit(cfg.data.limit)
+        ds.write_parquet(str(target), min_rows_per_file=cfg.output.rows_per_shard,
+                         max_rows_per_file=cfg.output.rows_per_shard)
+        rows = pq.ParquetDataset(str(target)).read(columns=[schema.ID]).num_rows
+    marker.write_text(json.dumps({"fingerprint": fingerprint, "rows": rows}))
+    log.info("stage 1: %d rows in the canonical schema at %s (%.1f s)", rows, target, time.monotonic() - started)
+    return rows
+
+
+def _ids(path: Path) -> list[str]:
+    """Ids in the readable shards under ``path``. A shard cut short by a killed run is passed over:
+    Ray Data's checkpoint recovery deletes it and rescored its rows in the next pass."""
+    ids: list[str] = []
+    for file in sorted(path.glob("*.parquet")) if path.exists() else []:
+        try:
+            ids += pq.read_table(file, columns=[schema.ID])[schema.ID].to_pylist()
+        except (pa.ArrowInvalid, OSError) as err:
+            log.warning("passing over an incomplete shard %s (%s)", file.name, err)
+    return ids
+
+
+def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, metadata: bytes,
+                actor_cls: type = ScoringActor) -> None:
+    """One streaming pass over the corpus rows not yet in annotated/ (Ray Data checkpoint filter)."""
+    import ray.data
+    from ray.data.checkpoint import CheckpointConfig
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.checkpoint_config = CheckpointConfig(
+        id_column=schema.ID, checkpoint_path=str(out / CHECKPOINT_DIR), delete_checkpoint_on_success=False
+    )
+    ctx.max_errored_blocks = -1  # a batch that keeps failing is retried row by row below
+    r = cfg.ray
+    remote_args: dict[str, Any] = {"max_restarts": r.max_restarts, "max_task_retries": r.max_task_retries}
+    # Blocks of one batch each: every batch is its own actor task, and written files close at
+    # output.rows_per_shard rows, which bounds what a killed run loses.
+    ds = ray.data.read_parquet(str(out / CORPUS_DIR), file_extensions=["parquet"])
+    ds = ds.repartition(target_num_rows_per_block=batch_size)
+    ds = ds.map_batches(
+        actor_cls,
+        fn_constructor_kwargs={"cfg": cfg, "counter": counter, "run_metadata": metadata},
+        compute=ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        num_cpus=r.num_cpus,
+        num_gpus=r.num_gpus,
+        **remote_args,
+    )
+    ds.write_parquet(str(out / ANNOTATED_DIR), min_rows_per_file=cfg.output.rows_per_shard)
+
+
+def _write_crash_rows(out: Path, missing: set[str], metadata: bytes) -> None:
+    """Rows that killed the actor on every retry, even alone: written as error rows."""
+    corpus = pq.ParquetDataset(str(out / CORPUS_DIR)).read()
+    mask = pc.is_in(corpus[schema.ID], value_set=pa.array(sorted(missing)))
+    rows = corpus.filter(mask)
+    annotated = pq.ParquetDataset(str(out / ANNOTATED_DIR)).schema
+    for f in annotated:
+        if f.name not in rows.column_names:
+            rows = rows.append_column(f, pa.nulls(rows.num_rows, f.type))
+    rows = rows.set_column(rows.schema.get_field_index(schema.STATUS), schema.STATUS,
+                           pa.array([schema.STATUS_ERROR] * rows.num_rows))
+    rows = rows.set_column(rows.schema.get_field_index(schema.ERROR), schema.ERROR,
+                           pa.array([CRASH_ERROR] * rows.num_rows))
+    rows = rows.select(annotated.names).cast(annotated.remove_metadata())
+    rows = rows.replace_schema_metadata({b"hardmode.run": metadata})
+    pq.write_table(rows, out / ANNOTATED_DIR / f"crashed-{int(time.time())}.parquet")
+
+
+def summarize(out: Path, total: int, seconds: float) -> dict[str, Any]:
+    from curate.report import read_scores, _error_reason
+
+    table, _ = read_scores(out / ANNOTATED_DIR)
+    rows = table.to_pylist()
+    ok = [r for r in rows if r[schema.STATUS] == schema.STATUS_OK]
+    errors: dict[str, int] = {}
+    for r in rows:
+        if r[schema.STATUS] != schema.STATUS_OK:
+            reason = _error_reason(r[schema.ERROR] or "")
+            errors[reason] = errors.get(reason, 0) + 1
+    summary: dict[str, Any] = {"rows_in": total, "rows_out": len(rows), "scored": len(ok),
+                               "errored": len(rows) - len(ok), "errors_by_reason": errors,
+                               "seconds": round(seconds, 1)}
+    for method in ("pism", "cmab"):
+        col = f"{method}_bucket"
+        if col in table.column_names:
+            summary[f"{method}_buckets"] = {b: sum(1 for r in ok if r[col] == b) for b in schema.BUCKETS}
+    if "pism_generations" in table.column_names:
+        summary["pism_generations"] = sum(r["pism_generations"] or 0 for r in ok)
+        summary["pism_tokens"] = sum(r["pism_tokens"] or 0 for r in ok)
+    summary["rows_per_s"] = round(len(rows) / max(seconds, 1e-9), 3)
+    return summary
+
+
+def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
+    """The whole curation job; returns its summary (also written to run.json).
+
+    ``actor_cls`` is the Ray Data callable class that scores batches (a ``ScoringActor`` subclass can
+    add instrumentation).
+    """
+    import ray
+
+    from curate.modeling import resolve_model_path
+
+    out = Path(cfg.output.path).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    connect(cfg)
+    # Resolve (and for "toy", build) the model once here, not in every actor.
+    if cfg.engine.backend != "openai":
+        cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, model=resolve_model_path(cfg.engine.model)))
+    fingerprint = scoring_fingerprint(cfg)
+    run_file = out / RUN_FILE
+    if (out / ANNOTATED_DIR).exists() and any((out / ANNOTATED_DIR).glob("*.parquet")):
+        previous = json.loads(run_file.read_text()).get("fingerprint") if run_file.exists() else None
+        if not cfg.output.resume:
+            raise RuntimeError(f"{out / ANNOTATED_DIR} already has shards and output.resume=false; use a new output.path")
+        if previous != fingerprint:
+            raise RuntimeError(
+                f"{out} was written with a different scoring config (fingerprint {previous} != {fingerprint}); "
+                "resuming would mix annotations: use a new output.path")
+        log.info("resuming into %s: ids already written are skipped", out)
+    meta = {"fingerprint": fingerprint, "config": dataclasses.asdict(cfg), "versions": _versions(),
+            "model": cfg.engine.model, "engine": cfg.engine.backend, "hardmode_version": _versions().get("hardmode")}
+    run_file.write_text(json.dumps(meta, indent=2, default=str))
+    metadata = json.dumps(meta, default=str).encode()
+
+    started = time.monotonic()
+    total = ingest(cfg, out)
+    counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+    reporter = _ProgressLogger(counter, total, cfg.ray.log_every_s)
+    reporter.start()
+    try:
+        missing = set(_ids(out / CORPUS_DIR)) - set(_ids(out / ANNOTATED_DIR))
+        if missing:
+            log.info("stage 2: scoring %d of %d rows", len(missing), total)
+            _score_pass(cfg, out, cfg.ray.batch_size, counter, metadata, actor_cls)
+            missing = set(_ids(out / CORPUS_DIR)) - set(_ids(out / ANNOTATED_DIR))
+        else:
+            log.info("stage 2: every row is already in %s", out / ANNOTATED_DIR)
+        if missing:
+            log.warning("%d rows were in batches that failed; retrying them one per batch", len(missing))
+            _score_pass(cfg, out, 1, counter, metadata, actor_cls)
+            missing = set(_ids(out / CORPUS_DIR)) - set(_ids(out / ANNOTATED_DIR))
+        if missing:
+            log.error("%d rows crashed the scoring actor even alone; writing them as error rows", len(missing))
+            _write_crash_rows(out, missing, metadata)
+    finally:
+        reporter.stopped.set()
+    written = _ids(out / ANNOTATED_DIR)
+    if len(written) != len(set(written)) or set(written) != set(_ids(out / CORPUS_DIR)):
+        raise RuntimeError(f"{out / ANNOTATED_DIR} does not hold every input id exactly once; please report this")
+    summary = summarize(out, total, time.monotonic() - started)
+    meta["summary"] = summary
+    meta["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    run_file.write_text(json.dumps(meta, indent=2, default=str))
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="a curation recipe (configs/curate/*.yaml)")
+    parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                        help="write the plots and report.md after the run (default: on)")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. pism.mode=full")
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = load_config(args.config, args.overrides)
+    log.info("config:\n%s", to_yaml(cfg))
+    summary = run(cfg)
+    print(json.dumps(summary, indent=2))
+    if args.report:
+        from curate.report import write_report
+
+        print(write_report(Path(cfg.output.path) / ANNOTATED_DIR, Path(cfg.output.path) / "report") / "report.md")
+    return 0

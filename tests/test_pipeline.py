@@ -1,0 +1,149 @@
+"""The Ray Data pipeline: the bare scorer's annotations, every row exactly once, resume, crashes survived.
+
+All runs use a private local Ray cluster, the trained toy model and a small PISM grid so that each
+pipeline run stays within seconds on two cores.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from curate import schema
+from curate.config import DataConfig, load_config
+from curate.io import open_corpus
+from curate.pipeline import ANNOTATED_DIR, CRASH_ERROR, run
+from curate.scorer import Scorer
+from curate.toy.corpus import generate_corpus
+from support import poison
+
+REPO = Path(__file__).resolve().parents[1]
+SCORING = ["pism.ratios=[0.0,0.3,0.6]", "pism.k=4", "pism.tau=0.25", "sampling.max_tokens=32",
+           "sampling.temperature=0.7", "pism.seed=5"]
+COMPARED = ["status", "error", "pism_pc", "pism_attempts", "pism_correct", "pism_generations",
+            "pism_lambda_star", "pism_bucket"]
+
+
+def _corpus_with_bad_rows(path: Path) -> Path:
+    """16 toy rows, then one row per kind of bad input, as a canonical Parquet corpus."""
+    table = generate_corpus(16, seed=7)
+    good = table.to_pylist()
+    template = dict(good[0])
+    bad = [
+        {**template, "id": "bad-corrupt", "images": [b"\x89PNG\r\n\x1a\n not really"]},
+        {**template, "id": "bad-empty-image", "images": [b""]},
+        {**template, "id": "bad-no-image", "images": []},
+        {**template, "id": "bad-question", "question": "   "},
+        {**template, "id": "bad-task", "task": "astrology"},
+        {**template, "id": "bad-counting-truth", "task": "counting", "ground_truth": "many"},
+        {**template, "id": "bad-huge-prompt", "question": "How many? " + "very " * 3000},
+    ]
+    pq.write_table(pa.Table.from_pylist(good + bad, schema=table.schema), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Workers import the test-only actor from tests/support, like the driver does.
+    path = os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")])
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return _corpus_with_bad_rows(tmp_path_factory.mktemp("corpus") / "corpus.parquet")
+
+
+@pytest.fixture(scope="module")
+def reference(corpus) -> dict[str, dict]:
+    """The bare scorer, no Ray, on the same corpus and config."""
+    cfg = load_config(overrides=[f"data.path={corpus}", "data.format=canonical", "engine.max_model_len=2048",
+                                 *SCORING])
+    scorer = Scorer(cfg)
+    rows = {}
+    for table in open_corpus(cfg.data).iter_tables(64):
+        for r in scorer.score_table(table).to_pylist():
+            rows[r["id"]] = r
+    scorer.close()
+    return rows
+
+
+def _annotated(out: Path) -> list[dict]:
+    return pq.ParquetDataset(str(out / ANNOTATED_DIR)).read(columns=["id", *COMPARED]).to_pylist()
+
+
+def _config(corpus: Path, out: Path, *extra: str):
+    return load_config(overrides=[f"data.path={corpus}", "data.format=canonical", f"output.path={out}",
+                                  "engine.max_model_len=2048", "ray.batch_size=4", "output.rows_per_shard=4",
+                                  *SCORING, *extra])
+
+
+def _assert_matches(rows: list[dict], reference: dict[str, dict]) -> None:
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) == len(reference)  # every input row exactly once
+    assert set(ids) == set(reference)
+    for r in rows:
+        assert {k: r[k] for k in COMPARED} == {k: reference[r["id"]][k] for k in COMPARED}, r["id"]
+
+
+def test_two_actors_give_the_bare_scorers_annotations(cluster, corpus, reference, tmp_path):
+    summary = run(_config(corpus, tmp_path, "ray.min_actors=2", "ray.max_actors=2", "ray.address=local"))
+    rows = _annotated(tmp_path)
+    _assert_matches(rows, reference)
+    errors = {r["id"]: r["error"] for r in rows if r["status"] == "error"}
+    assert set(errors) == {"bad-corrupt", "bad-empty-image", "bad-no-image", "bad-question", "bad-task",
+                           "bad-counting-truth", "bad-huge-prompt"}
+    assert "read:" in errors["bad-corrupt"] and "corpus.parquet" in errors["bad-corrupt"]
+    assert "max_model_len" in errors["bad-huge-prompt"]
+    assert summary["rows_in"] == summary["rows_out"] == 23 and summary["errored"] == 7
+    assert len({r["pism_bucket"] for r in rows if r["status"] == "ok"}) >= 2
+
+
+def test_an_actor_crashing_on_a_row_is_survived(cluster, tmp_path):
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(generate_corpus(8, seed=2), corpus)
+    summary = run(_config(corpus, tmp_path / "out", "ray.max_task_retries=1"), actor_cls=poison.PoisonedActor)
+    rows = pq.ParquetDataset(str(tmp_path / "out" / ANNOTATED_DIR)).read(columns=["id", "status", "error"]).to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(generate_corpus(8, seed=2)["id"].to_pylist())
+    crashed = [r for r in rows if r["status"] == "error"]
+    assert [(r["id"], r["error"]) for r in crashed] == [(poison.POISON_ID, CRASH_ERROR)]
+    assert summary["scored"] == 7
+
+
+def test_resume_after_sigkill_completes_without_duplicates(corpus, reference, tmp_path):
+    """Kill the driver (and the local cluster it started) with SIGKILL midway, then rerun."""
+    args = [sys.executable, "-m", "curate", "run", "--no-report", f"data.path={corpus}", "data.format=canonical",
+            f"output.path={tmp_path}", "engine.max_model_len=2048", "ray.batch_size=2", "output.rows_per_shard=2",
+            "ray.address=local", *SCORING]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    log = io.open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    annotated = tmp_path / ANNOTATED_DIR
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None:
+        if len(list(annotated.glob("*.parquet"))) >= 2:
+            break
+        time.sleep(0.5)
+    assert first.poll() is None, "the first run ended before it could be killed"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+
+    second = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    left = re.search(r"stage 2: scoring (\d+) of (\d+) rows", second.stderr)
+    assert left and 0 < int(left.group(1)) < int(left.group(2)) == len(reference), second.stderr[-3000:]
+    _assert_matches(_annotated(tmp_path), reference)
