@@ -8,8 +8,9 @@ The job runs in a copy of the project (Ray's ``working_dir``, the repository roo
 cluster's Python environment; ``python -m curate`` / ``python -m rl`` import the copy. What this adds to a
 bare ``ray job submit --working-dir . -- CMD``:
 
-- The upload leaves out what a job never needs and what would break Ray's 100 MiB working_dir limit:
-  virtual environments, git history, outputs, runs, caches (Ray also honours ``.gitignore``).
+- The upload leaves out what a job never needs and what would break Ray's working_dir size limit
+  (512 MiB in Ray 2.60): virtual environments, git history, outputs, runs, caches (Ray also honours
+  ``.gitignore`` and ``.rayignore``).
 - Variables that decide which models and caches the job sees are passed on when set here
   (HARDMODE_CACHE, HF_HOME, HF_HUB_OFFLINE, HF_DATASETS_OFFLINE, TRANSFORMERS_OFFLINE), and Python
   output is unbuffered so logs stream. RAY_AUTH_MODE needs no passing: the job inherits the cluster's.
