@@ -16,7 +16,9 @@
 #   --agent-port P         dashboard agent HTTP [0: any free port; Ray's 52365 clashes with other clusters]
 #   --num-cpus N           logical CPUs [max(cores, 16)]     --num-gpus N        GPUs [Ray detects them]
 #   --node-ip-address IP   the IP other nodes reach this one at [Ray's choice]
-#   --auth disabled|token  [$RAY_AUTH_MODE, else disabled]   --temp-dir DIR      [/tmp/hardmode-ray-UID-PORT-ROLE]
+#   --auth disabled|token  [$RAY_AUTH_MODE, else disabled]
+#   --temp-dir DIR         Ray's temp dir and this script's state [${HARDMODE_RAY_TMP:-/tmp}/hardmode-ray-UID-PORT-ROLE];
+#                          keep it short: Ray's socket paths under it must fit in 107 characters
 #   --timeout S            seconds to wait for the node to come up [120]
 #
 # Why not `ray start` / `ray stop` directly: `ray stop` terminates every Ray process of the user on the
