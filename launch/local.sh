@@ -18,7 +18,8 @@
 #   --node-ip-address IP   the IP other nodes reach this one at [Ray's choice]
 #   --auth disabled|token  [$RAY_AUTH_MODE, else disabled]
 #   --temp-dir DIR         Ray's temp dir and this script's state [${HARDMODE_RAY_TMP:-/tmp}/hardmode-ray-UID-PORT-ROLE];
-#                          keep it short: Ray's socket paths under it must fit in 107 characters
+#                          keep it short (Ray's socket paths under it must fit in 107 characters);
+#                          status/env/address/run/stop need the same --temp-dir
 #   --timeout S            seconds to wait for the node to come up [120]
 #
 # Why not `ray start` / `ray stop` directly: `ray stop` terminates every Ray process of the user on the
