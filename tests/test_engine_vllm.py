@@ -70,11 +70,12 @@ def test_device_mismatch_fails_before_starting_vllm():
 
 def test_sample_i_uses_seed_plus_i(engine):
     (request,) = toy_requests(1)
-    params = SamplingParams(temperature=1.0, max_tokens=12, logprobs=True)
-    request.n, request.seed = 3, 42
+    # Hot and long enough that a trained model's fixed opening (<think>…) cannot hide the seeds.
+    params = SamplingParams(temperature=2.0, max_tokens=64, stop=(), logprobs=True)
+    request.n, request.seed = 4, 42
     (together,) = engine.generate([request], params)
     apart = engine.generate(
-        [GenerationRequest(request.messages, request.images, seed=42 + i) for i in range(3)], params
+        [GenerationRequest(request.messages, request.images, seed=42 + i) for i in range(4)], params
     )
     assert [c.token_ids for c in together.completions] == [r.completions[0].token_ids for r in apart]
     assert len({tuple(c.token_ids) for c in together.completions}) > 1  # the seeds did differ
