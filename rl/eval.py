@@ -205,12 +205,12 @@ def _get(row: dict[str, Any], key: str) -> Any:
 def _verl_task(row: dict[str, Any], task_key: Optional[str]) -> Optional[str]:
     """The task of a verl row: ``task_key`` if given, else the task GRPO's reward graded it as
     (``rl.reward``'s routing: extra_info.task, extra_info.ability, data_source)."""
-    from rl.reward import _route as reward_route
+    from rl.reward import grader_route
 
     if task_key:
         value = _get(row, task_key)
         return None if value is None else str(value)
-    route = reward_route(row.get("data_source"), row.get("extra_info") or {})
+    route = grader_route(row.get("data_source"), row.get("extra_info") or {})
     return route[0] if route else None
 
 

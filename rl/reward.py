@@ -44,7 +44,7 @@ def _weight(name: str, value: Any) -> float:
     return weight
 
 
-def _route(data_source: Any, extra_info: dict[str, Any]) -> tuple[str, str | None] | None:
+def grader_route(data_source: Any, extra_info: dict[str, Any]) -> tuple[str, str | None] | None:
     """``(task, verifier)`` for the grader: the task our verl writer stores in ``extra_info["task"]``,
     else verl's ``ability``, else ``data_source``; ``extra_info["verifier"]`` routes like Orsta's
     ``reward_model.verifier``."""
@@ -77,7 +77,7 @@ def compute_score(
     try:
         fmt = format_score(solution_str)
         info = extra_info if isinstance(extra_info, dict) else {}
-        route = _route(data_source, info)
+        route = grader_route(data_source, info)
         if route is None:
             warn_once(
                 logger,
