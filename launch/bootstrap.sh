@@ -32,12 +32,13 @@ log="$venv/bootstrap.log"
 pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@" >>"$log" 2>&1 || {
   echo "bootstrap: pip $* failed; the last lines of $log:" >&2; tail -n 30 "$log" >&2; exit 1; }; }
 pip install --upgrade pip
-# Pinning torch first keeps pip from pulling a multi-GB CUDA build through a transitive requirement.
+# Installing torch first keeps pip from pulling a multi-GB CUDA build through a transitive requirement.
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 echo "torch==2.13.0" >"$constraints"
 
 if [[ "$which_env" == main ]]; then
+  echo "transformers==5.10.4" >>"$constraints"  # the tested CPU set within pyproject's ranges
   pip install -c "$constraints" "torch==2.13.0"
   pip install -c "$constraints" -e ".[dev]"
 else
