@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # subcommand -> module implementing it
 COMMANDS: dict[str, str] = {
     "train": "rl.train",
+    "sft": "rl.sft",
     "eval": "rl.eval",
 }
 
@@ -22,7 +23,7 @@ COMMANDS: dict[str, str] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rl",
-        description="Train vision-language models with verl (GRPO) on the samples curation selected.",
+        description="Train vision-language models with verl (GRPO, SFT) on the samples curation selected.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():

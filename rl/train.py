@@ -12,7 +12,8 @@ command runs locally and as a Ray job (``ray job submit --working-dir . -- pytho
 Precedence, lowest first: verl's defaults, what ``hardmode`` implies (e.g. the CPU path), the recipe,
 the command line. A recipe key written ``+name`` is added to verl's config instead of overridden.
 Every key is checked against verl's config before anything starts (a typo fails naming the key), and
-keys the recipe leaves as ``???`` must be given on the command line.
+keys the recipe leaves as ``???`` must be given on the command line. ``hardmode.extends: base.yaml``
+makes a recipe a variant of another: it lists only what differs.
 
 Ray: unless ``RAY_ADDRESS`` is set (``ray job submit`` sets it) or the recipe names
 ``ray_kwargs.ray_init.address``, the trainer starts a private local cluster (``address=local``) and
@@ -27,14 +28,31 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from curate.config import ConfigError
 
-__all__ = ["HardmodeSection", "TrainPlan", "add_arguments", "main", "plan_training", "verl_config"]
+__all__ = [
+    "HardmodeSection",
+    "TrainPlan",
+    "add_arguments",
+    "as_overrides",
+    "check_given",
+    "environ_modules",
+    "file_logger_env",
+    "flatten",
+    "hardmode_section",
+    "load_recipe",
+    "main",
+    "override_key",
+    "plan_training",
+    "run",
+    "split_cli",
+    "verl_config",
+]
 
 VERL_ENTRY = "verl.trainer.main_ppo"
 VERL_CONFIG_NAME = "ppo_trainer"
@@ -69,15 +87,18 @@ class TrainPlan:
 
     overrides: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    # verl's entry module and the Hydra config it composes (the GRPO trainer unless told otherwise).
+    entry: str = VERL_ENTRY
+    config_name: str = VERL_CONFIG_NAME
 
     @property
     def command(self) -> list[str]:
-        return [sys.executable, "-m", VERL_ENTRY, *self.overrides]
+        return [sys.executable, "-m", self.entry, *self.overrides]
 
     def shell(self) -> str:
         """The command as one shell line, environment first (what gets printed)."""
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
-        return (env + " " if env else "") + shlex.join(["python", "-m", VERL_ENTRY, *self.overrides])
+        return (env + " " if env else "") + shlex.join(["python", "-m", self.entry, *self.overrides])
 
 
 def hydra_value(value: Any) -> str:
@@ -99,7 +120,7 @@ def hydra_value(value: Any) -> str:
     raise ConfigError(f"cannot pass a {type(value).__name__} to verl: {value!r}")
 
 
-def _flatten(node: Mapping[str, Any], prefix: str = "", add: bool = False) -> dict[str, tuple[bool, Any]]:
+def flatten(node: Mapping[str, Any], prefix: str = "", add: bool = False) -> dict[str, tuple[bool, Any]]:
     """Dotted key -> (added with '+', value) for every leaf of a nested recipe mapping."""
     leaves: dict[str, tuple[bool, Any]] = {}
     for raw_key, value in node.items():
@@ -107,19 +128,33 @@ def _flatten(node: Mapping[str, Any], prefix: str = "", add: bool = False) -> di
         is_add = add or key.startswith("+")
         path = f"{prefix}{key.lstrip('+')}"
         if isinstance(value, Mapping) and value:
-            leaves.update(_flatten(value, path + ".", is_add))
+            leaves.update(flatten(value, path + ".", is_add))
         else:
             leaves[path] = (is_add, value)
     return leaves
 
 
-def _override_key(override: str) -> str:
+def override_key(override: str) -> str:
     """The dotted key a Hydra command-line override sets (``+a.b=1`` -> ``a.b``)."""
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def _load_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(hardmode section, verl part) of a recipe file."""
+def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: nested mappings merge key by key, anything else is replaced."""
+    merged = dict(base)
+    for key, value in top.items():
+        below = merged.get(key)
+        both_maps = isinstance(value, Mapping) and isinstance(below, Mapping) and value
+        merged[key] = _deep_merge(below, value) if both_maps else value
+    return merged
+
+
+def load_recipe(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(hardmode section, verl part) of a recipe file.
+
+    ``hardmode.extends: other.yaml`` (relative to the recipe) starts from that recipe and changes only
+    what this one lists, so a variant (e.g. GRPO after SFT) states its differences, not a copy.
+    """
     from omegaconf import OmegaConf
 
     if not Path(path).is_file():
@@ -128,16 +163,27 @@ def _load_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(recipe, dict):
         raise ConfigError(f"recipe {path} is not a mapping of config keys")
     hardmode = recipe.pop("hardmode", None) or {}
-    return hardmode, recipe
+    base = hardmode.pop("extends", None)
+    if base is None:
+        return hardmode, recipe
+    chain = (*_chain, Path(path).resolve())
+    base_path = Path(path).parent / str(base)
+    if base_path.resolve() in chain:
+        raise ConfigError(f"config key 'hardmode.extends': {path} extends itself (through {base})")
+    if not base_path.is_file():
+        raise ConfigError(f"config key 'hardmode.extends': recipe not found: {base_path}")
+    base_hardmode, base_recipe = load_recipe(base_path, chain)
+    return _deep_merge(base_hardmode, hardmode), _deep_merge(base_recipe, recipe)
 
 
-def _hardmode(section: Mapping[str, Any], cli: Sequence[str]) -> HardmodeSection:
+def hardmode_section(section: Mapping[str, Any], cli: Sequence[str], schema: type = HardmodeSection) -> Any:
+    """The recipe's ``hardmode:`` section and its ``hardmode.*`` overrides, typed by ``schema``."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
         cfg = OmegaConf.merge(
-            OmegaConf.structured(HardmodeSection),
+            OmegaConf.structured(schema),
             section,
             OmegaConf.from_dotlist([o.removeprefix("hardmode.") for o in cli]),
         )
@@ -145,6 +191,45 @@ def _hardmode(section: Mapping[str, Any], cli: Sequence[str]) -> HardmodeSection
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ConfigError(f"config key 'hardmode.{key}': {str(err).splitlines()[0]}") from None
+
+
+def split_cli(cli_overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(``hardmode.*`` overrides, verl's overrides) of a command line."""
+    hardmode = [o for o in cli_overrides if o.startswith("hardmode.")]
+    return hardmode, [o for o in cli_overrides if not o.startswith("hardmode.")]
+
+
+def file_logger_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Where verl's file logger writes (else ``./<project>/`` in the cwd), unless the caller said."""
+    if "VERL_FILE_LOGGER_PATH" in environ or "VERL_FILE_LOGGER_ROOT" in environ:
+        return {}
+    return {"VERL_FILE_LOGGER_ROOT": METRICS_ROOT}
+
+
+def environ_modules(environ: Mapping[str, str]) -> list[str]:
+    """The verl plugin modules the caller's environment already names."""
+    return [m for m in environ.get(EXTERNAL_MODULES, "").split(",") if m]
+
+
+def check_given(merged: Mapping[str, tuple[bool, Any]], cli_keys: set[str]) -> None:
+    """Fail naming every key the recipe leaves ``???`` that the command line does not set."""
+    unset = [k for k, (_, v) in merged.items() if v == MISSING and k not in cli_keys]
+    if unset:
+        raise ConfigError(
+            f"config key '{unset[0]}' must be given on the command line (the recipe leaves it {MISSING})"
+            + (f"; also {', '.join(unset[1:])}" if unset[1:] else "")
+        )
+
+
+def as_overrides(merged: Mapping[str, tuple[bool, Any]], verl_cli: Sequence[str]) -> list[str]:
+    """Hydra overrides: every composed key the command line does not set, then the command line verbatim."""
+    cli_keys = {override_key(o) for o in verl_cli}
+    composed = [
+        f"{'+' if add else ''}{key}={hydra_value(value)}"
+        for key, (add, value) in merged.items()
+        if key not in cli_keys
+    ]
+    return composed + list(verl_cli)
 
 
 def _toy_model_path() -> str:
@@ -162,23 +247,20 @@ def plan_training(
 ) -> TrainPlan:
     """Compose a recipe and command-line overrides into the verl command to run (nothing is started)."""
     environ = os.environ if environ is None else environ
-    section, verl_part = _load_recipe(recipe_path)
-    hardmode_cli = [o for o in cli_overrides if o.startswith("hardmode.")]
-    verl_cli = [o for o in cli_overrides if not o.startswith("hardmode.")]
-    hardmode = _hardmode(section, hardmode_cli)
+    section, verl_part = load_recipe(recipe_path)
+    hardmode_cli, verl_cli = split_cli(cli_overrides)
+    hardmode = hardmode_section(section, hardmode_cli)
 
-    recipe = _flatten(verl_part)
-    cli_keys = {_override_key(o) for o in verl_cli}
+    recipe = flatten(verl_part)
+    cli_keys = {override_key(o) for o in verl_cli}
     ray_address_given = "ray_kwargs.ray_init.address" in recipe or "ray_kwargs.ray_init.address" in cli_keys
     local_cluster = not environ.get("RAY_ADDRESS") and not ray_address_given
 
     implied: dict[str, tuple[bool, Any]] = {}
-    env: dict[str, str] = {}
-    if "VERL_FILE_LOGGER_PATH" not in environ and "VERL_FILE_LOGGER_ROOT" not in environ:
-        env["VERL_FILE_LOGGER_ROOT"] = METRICS_ROOT  # verl's file logger, else ./<project>/ in the cwd
+    env = file_logger_env(environ)
     if local_cluster:
         implied["ray_kwargs.ray_init.address"] = (True, "local")
-    hooks = [m for m in environ.get(EXTERNAL_MODULES, "").split(",") if m] + hardmode.verl_modules
+    hooks = environ_modules(environ) + hardmode.verl_modules
     if hardmode.cpu:
         from rl.cpu import cpu_env, cpu_overrides
 
@@ -196,23 +278,13 @@ def plan_training(
         implied[f"ray_kwargs.ray_init.runtime_env.env_vars.{name}"] = (True, value)
 
     merged = {**implied, **recipe}
-    unset = [k for k, (_, v) in merged.items() if v == MISSING and k not in cli_keys]
-    if unset:
-        raise ConfigError(
-            f"config key '{unset[0]}' must be given on the command line (the recipe leaves it {MISSING})"
-            + (f"; also {', '.join(unset[1:])}" if unset[1:] else "")
-        )
+    check_given(merged, cli_keys)
     if (
         merged.get("actor_rollout_ref.model.path", (False, None))[1] == TOY_MODEL
         and "actor_rollout_ref.model.path" not in cli_keys
     ):
         merged["actor_rollout_ref.model.path"] = (False, _toy_model_path())
-    overrides = [
-        f"{'+' if add else ''}{key}={hydra_value(value)}"
-        for key, (add, value) in merged.items()
-        if key not in cli_keys
-    ]
-    return TrainPlan(overrides=overrides + list(verl_cli), env=env)
+    return TrainPlan(overrides=as_overrides(merged, verl_cli), env=env)
 
 
 def _verl_config_dir() -> str:
@@ -234,10 +306,10 @@ def verl_config(plan: TrainPlan) -> Any:
 
     with initialize_config_dir(config_dir=_verl_config_dir(), version_base=None):
         try:
-            cfg = compose(config_name=VERL_CONFIG_NAME, overrides=plan.overrides)
+            cfg = compose(config_name=plan.config_name, overrides=plan.overrides)
         except HydraException as err:
             raise ConfigError(str(err).splitlines()[0]) from None
-        unset_by_default = OmegaConf.missing_keys(compose(config_name=VERL_CONFIG_NAME))
+        unset_by_default = OmegaConf.missing_keys(compose(config_name=plan.config_name))
     unset = sorted(OmegaConf.missing_keys(cfg) - unset_by_default) + sorted(
         {"actor_rollout_ref.rollout.name", "actor_rollout_ref.model.path"} & OmegaConf.missing_keys(cfg)
     )
@@ -259,18 +331,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(args: argparse.Namespace) -> int:
+def run(prog: str, plan_of: Callable[[], TrainPlan], dry_run: bool) -> int:
+    """Plan, check against verl's config, print the command, then (unless ``dry_run``) exec it."""
     from omegaconf import OmegaConf
 
     try:
-        plan = plan_training(args.config, args.overrides)
+        plan = plan_of()
         cfg = verl_config(plan)
     except ConfigError as err:
-        print(f"python -m rl train: {err}", file=sys.stderr)
+        print(f"{prog}: {err}", file=sys.stderr)
         return 2
     print(plan.shell(), flush=True)
-    if args.dry_run:
+    if dry_run:
         print(OmegaConf.to_yaml(cfg), flush=True)
         return 0
     os.execvpe(sys.executable, plan.command, {**os.environ, **plan.env})
     return 0  # not reached: exec replaces this process
+
+
+def main(args: argparse.Namespace) -> int:
+    return run("python -m rl train", lambda: plan_training(args.config, args.overrides), args.dry_run)

@@ -1,0 +1,104 @@
+"""Supervised fine-tuning with verl's own SFT trainer: stage 1 of the paper's SFT(X) + GRPO(Y).
+
+    python -m rl sft --config configs/rl/qwen25vl7b_sft.yaml [--dry-run] [key=value ...]
+
+A recipe mirrors verl's ``sft_trainer_engine`` config (``verl/trainer/config/sft_trainer_engine.yaml``:
+``data``, ``model``, ``engine``, ``optim``, ``checkpoint``, ``trainer``) with the keys it changes, plus
+an optional ``hardmode:`` section (:class:`SFTSection`). Recipes, overrides, ``+key`` and ``???`` work
+as for ``python -m rl train`` (``rl.train``), and every key is checked against verl's SFT config before
+anything starts. The result is printed, then executed in place of this process:
+``python -m verl.trainer.sft_trainer_ray <overrides>``.
+
+Why ``sft_trainer_ray``: verl 0.9.1 ships two SFT trainers over the same config and the same
+``MultiTurnSFTDataset`` (chat ``messages`` with ``<image>`` markers + an ``images`` column: the
+``verl_sft`` export of ``python -m curate select``). ``sft_trainer`` is SPMD and needs one ``torchrun``
+per node; ``sft_trainer_ray`` is a single driver whose FSDP workers Ray places on
+``trainer.nnodes × trainer.n_gpus_per_node`` GPUs, so one command runs on one box or, unchanged, as a
+Ray job on a multi-node cluster (``python -m launch submit -- python -m rl sft ...``). The printed
+overrides work with ``torchrun ... -m verl.trainer.sft_trainer`` too.
+
+Ray: that trainer calls a bare ``ray.init()``, which joins any cluster ``ray start`` left on the machine.
+Unless ``RAY_ADDRESS`` is set (``ray job submit`` sets it), the command gets ``RAY_ADDRESS=local``: a
+private cluster, as for ``python -m rl train``.
+
+Stage 2 is ``python -m rl train`` from the checkpoint's ``global_step_N/huggingface`` directory
+(written with full weights when ``checkpoint.save_contents`` includes ``hf_model``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rl.train import (
+    EXTERNAL_MODULES,
+    TrainPlan,
+    as_overrides,
+    check_given,
+    environ_modules,
+    file_logger_env,
+    flatten,
+    hardmode_section,
+    load_recipe,
+    override_key,
+    run,
+    split_cli,
+)
+
+__all__ = ["SFTSection", "VERL_SFT_CONFIG_NAME", "VERL_SFT_ENTRY", "add_arguments", "main", "plan_sft"]
+
+VERL_SFT_ENTRY = "verl.trainer.sft_trainer_ray"
+VERL_SFT_CONFIG_NAME = "sft_trainer_engine"
+
+
+@dataclass
+class SFTSection:
+    """The SFT recipe's ``hardmode:`` section. No CPU path: verl's SFT engine runs on accelerators."""
+
+    # Modules verl imports in every process (VERL_USE_EXTERNAL_MODULES), after the environment's own.
+    verl_modules: list[str] = field(default_factory=list)
+
+
+def plan_sft(
+    recipe_path: str | Path, cli_overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None
+) -> TrainPlan:
+    """Compose an SFT recipe and command-line overrides into verl's SFT command (nothing is started)."""
+    environ = os.environ if environ is None else environ
+    section, verl_part = load_recipe(recipe_path)
+    hardmode_cli, verl_cli = split_cli(cli_overrides)
+    hardmode: SFTSection = hardmode_section(section, hardmode_cli, SFTSection)
+
+    recipe = flatten(verl_part)
+    check_given(recipe, {override_key(o) for o in verl_cli})
+    env = file_logger_env(environ)
+    if not environ.get("RAY_ADDRESS"):
+        env["RAY_ADDRESS"] = "local"
+    modules = environ_modules(environ) + hardmode.verl_modules
+    if modules:
+        env[EXTERNAL_MODULES] = ",".join(dict.fromkeys(modules))
+    return TrainPlan(
+        overrides=as_overrides(recipe, verl_cli),
+        env=env,
+        entry=VERL_SFT_ENTRY,
+        config_name=VERL_SFT_CONFIG_NAME,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="SFT recipe YAML (configs/rl/*_sft.yaml)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the composed command and verl config, start nothing"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="verl SFT config overrides (Hydra syntax) or hardmode.* keys",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    return run("python -m rl sft", lambda: plan_sft(args.config, args.overrides), args.dry_run)
