@@ -48,7 +48,7 @@ from rl.train import (
     split_cli,
 )
 
-__all__ = ["SFTSection", "VERL_SFT_CONFIG_NAME", "VERL_SFT_ENTRY", "add_arguments", "main", "plan_sft"]
+__all__ = ["VERL_SFT_CONFIG_NAME", "VERL_SFT_ENTRY", "SFTSection", "add_arguments", "main", "plan_sft"]
 
 VERL_SFT_ENTRY = "verl.trainer.sft_trainer_ray"
 VERL_SFT_CONFIG_NAME = "sft_trainer_engine"
