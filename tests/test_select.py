@@ -534,9 +534,10 @@ def test_cli_dry_run_and_run(tmp_path, run_dir, capsys):
 
 
 def _args(argv):
-    from curate.__main__ import build_parser
+    from curate.__main__ import COMMANDS, DESCRIPTION
+    from curate.cli import build_parser
 
-    return build_parser().parse_args(["select", *argv])
+    return build_parser("python -m curate", DESCRIPTION, COMMANDS).parse_args(["select", *argv])
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs" / "select").glob("*.yaml")))
