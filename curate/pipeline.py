@@ -44,15 +44,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate import schema
+from curate import run_record, schema
 from curate.config import ConfigError, CurateConfig, load_config, to_yaml
+from curate.run_record import ANNOTATED_DIR, RUN_METADATA_KEY
 
 log = logging.getLogger(__name__)
 
 CORPUS_DIR = "corpus"
-ANNOTATED_DIR = "annotated"
 CHECKPOINT_DIR = "checkpoint"
-RUN_FILE = "run.json"
 INGEST_MARKER = "_HARDMODE_COMPLETE.json"
 CRASH_ERROR = "score: the scoring actor died on this row on every retry (see the Ray worker logs)"
 
@@ -113,7 +112,7 @@ class ScoringActor:
             errors = pc.sum(pc.equal(out[schema.STATUS], schema.STATUS_ERROR)).as_py() or 0
             gens = _column_sum(out, "pism_generations") + _column_sum(out, "cmab_generations")
             self.counter.add.remote(out.num_rows, errors, gens, _column_sum(out, "pism_tokens"))
-        return out.replace_schema_metadata({**(out.schema.metadata or {}), b"hardmode.run": self.run_metadata})
+        return out.replace_schema_metadata({**(out.schema.metadata or {}), RUN_METADATA_KEY: self.run_metadata})
 
 
 def _column_sum(table: pa.Table, name: str) -> int:
@@ -164,25 +163,6 @@ def connect(cfg: CurateConfig) -> None:
             f"config key 'ray.min_actors': {cfg.ray.min_actors} actor(s) × {cfg.ray.num_cpus} CPU plus 2 for reading, "
             f"writing and Ray Data's checkpoint filter need {cpus_needed(cfg):g} CPUs, the cluster has "
             f"{resources.get('CPU', 0):g}; lower ray.min_actors or ray.num_cpus")
-
-
-def scoring_fingerprint(cfg: CurateConfig) -> str:
-    """A hash of everything that changes the annotations (not the ray/output settings)."""
-    relevant = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ray", "output")}
-    relevant["engine"] = {k: v for k, v in relevant["engine"].items() if k not in ("batch_size",)}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("hardmode", "ray", "torch", "transformers", "vllm", "pyarrow"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def ingest(cfg: CurateConfig, out: Path) -> int:
@@ -287,33 +267,8 @@ def _write_crash_rows(out: Path, missing: set[str], metadata: bytes) -> None:
     rows = rows.set_column(rows.schema.get_field_index(schema.ERROR), schema.ERROR,
                            pa.array([CRASH_ERROR] * rows.num_rows))
     rows = rows.select(annotated.names).cast(annotated.remove_metadata())
-    rows = rows.replace_schema_metadata({b"hardmode.run": metadata})
+    rows = rows.replace_schema_metadata({RUN_METADATA_KEY: metadata})
     pq.write_table(rows, out / ANNOTATED_DIR / f"crashed-{int(time.time())}.parquet")
-
-
-def summarize(out: Path, total: int, seconds: float) -> dict[str, Any]:
-    from curate.report import read_scores, _error_reason
-
-    table, _ = read_scores(out / ANNOTATED_DIR)
-    rows = table.to_pylist()
-    ok = [r for r in rows if r[schema.STATUS] == schema.STATUS_OK]
-    errors: dict[str, int] = {}
-    for r in rows:
-        if r[schema.STATUS] != schema.STATUS_OK:
-            reason = _error_reason(r[schema.ERROR] or "")
-            errors[reason] = errors.get(reason, 0) + 1
-    summary: dict[str, Any] = {"rows_in": total, "rows_out": len(rows), "scored": len(ok),
-                               "errored": len(rows) - len(ok), "errors_by_reason": errors,
-                               "seconds": round(seconds, 1)}
-    for method in ("pism", "cmab"):
-        col = f"{method}_bucket"
-        if col in table.column_names:
-            summary[f"{method}_buckets"] = {b: sum(1 for r in ok if r[col] == b) for b in schema.BUCKETS}
-    if "pism_generations" in table.column_names:
-        summary["pism_generations"] = sum(r["pism_generations"] or 0 for r in ok)
-        summary["pism_tokens"] = sum(r["pism_tokens"] or 0 for r in ok)
-    summary["rows_per_s"] = round(len(rows) / max(seconds, 1e-9), 3)
-    return summary
 
 
 def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
@@ -332,20 +287,9 @@ def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
     # Resolve (and for "toy", build) the model once here, not in every actor.
     if cfg.engine.backend != "openai":
         cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, model=resolve_model_path(cfg.engine.model)))
-    fingerprint = scoring_fingerprint(cfg)
-    run_file = out / RUN_FILE
-    if (out / ANNOTATED_DIR).exists() and any((out / ANNOTATED_DIR).glob("*.parquet")):
-        previous = json.loads(run_file.read_text()).get("fingerprint") if run_file.exists() else None
-        if not cfg.output.resume:
-            raise RuntimeError(f"{out / ANNOTATED_DIR} already has shards and output.resume=false; use a new output.path")
-        if previous != fingerprint:
-            raise RuntimeError(
-                f"{out} was written with a different scoring config (fingerprint {previous} != {fingerprint}); "
-                "resuming would mix annotations: use a new output.path")
+    meta = run_record.begin(cfg, out, out / ANNOTATED_DIR)
+    if (out / ANNOTATED_DIR).is_dir() and any((out / ANNOTATED_DIR).glob("*.parquet")):
         log.info("resuming into %s: ids already written are skipped", out)
-    meta = {"fingerprint": fingerprint, "config": dataclasses.asdict(cfg), "versions": _versions(),
-            "model": cfg.engine.model, "engine": cfg.engine.backend, "hardmode_version": _versions().get("hardmode")}
-    run_file.write_text(json.dumps(meta, indent=2, default=str))
     metadata = json.dumps(meta, default=str).encode()
 
     started = time.monotonic()
@@ -373,10 +317,8 @@ def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
     written = _ids(out / ANNOTATED_DIR)
     if len(written) != len(set(written)) or set(written) != set(_ids(out / CORPUS_DIR)):
         raise RuntimeError(f"{out / ANNOTATED_DIR} does not hold every input id exactly once; please report this")
-    summary = summarize(out, total, time.monotonic() - started)
-    meta["summary"] = summary
-    meta["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    run_file.write_text(json.dumps(meta, indent=2, default=str))
+    summary = run_record.summarize(out / ANNOTATED_DIR, total, time.monotonic() - started)
+    run_record.finish(out, meta, summary)
     return summary
 
 

@@ -1,7 +1,7 @@
 """Plots and a summary of an annotated dataset: what researchers look at instead of reading numbers.
 
-``python -m curate report OUTPUT_DIR`` reads the annotated Parquet shards (score columns only, never
-the image bytes) and writes, next to them under ``report/``:
+``python -m curate report RUN_DIR`` reads the annotated Parquet shards of a run (``RUN_DIR/annotated``,
+score columns only, never the image bytes) and writes, under ``RUN_DIR/report/``:
 
 - ``buckets_pism.png`` / ``buckets_cmab.png``: bucket counts per task type;
 - ``lambda_star.png``: histogram of PISM's failure ratio λ* (and how many samples never fail);
@@ -25,7 +25,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import schema
+from curate import run_record, schema
+from curate.run_record import RUN_METADATA_KEY
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ _SCORE_COLUMNS = [
     "pism_pc", "pism_lambda_star", "pism_bucket", "pism_generations", "pism_tokens",
     "cmab_rho", "cmab_bucket", "cmab_variant",
 ]
-RUN_METADATA_KEY = b"hardmode.run"
 
 
 def read_scores(output: str | Path) -> tuple[pa.Table, dict[str, Any]]:
@@ -49,7 +49,7 @@ def read_scores(output: str | Path) -> tuple[pa.Table, dict[str, Any]]:
     return table, metadata
 
 
-def _error_reason(message: str) -> str:
+def error_reason(message: str) -> str:
     """Group error messages: stage plus the message with numbers and quoted names blurred."""
     head = message.split(":", 1)[0] if ":" in message else "error"
     rest = message.split(":", 1)[1] if ":" in message else message
@@ -150,14 +150,22 @@ def _table(header: list[str], body: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _default_report_dir(shards: Path, run_dir: Path) -> Path:
+    """``<run>/report``; beside a bare shard directory, not inside it (readers would take it for shards)."""
+    return run_dir / "report" if run_dir != shards else shards.with_name(shards.name + "-report")
+
+
 def write_report(output: str | Path, report_dir: str | Path | None = None) -> Path:
-    """Write the plots and ``report.md``; returns the report directory."""
+    """Write the plots and ``report.md`` for a run directory, its ``annotated/`` or any directory of
+    annotated shards; returns the report directory (default: the run's ``report/``)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    table, meta = read_scores(output)
+    shards, run_dir = run_record.locate(output)
+    table, meta = read_scores(shards)
+    meta = run_record.read(run_dir) or meta
     rows = table.to_pylist()
-    out = Path(report_dir) if report_dir else Path(output) / "report"
+    out = Path(report_dir) if report_dir else _default_report_dir(shards, run_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = meta.get("config", {})
     ratios = config.get("pism", {}).get("ratios") or [round(0.1 * i, 1) for i in range(10)]
@@ -165,7 +173,7 @@ def write_report(output: str | Path, report_dir: str | Path | None = None) -> Pa
     has_cmab = "cmab_bucket" in table.column_names
 
     ok = [r for r in rows if r[schema.STATUS] == schema.STATUS_OK]
-    errors = Counter(_error_reason(r[schema.ERROR] or "") for r in rows if r[schema.STATUS] != schema.STATUS_OK)
+    errors = Counter(error_reason(r[schema.ERROR] or "") for r in rows if r[schema.STATUS] != schema.STATUS_OK)
     md = [f"# hardmode curation report: `{output}`", ""]
     if meta:
         md += [f"Model `{meta.get('model', '?')}`, engine `{meta.get('engine', '?')}`, "
@@ -209,8 +217,8 @@ def write_report(output: str | Path, report_dir: str | Path | None = None) -> Pa
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("output", help="directory of annotated Parquet shards (a curate run's output.path)")
-    parser.add_argument("--out", default=None, help="report directory (default: OUTPUT/report)")
+    parser.add_argument("output", help="a curate run's output.path (or its annotated/, or any directory of annotated shards)")
+    parser.add_argument("--out", default=None, help="report directory (default: RUN_DIR/report, or SHARDS-report beside bare shards)")
 
 
 def main(args: argparse.Namespace) -> int:

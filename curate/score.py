@@ -3,14 +3,15 @@
 ``python -m curate score --config configs/curate/pism.yaml data.path=... output.path=out key=value ...``
 reads the corpus (``curate.io``; ``data.format=toy`` generates the demo corpus), scores it chunk by
 chunk with ``curate.scorer.Scorer`` (the same code the Ray pipeline's actors run) and writes
-``output.path/part-NNNNN.parquet`` — each shard written whole or not at all, so rerunning the same
-command skips the ids already written (``output.resume``). For clusters, ``python -m curate run``.
+``output.path/annotated/part-NNNNN.parquet`` — each shard written whole or not at all, so rerunning
+the same command skips the ids already written (``output.resume``; refused if the scoring config
+changed) — and ``output.path/run.json``: the layout ``python -m curate run`` writes, so ``report`` and
+``select`` read either. For clusters, ``python -m curate run``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import schema
+from curate import run_record, schema
 from curate.config import CurateConfig, load_config, to_yaml
 
 log = logging.getLogger(__name__)
@@ -68,17 +69,17 @@ def score_corpus(cfg: CurateConfig) -> dict[str, int]:
     from curate.scorer import Scorer
 
     out = Path(cfg.output.path)
-    out.mkdir(parents=True, exist_ok=True)
-    done = written_ids(out) if cfg.output.resume else set()
+    shards = out / run_record.ANNOTATED_DIR
+    record = run_record.begin(cfg, out, shards)
+    shards.mkdir(exist_ok=True)
+    done = written_ids(shards)
     if done:
-        log.info("resuming: %d ids already in %s are skipped", len(done), out)
-    elif any(out.glob("part-*.parquet")):
-        raise RuntimeError(f"{out} already has shards and output.resume=false; use a new output.path")
-    metadata = json.dumps({"config": dataclasses.asdict(cfg)}, default=str).encode()
+        log.info("resuming: %d ids already in %s are skipped", len(done), shards)
+    metadata = json.dumps(record, default=str).encode()
     tables, total = read_corpus(cfg)
     scorer = Scorer(cfg)
     counts = {"rows": 0, "scored": 0, "errors": 0, "skipped": 0}
-    shard = len(list(out.glob("part-*.parquet")))
+    shard = len(list(shards.glob("part-*.parquet")))
     started = time.monotonic()
     try:
         with tqdm(total=total, unit="row", desc="scoring") as bar:
@@ -97,15 +98,17 @@ def score_corpus(cfg: CurateConfig) -> dict[str, int]:
                 counts["rows"] += scored.num_rows
                 counts["errors"] += errors
                 counts["scored"] += scored.num_rows - errors
-                path = out / f"part-{shard:05d}.parquet"
+                path = shards / f"part-{shard:05d}.parquet"
                 tmp = path.with_suffix(".tmp")
-                pq.write_table(scored.replace_schema_metadata({b"hardmode.run": metadata}), tmp)
+                pq.write_table(scored.replace_schema_metadata({run_record.RUN_METADATA_KEY: metadata}), tmp)
                 os.replace(tmp, path)
                 shard += 1
     finally:
         scorer.close()
+    seconds = time.monotonic() - started
     log.info("scored %d rows (%d errors, %d skipped as already written) in %.1f s",
-             counts["rows"], counts["errors"], counts["skipped"], time.monotonic() - started)
+             counts["rows"], counts["errors"], counts["skipped"], seconds)
+    run_record.finish(out, record, run_record.summarize(shards, total, seconds))
     return counts
 
 

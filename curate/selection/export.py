@@ -26,19 +26,18 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from curate import run_record
 from curate import schema as S
 from curate.config import ConfigError, PromptConfig
 from curate.io import ExportSummary, write_sft_jsonl, write_swift_grpo_jsonl, write_verl_parquet
 from curate.io.writers import chat_messages
+from curate.run_record import RUN_METADATA_KEY
 from curate.selection.rules import SCORE_COLUMNS
 
 __all__ = ["AnnotatedDataset", "write_format", "write_verl_sft_parquet"]
 
 log = logging.getLogger(__name__)
 
-ANNOTATED_DIR = "annotated"
-RUN_FILE = "run.json"
-RUN_METADATA_KEY = b"hardmode.run"
 FORMAT_FILES = {"verl": "parquet", "verl_sft": "parquet", "swift_grpo": "jsonl", "sft_jsonl": "jsonl"}
 
 
@@ -49,7 +48,7 @@ class AnnotatedDataset:
         root = Path(path).resolve()
         if not root.exists():
             raise ConfigError(f"config key 'input': {path} does not exist")
-        self.path = root / ANNOTATED_DIR if (root / ANNOTATED_DIR).is_dir() else root
+        self.path = run_record.locate(root)[0]
         files = sorted(pads.dataset(str(self.path), format="parquet").files)
         if not files:
             raise ConfigError(f"config key 'input': no Parquet shards under {self.path}")
@@ -59,9 +58,9 @@ class AnnotatedDataset:
 
     def run_metadata(self) -> dict[str, Any]:
         """The scoring run's record: ``run.json`` beside the shards, else the shards' own metadata."""
-        run_file = self.path.parent / RUN_FILE if self.path.name == ANNOTATED_DIR else self.path / RUN_FILE
-        if run_file.is_file():
-            return json.loads(run_file.read_text())
+        record = run_record.read(self.path)
+        if record:
+            return record
         raw = (pq.read_schema(self.files[-1]).metadata or {}).get(RUN_METADATA_KEY)
         return json.loads(raw) if raw else {}
 

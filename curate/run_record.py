@@ -1,0 +1,135 @@
+"""``run.json``: what produced an annotated dataset, and what the run did.
+
+Both ways of scoring (``python -m curate run`` on Ray, ``python -m curate score`` in-process) write
+it in the run directory, beside ``annotated/`` (the shards): the resolved config, library versions, the model, and a fingerprint of
+everything that changes the annotations. The same record goes into every shard's Parquet schema
+metadata (``hardmode.run``), so a shard copied elsewhere still says where it came from. Resuming into a
+directory written with another fingerprint is refused: the rows would carry mixed annotations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from curate import schema
+from curate.config import CurateConfig
+
+__all__ = [
+    "ANNOTATED_DIR", "RUN_FILE", "RUN_METADATA_KEY", "begin", "finish", "locate", "package_versions", "read",
+    "scoring_fingerprint", "summarize",
+]
+
+ANNOTATED_DIR = "annotated"  # the run directory's Parquet shards of the annotated dataset
+RUN_FILE = "run.json"
+RUN_METADATA_KEY = b"hardmode.run"
+_VERSIONED = ("hardmode", "ray", "torch", "transformers", "vllm", "pyarrow")
+
+
+def scoring_fingerprint(cfg: CurateConfig) -> str:
+    """A hash of everything that changes the annotations (not the ray/output settings)."""
+    relevant = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ray", "output")}
+    relevant["engine"] = {k: v for k, v in relevant["engine"].items() if k not in ("batch_size",)}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the libraries that decide the scores (absent ones are left out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in _VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def locate(path: str | Path) -> tuple[Path, Path]:
+    """``(shards, run directory)`` for a run directory or its ``annotated/``; a directory of shards
+    from elsewhere is its own run directory (its ``run.json``, if any, lies beside the shards)."""
+    path = Path(path)
+    if (path / ANNOTATED_DIR).is_dir():
+        return path / ANNOTATED_DIR, path
+    if path.name == ANNOTATED_DIR:
+        return path, path.parent
+    return path, path
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """The run record of ``path`` (see :func:`locate`): its ``run.json``, else ``{}``."""
+    run_file = locate(path)[1] / RUN_FILE
+    return json.loads(run_file.read_text()) if run_file.is_file() else {}
+
+
+def begin(cfg: CurateConfig, out: Path, shards: Path) -> dict[str, Any]:
+    """Check that ``shards`` (the annotated Parquet directory) may take this run's rows, write
+    ``out/run.json`` and return the record. Existing shards are a resume: allowed only with
+    ``output.resume`` and the same scoring fingerprint."""
+    fingerprint = scoring_fingerprint(cfg)
+    run_file = out / RUN_FILE
+    if shards.is_dir() and any(shards.glob("*.parquet")):
+        if not cfg.output.resume:
+            raise RuntimeError(f"{shards} already has shards and output.resume=false; use a new output.path")
+        previous = json.loads(run_file.read_text()).get("fingerprint") if run_file.exists() else None
+        if previous != fingerprint:
+            raise RuntimeError(
+                f"{out} was written with a different scoring config (fingerprint {previous} != {fingerprint}); "
+                "resuming would mix annotations: use a new output.path"
+            )
+    versions = package_versions()
+    record = {
+        "fingerprint": fingerprint,
+        "config": dataclasses.asdict(cfg),
+        "versions": versions,
+        "model": cfg.engine.model,
+        "engine": cfg.engine.backend,
+        "hardmode_version": versions.get("hardmode"),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps(record, indent=2, default=str))
+    return record
+
+
+def finish(out: Path, record: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Add the run's summary and end time to ``out/run.json``."""
+    record["summary"] = summary
+    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    (out / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
+
+
+def summarize(shards: Path, total: int, seconds: float) -> dict[str, Any]:
+    """Rows in/out, scored, errored by reason, bucket counts, generations and throughput of the
+    annotated dataset under ``shards``."""
+    from curate.report import error_reason, read_scores
+
+    table, _ = read_scores(shards)
+    rows = table.to_pylist()
+    ok = [r for r in rows if r[schema.STATUS] == schema.STATUS_OK]
+    errors: dict[str, int] = {}
+    for r in rows:
+        if r[schema.STATUS] != schema.STATUS_OK:
+            reason = error_reason(r[schema.ERROR] or "")
+            errors[reason] = errors.get(reason, 0) + 1
+    summary: dict[str, Any] = {
+        "rows_in": total,
+        "rows_out": len(rows),
+        "scored": len(ok),
+        "errored": len(rows) - len(ok),
+        "errors_by_reason": errors,
+        "seconds": round(seconds, 1),
+    }
+    for method in ("pism", "cmab"):
+        col = f"{method}_bucket"
+        if col in table.column_names:
+            summary[f"{method}_buckets"] = {b: sum(1 for r in ok if r[col] == b) for b in schema.BUCKETS}
+    if "pism_generations" in table.column_names:
+        summary["pism_generations"] = sum(r["pism_generations"] or 0 for r in ok)
+        summary["pism_tokens"] = sum(r["pism_tokens"] or 0 for r in ok)
+    summary["rows_per_s"] = round(len(rows) / max(seconds, 1e-9), 3)
+    return summary
