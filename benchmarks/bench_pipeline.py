@@ -18,11 +18,12 @@ score column, ``status`` and ``error`` of each Ray side with the bare scorer's a
 Ray's start-up (``ray.init``) is timed apart; the ratio ``ray/bare`` compares the pipeline's
 ``run`` with the bare side's engine load + scoring + write.
 
-    .venv/bin/python benchmarks/bench_pipeline.py            # ~6 min on 2 CPU cores
-    .venv/bin/python benchmarks/bench_pipeline.py --quick    # 40 rows, ~3 min
-    # GPU (NOT RUN here: no GPU on this machine): the 7B recipe, 1 actor per GPU
+    .venv/bin/python benchmarks/bench_pipeline.py            # ~3 min on 2 CPU cores
+    .venv/bin/python benchmarks/bench_pipeline.py --quick    # 40 rows, ~1.5 min
+    # GPU (NOT RUN here: no GPU on this machine): the 7B recipe, one actor holding the GPU, against the
+    # same Scorer in-process (the engine's raw throughput on the pipeline's batches)
     .venv/bin/python benchmarks/bench_pipeline.py --recipe configs/curate/single_gpu.yaml --sides bare ray-1 \\
-        --threads 8 engine.model=/models/Qwen2.5-VL-7B-Instruct data.path=/data/orsta.parquet data.limit=2000
+        engine.model=Qwen/Qwen2.5-VL-7B-Instruct data.path=DATA   # DATA: a corpus of ~2,000 rows
 """
 
 from __future__ import annotations
@@ -111,8 +112,14 @@ def bare(spec: dict[str, Any], out: Path, threads: int) -> dict[str, Any]:
     cfg = dataclasses.replace(
         cfg, engine=dataclasses.replace(cfg.engine, model=resolve_model_path(cfg.engine.model))
     )
-    ingest(cfg, out)  # the same canonical rows the pipeline reads
-    corpus = pq.ParquetDataset(str(out / CORPUS_DIR)).read()
+    if cfg.data.format == "toy":
+        ingest(cfg, out)  # the same canonical rows the pipeline reads
+        corpus = pq.ParquetDataset(str(out / CORPUS_DIR)).read()
+    else:  # ingest reads other formats with Ray Data; the bare side reads them without Ray
+        from curate.io import open_corpus
+
+        corpus = pa.concat_tables(open_corpus(cfg.data).iter_tables(cfg.ray.batch_size))
+        corpus = corpus.slice(0, cfg.data.limit) if cfg.data.limit else corpus
     loading = time.perf_counter()
     scorer = Scorer(cfg)
     load_s = time.perf_counter() - loading
