@@ -23,11 +23,11 @@ different numbers of generations; the vLLM server and the offline vLLM engine sa
 table says how often λ* agrees. Engine start-up and a warm-up on three other samples are excluded
 from the timed part (start-up is reported apart).
 
-    .venv/bin/python benchmarks/bench_pism_throughput.py            # ~3 min on 2 CPU cores
-    .venv/bin/python benchmarks/bench_pism_throughput.py --quick    # ~1.5 min smoke test
+    .venv/bin/python benchmarks/bench_pism_throughput.py            # ~4 min on 2 CPU cores
+    .venv/bin/python benchmarks/bench_pism_throughput.py --quick    # ~2.5 min smoke test
     # GPU (NOT RUN here: no GPU on this machine): vLLM in the main environment, a real model
     .venv/bin/python benchmarks/bench_pism_throughput.py --device cuda --vllm-python .venv/bin/python \\
-        --recipe configs/curate/single_gpu.yaml engine.model=/models/Qwen2.5-VL-7B-Instruct
+        --recipe configs/curate/single_gpu.yaml data.format=toy engine.model=Qwen/Qwen2.5-VL-7B-Instruct
 """
 
 from __future__ import annotations
