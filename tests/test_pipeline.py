@@ -20,8 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from curate import schema
-from curate.config import DataConfig, load_config
+from curate.config import load_config
 from curate.io import open_corpus
 from curate.pipeline import ANNOTATED_DIR, CRASH_ERROR, run
 from curate.scorer import Scorer
