@@ -47,7 +47,8 @@ def test_run_json_records_config_and_summary_and_resume_rescores_nothing(tmp_pat
     # The report finds the shards and run.json from the run directory and writes beside annotated/.
     report = write_report(tmp_path)
     assert report == tmp_path / "report"
-    assert f"written {record['finished_at']}" in (report / "report.md").read_text()
+    finished = json.loads((tmp_path / RUN_FILE).read_text())["finished_at"]  # the resumed run's
+    assert f"written {finished}" in (report / "report.md").read_text()
     assert _rows(tmp_path) == before  # nothing the report wrote is read back as a shard
 
 
