@@ -36,6 +36,7 @@ from pathlib import Path
 from rl.train import (
     EXTERNAL_MODULES,
     TrainPlan,
+    add_recipe_arguments,
     as_overrides,
     check_given,
     environ_modules,
@@ -88,15 +89,10 @@ def plan_sft(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="SFT recipe YAML (configs/rl/*_sft.yaml)")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the composed command and verl config, start nothing"
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="verl SFT config overrides (Hydra syntax) or hardmode.* keys",
+    add_recipe_arguments(
+        parser,
+        "SFT recipe YAML (configs/rl/*_sft.yaml)",
+        "verl SFT config overrides (Hydra syntax) or hardmode.* keys",
     )
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "HardmodeSection",
     "TrainPlan",
     "add_arguments",
+    "add_recipe_arguments",
     "as_overrides",
     "check_given",
     "environ_modules",
@@ -318,16 +319,18 @@ def verl_config(plan: TrainPlan) -> Any:
     return cfg
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="recipe YAML (configs/rl/*.yaml)")
+def add_recipe_arguments(parser: argparse.ArgumentParser, recipe_help: str, overrides_help: str) -> None:
+    """``--config``, ``--dry-run`` and ``key=value ...``: the arguments of every verl-recipe command."""
+    parser.add_argument("--config", required=True, help=recipe_help)
     parser.add_argument(
         "--dry-run", action="store_true", help="print the composed command and verl config, start nothing"
     )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="verl config overrides (Hydra syntax) or hardmode.* keys",
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_arguments(
+        parser, "recipe YAML (configs/rl/*.yaml)", "verl config overrides (Hydra syntax) or hardmode.* keys"
     )
 
 
