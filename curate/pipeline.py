@@ -21,7 +21,9 @@ samples keep one engine busy), then Ray Data writes the shards. Guarantees:
   uninterrupted run's. A resume with a different scoring config is refused.
 - **No row lost.** Actor crashes are retried (``ray.max_restarts`` / ``ray.max_task_retries``); a
   batch that still fails is set aside (``max_errored_blocks``) and its rows are retried one per
-  batch; a row that crashes the actor even alone is written as an error row. The run ends by
+  batch, one task per actor at a time, until a pass makes no progress (a crash also fails the
+  tasks queued behind it, so an innocent row can need a second pass); a row that crashes the
+  actor even alone, pass after pass, is written as an error row. The run ends by
   checking that every input id appears exactly once.
 """
 
@@ -224,8 +226,12 @@ def _ids(path: Path) -> list[str]:
 
 
 def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, metadata: bytes,
-                actor_cls: type = ScoringActor) -> None:
-    """One streaming pass over the corpus rows not yet in annotated/ (Ray Data checkpoint filter)."""
+                actor_cls: type = ScoringActor, isolate: bool = False) -> None:
+    """One streaming pass over the corpus rows not yet in annotated/ (Ray Data checkpoint filter).
+
+    ``isolate`` runs one task per actor at a time, so a row that kills its actor takes no queued
+    neighbour down with it.
+    """
     import ray.data
     from ray.data.checkpoint import CheckpointConfig
 
@@ -243,7 +249,8 @@ def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, met
     ds = ds.map_batches(
         actor_cls,
         fn_constructor_kwargs={"cfg": cfg, "counter": counter, "run_metadata": metadata},
-        compute=ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors),
+        compute=ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors,
+                                           max_tasks_in_flight_per_actor=1 if isolate else None),
         batch_size=batch_size,
         batch_format="pyarrow",
         num_cpus=r.num_cpus,
@@ -305,10 +312,12 @@ def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
             missing = set(_ids(out / CORPUS_DIR)) - set(_ids(out / ANNOTATED_DIR))
         else:
             log.info("stage 2: every row is already in %s", out / ANNOTATED_DIR)
-        if missing:
+        while missing:
             log.warning("%d rows were in batches that failed; retrying them one per batch", len(missing))
-            _score_pass(cfg, out, 1, counter, metadata, actor_cls)
-            missing = set(_ids(out / CORPUS_DIR)) - set(_ids(out / ANNOTATED_DIR))
+            _score_pass(cfg, out, 1, counter, metadata, actor_cls, isolate=True)
+            before, missing = missing, set(_ids(out / CORPUS_DIR)) - set(_ids(out / ANNOTATED_DIR))
+            if missing == before:
+                break
         if missing:
             log.error("%d rows crashed the scoring actor even alone; writing them as error rows", len(missing))
             _write_crash_rows(out, missing, metadata)
