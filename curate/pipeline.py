@@ -62,10 +62,19 @@ CRASH_ERROR = "score: the scoring actor died on this row on every retry (see the
 
 
 class ProgressCounter:
-    """A Ray actor the scoring actors report to; the driver logs its totals periodically."""
+    """A Ray actor the scoring actors report to: their totals, which the driver logs periodically,
+    and their handles, so the driver can stop every actor of a pass when it ends."""
 
     def __init__(self) -> None:
         self.rows = self.errors = self.generations = self.tokens = 0
+        self.actors: dict[str, Any] = {}
+
+    def register(self, actor_id: str, actor: Any) -> None:
+        self.actors[actor_id] = actor
+
+    def take_actors(self) -> list[Any]:
+        actors, self.actors = list(self.actors.values()), {}
+        return actors
 
     def add(self, rows: int, errors: int, generations: int, tokens: int) -> None:
         self.rows += rows
@@ -107,6 +116,11 @@ class ScoringActor:
         self.scorer = Scorer(cfg)
         self.counter = counter
         self.run_metadata = run_metadata
+        if counter is not None:
+            import ray
+
+            context = ray.get_runtime_context()
+            counter.register.remote(context.get_actor_id(), context.current_actor)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = self.scorer.score_table(batch)
@@ -235,6 +249,7 @@ def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, met
     import ray.data
     from ray.data.checkpoint import CheckpointConfig
 
+    _stop_actors(counter)
     ctx = ray.data.DataContext.get_current()
     ctx.checkpoint_config = CheckpointConfig(
         id_column=schema.ID, checkpoint_path=str(out / CHECKPOINT_DIR), delete_checkpoint_on_success=False
@@ -258,6 +273,21 @@ def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, met
         **remote_args,
     )
     ds.write_parquet(str(out / ANNOTATED_DIR), min_rows_per_file=cfg.output.rows_per_shard)
+    _stop_actors(counter)
+
+
+def _stop_actors(counter: Any) -> None:
+    """Kill the scoring actors registered so far.
+
+    Ray Data lets its actors go by dropping its handles, but an actor restarted after a crash is
+    still referenced by the failed task's traceback (kept by any log handler that holds records) and
+    would keep its CPU/GPU from the next pass. Called at both ends of a pass, so that an actor that
+    finished loading only after its pass ended is stopped too.
+    """
+    import ray
+
+    for actor in ray.get(counter.take_actors.remote()):
+        ray.kill(actor, no_restart=True)
 
 
 def _write_crash_rows(out: Path, missing: set[str], metadata: bytes) -> None:
