@@ -46,7 +46,8 @@ from benchmarks.common import (
     ROOT,
     TOY_RECIPE,
     machine,
-    run_json,
+    run_worker,
+    serve_worker,
     table,
     toy_model_key,
     write_results,
@@ -234,8 +235,7 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="key=value config overrides for every side")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker)), default=str))
-        return 0
+        return serve_worker(args.worker, worker)
     from curate.config import load_config
     from curate.scorer import output_schema
 
@@ -259,9 +259,7 @@ def main() -> int:
                 "out": str(out),
                 "threads": args.threads,
             }
-            load_avg = os.getloadavg()[0]
-            row = run_json([sys.executable, __file__, "--worker", json.dumps(spec)], what=side)
-            row["load_avg_1min_before"] = round(load_avg, 2)
+            row = run_worker(__file__, spec, what=side)
             row["rows_per_s"] = row["rows"] / row["run_s"]
             row["annotations"] = annotations(out / "annotated", compared)
             rows[side] = row

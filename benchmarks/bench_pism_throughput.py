@@ -56,7 +56,8 @@ from benchmarks.common import (
     VLLM_PYTHON,
     load_recipe,
     machine,
-    run_json,
+    run_worker,
+    serve_worker,
     table,
     toy_model_key,
     toy_samples,
@@ -302,8 +303,7 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="key=value config overrides for every side")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker)), default=str))
-        return 0
+        return serve_worker(args.worker, worker)
     if args.quick:
         args.samples = 20
     overrides = [f"engine.device={args.device}", *args.overrides]
@@ -320,9 +320,7 @@ def main() -> int:
     rows: dict[str, dict[str, Any]] = {}
 
     def measure(side: str, python: str = sys.executable, **extra: Any) -> None:
-        load_avg = os.getloadavg()[0]
-        row = run_json([python, __file__, "--worker", json.dumps({**spec, "side": side, **extra})], what=side)
-        row["load_avg_1min_before"] = round(load_avg, 2)
+        row = run_worker(__file__, {**spec, "side": side, **extra}, python=python, what=side)
         rows[side] = derive({**row, **{k: v for k, v in extra.items() if k.endswith("_s")}})
         r = rows[side]
         print(

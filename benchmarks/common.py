@@ -14,7 +14,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +142,18 @@ def run_json(
     if not lines:
         raise RuntimeError(f"{what} printed nothing:\n{proc.stderr[-4000:]}")
     return json.loads(lines[-1])
+
+
+def run_worker(script: str, spec: dict[str, Any], *, python: str = sys.executable, what: str) -> dict[str, Any]:
+    """Run ``script --worker SPEC`` in a fresh process (see :func:`serve_worker`) and return its result,
+    with the 1-minute load average from just before it started (``load_avg_1min_before``)."""
+    load_avg = os.getloadavg()[0]
+    row = run_json([python, script, "--worker", json.dumps(spec)], what=what)
+    row["load_avg_1min_before"] = round(load_avg, 2)
+    return row
+
+
+def serve_worker(spec: str, worker: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
+    """The ``--worker SPEC`` side of :func:`run_worker`: print ``worker(spec)`` as one JSON line."""
+    print(json.dumps(worker(json.loads(spec)), default=str))
+    return 0
