@@ -39,14 +39,11 @@ from rl.train import (
     add_recipe_arguments,
     as_overrides,
     check_given,
+    compose,
     environ_modules,
     file_logger_env,
-    flatten,
-    hardmode_section,
-    load_recipe,
     override_key,
     run,
-    split_cli,
 )
 
 __all__ = ["VERL_SFT_CONFIG_NAME", "VERL_SFT_ENTRY", "SFTSection", "add_arguments", "main", "plan_sft"]
@@ -68,11 +65,7 @@ def plan_sft(
 ) -> TrainPlan:
     """Compose an SFT recipe and command-line overrides into verl's SFT command (nothing is started)."""
     environ = os.environ if environ is None else environ
-    section, verl_part = load_recipe(recipe_path)
-    hardmode_cli, verl_cli = split_cli(cli_overrides)
-    hardmode: SFTSection = hardmode_section(section, hardmode_cli, SFTSection)
-
-    recipe = flatten(verl_part)
+    hardmode, recipe, verl_cli = compose(recipe_path, cli_overrides, SFTSection)
     check_given(recipe, {override_key(o) for o in verl_cli})
     env = file_logger_env(environ)
     if not environ.get("RAY_ADDRESS"):

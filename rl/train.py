@@ -42,6 +42,7 @@ __all__ = [
     "add_recipe_arguments",
     "as_overrides",
     "check_given",
+    "compose",
     "environ_modules",
     "file_logger_env",
     "flatten",
@@ -200,6 +201,16 @@ def split_cli(cli_overrides: Sequence[str]) -> tuple[list[str], list[str]]:
     return hardmode, [o for o in cli_overrides if not o.startswith("hardmode.")]
 
 
+def compose(
+    recipe_path: str | Path, cli_overrides: Sequence[str], schema: type = HardmodeSection
+) -> tuple[Any, dict[str, tuple[bool, Any]], list[str]]:
+    """(typed ``hardmode:`` section with its command-line overrides, the recipe's verl keys flattened,
+    verl's command-line overrides) of a recipe and a command line."""
+    section, verl_part = load_recipe(recipe_path)
+    hardmode_cli, verl_cli = split_cli(cli_overrides)
+    return hardmode_section(section, hardmode_cli, schema), flatten(verl_part), verl_cli
+
+
 def file_logger_env(environ: Mapping[str, str]) -> dict[str, str]:
     """Where verl's file logger writes (else ``./<project>/`` in the cwd), unless the caller said."""
     if "VERL_FILE_LOGGER_PATH" in environ or "VERL_FILE_LOGGER_ROOT" in environ:
@@ -248,11 +259,7 @@ def plan_training(
 ) -> TrainPlan:
     """Compose a recipe and command-line overrides into the verl command to run (nothing is started)."""
     environ = os.environ if environ is None else environ
-    section, verl_part = load_recipe(recipe_path)
-    hardmode_cli, verl_cli = split_cli(cli_overrides)
-    hardmode = hardmode_section(section, hardmode_cli)
-
-    recipe = flatten(verl_part)
+    hardmode, recipe, verl_cli = compose(recipe_path, cli_overrides)
     cli_keys = {override_key(o) for o in verl_cli}
     ray_address_given = "ray_kwargs.ray_init.address" in recipe or "ray_kwargs.ray_init.address" in cli_keys
     local_cluster = not environ.get("RAY_ADDRESS") and not ray_address_given
