@@ -325,8 +325,6 @@ def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
     if cfg.engine.backend != "openai":
         cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, model=resolve_model_path(cfg.engine.model)))
     meta = run_record.begin(cfg, out, out / ANNOTATED_DIR)
-    if (out / ANNOTATED_DIR).is_dir() and any((out / ANNOTATED_DIR).glob("*.parquet")):
-        log.info("resuming into %s: ids already written are skipped", out)
     metadata = json.dumps(meta, default=str).encode()
 
     started = time.monotonic()
@@ -335,17 +333,18 @@ def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
     reporter = _ProgressLogger(counter, total, cfg.ray.log_every_s)
     reporter.start()
     try:
-        missing = set(_ids(out / CORPUS_DIR)) - set(_ids(out / ANNOTATED_DIR))
+        corpus_ids = set(_ids(out / CORPUS_DIR))
+        missing = corpus_ids - set(_ids(out / ANNOTATED_DIR))
         if missing:
-            log.info("stage 2: scoring %d of %d rows", len(missing), total)
+            log.info("stage 2: scoring %d of %d rows (ids already written are skipped)", len(missing), total)
             _score_pass(cfg, out, cfg.ray.batch_size, counter, metadata, actor_cls)
-            missing = set(_ids(out / CORPUS_DIR)) - set(_ids(out / ANNOTATED_DIR))
+            missing = corpus_ids - set(_ids(out / ANNOTATED_DIR))
         else:
             log.info("stage 2: every row is already in %s", out / ANNOTATED_DIR)
         while missing:
             log.warning("%d rows were in batches that failed; retrying them one per batch", len(missing))
             _score_pass(cfg, out, 1, counter, metadata, actor_cls, isolate=True)
-            before, missing = missing, set(_ids(out / CORPUS_DIR)) - set(_ids(out / ANNOTATED_DIR))
+            before, missing = missing, corpus_ids - set(_ids(out / ANNOTATED_DIR))
             if missing == before:
                 break
         if missing:
@@ -354,7 +353,7 @@ def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
     finally:
         reporter.stopped.set()
     written = _ids(out / ANNOTATED_DIR)
-    if len(written) != len(set(written)) or set(written) != set(_ids(out / CORPUS_DIR)):
+    if len(written) != len(set(written)) or set(written) != corpus_ids:
         raise RuntimeError(f"{out / ANNOTATED_DIR} does not hold every input id exactly once; please report this")
     summary = run_record.summarize(out / ANNOTATED_DIR, total, time.monotonic() - started)
     run_record.finish(out, meta, summary)
