@@ -15,7 +15,6 @@ score columns only, never the image bytes) and writes, under ``RUN_DIR/report/``
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 from collections import Counter
@@ -26,7 +25,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import run_record, schema
-from curate.run_record import RUN_METADATA_KEY
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +35,11 @@ _SCORE_COLUMNS = [
 ]
 
 
-def read_scores(output: str | Path) -> tuple[pa.Table, dict[str, Any]]:
-    """The score columns of every shard under ``output`` and the run metadata of the newest shard."""
+def read_scores(output: str | Path) -> pa.Table:
+    """The score columns of every shard under ``output``."""
     dataset = pq.ParquetDataset(str(output))
     present = set(dataset.schema.names)
-    table = dataset.read(columns=[c for c in _SCORE_COLUMNS if c in present])
-    metadata: dict[str, Any] = {}
-    raw = (dataset.schema.metadata or {}).get(RUN_METADATA_KEY)
-    if raw:
-        metadata = json.loads(raw)
-    return table, metadata
+    return dataset.read(columns=[c for c in _SCORE_COLUMNS if c in present])
 
 
 def error_reason(message: str) -> str:
@@ -162,8 +155,8 @@ def write_report(output: str | Path, report_dir: str | Path | None = None) -> Pa
 
     matplotlib.use("Agg")
     shards, run_dir = run_record.locate(output)
-    table, meta = read_scores(shards)
-    meta = run_record.read(run_dir) or meta
+    table = read_scores(shards)
+    meta = run_record.read(output)
     rows = table.to_pylist()
     out = Path(report_dir) if report_dir else _default_report_dir(shards, run_dir)
     out.mkdir(parents=True, exist_ok=True)

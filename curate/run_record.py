@@ -62,9 +62,18 @@ def locate(path: str | Path) -> tuple[Path, Path]:
 
 
 def read(path: str | Path) -> dict[str, Any]:
-    """The run record of ``path`` (see :func:`locate`): its ``run.json``, else ``{}``."""
-    run_file = locate(path)[1] / RUN_FILE
-    return json.loads(run_file.read_text()) if run_file.is_file() else {}
+    """The run record of ``path`` (see :func:`locate`): its ``run.json``, else the record in the newest
+    shard's Parquet metadata (shards copied without their run directory), else ``{}``."""
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    shards, run_dir = locate(path)
+    run_file = run_dir / RUN_FILE
+    if run_file.is_file():
+        return json.loads(run_file.read_text())
+    files = sorted(pads.dataset(str(shards), format="parquet").files) if shards.is_dir() else []
+    raw = (pq.read_schema(files[-1]).metadata or {}).get(RUN_METADATA_KEY) if files else None
+    return json.loads(raw) if raw else {}
 
 
 def begin(cfg: CurateConfig, out: Path, shards: Path) -> dict[str, Any]:
@@ -108,7 +117,7 @@ def summarize(shards: Path, total: int, seconds: float) -> dict[str, Any]:
     annotated dataset under ``shards``."""
     from curate.report import error_reason, read_scores
 
-    table, _ = read_scores(shards)
+    table = read_scores(shards)
     rows = table.to_pylist()
     ok = [r for r in rows if r[schema.STATUS] == schema.STATUS_OK]
     errors: dict[str, int] = {}

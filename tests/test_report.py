@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import schema
-from curate.report import RUN_METADATA_KEY, write_report
+from curate.report import write_report
+from curate.run_record import RUN_METADATA_KEY
 
 
 def _annotated(n: int) -> pa.Table:

@@ -14,7 +14,6 @@ is written by :func:`write_verl_sft_parquet`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -31,7 +30,6 @@ from curate import schema as S
 from curate.config import ConfigError, PromptConfig
 from curate.io import ExportSummary, write_sft_jsonl, write_swift_grpo_jsonl, write_verl_parquet
 from curate.io.writers import chat_messages
-from curate.run_record import RUN_METADATA_KEY
 from curate.selection.rules import SCORE_COLUMNS
 
 __all__ = ["AnnotatedDataset", "write_format", "write_verl_sft_parquet"]
@@ -58,11 +56,7 @@ class AnnotatedDataset:
 
     def run_metadata(self) -> dict[str, Any]:
         """The scoring run's record: ``run.json`` beside the shards, else the shards' own metadata."""
-        record = run_record.read(self.path)
-        if record:
-            return record
-        raw = (pq.read_schema(self.files[-1]).metadata or {}).get(RUN_METADATA_KEY)
-        return json.loads(raw) if raw else {}
+        return run_record.read(self.path)
 
     def read_scores(self) -> pa.Table:
         """The columns selection decides on, never the images."""
