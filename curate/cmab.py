@@ -29,7 +29,7 @@ import torch
 from curate.attention_probe import ProbeResult, decoder_layers, pack_responses, probe_attention
 from curate.config import CmabConfig, CmabThresholds, PromptConfig
 from curate.engines.base import GenerationEngine, GenerationRequest, SamplingParams
-from curate.grading import grade
+from curate.grading import GradingOptions, grade
 from curate.images import content_id
 from curate.masks import derived_seed
 from curate.prompts import build_messages
@@ -175,6 +175,7 @@ class CmabScorer:
         sampling: SamplingParams,
         prompt: PromptConfig,
         probe_batch: int = 8,
+        grading: GradingOptions | None = None,
     ):
         self.engine = engine
         self.probe_engine = probe_engine
@@ -184,6 +185,7 @@ class CmabScorer:
                                        logprobs=True)
         self.prompt = prompt
         self.probe_batch = probe_batch
+        self.grading = grading
         self.num_layers = len(decoder_layers(probe_engine.model))
         self.layers = cmab_layers(cfg.variant, self.num_layers, cfg.layer)
 
@@ -207,7 +209,8 @@ class CmabScorer:
                 out[i] = f"engine: {result.error}"
                 continue
             s = samples[i]
-            good = [c for c in result.completions if grade(s.task, c.text, s.ground_truth, s.verifier).correct]
+            good = [c for c in result.completions
+                    if grade(s.task, c.text, s.ground_truth, s.verifier, options=self.grading).correct]
             correct_counts[i] = len(good)
             if not good:
                 out[i] = self._result(None, 0)

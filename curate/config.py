@@ -16,6 +16,8 @@ from typing import Any, Optional, Sequence, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from curate.grading.verdict import GradingOptions
+
 __all__ = [
     "ConfigError",
     "CurateConfig",
@@ -244,6 +246,9 @@ class CurateConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     pism: PismConfig = field(default_factory=PismConfig)
     cmab: CmabConfig = field(default_factory=CmabConfig)
+    # What counts as correct for PISM and CMAB (curate.grading.GradingOptions); rl/reward.py takes
+    # the same keys, so training rewards what difficulty was measured against.
+    grading: GradingOptions = field(default_factory=GradingOptions)
     output: OutputConfig = field(default_factory=OutputConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -318,6 +323,9 @@ def load_structured(schema: type[T], path: str | Path | None = None, overrides: 
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         raise _wrap(err) from None
+    except ValueError as err:  # a dataclass's own check ("grading.box_iou: ..."), key first
+        key, _, why = str(err).partition(": ")
+        raise ConfigError(f"config key '{key}': {why}") from None
     validate = getattr(obj, "validate", None)
     return validate() if callable(validate) else obj  # type: ignore[return-value]
 

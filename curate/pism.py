@@ -30,7 +30,7 @@ from PIL import Image
 
 from curate.config import PismBuckets, PismConfig, PromptConfig
 from curate.engines.base import GenerationEngine, GenerationRequest, SamplingParams
-from curate.grading import grade
+from curate.grading import GradingOptions, grade
 from curate.images import content_id
 from curate.masks import derived_seed, mask_image, realization_id
 from curate.prompts import build_messages
@@ -104,9 +104,11 @@ class PismScorer:
         cfg: PismConfig,
         sampling: SamplingParams,
         prompt: PromptConfig,
+        grading: GradingOptions | None = None,
     ):
         self.engine = engine
         self.cfg = cfg
+        self.grading = grading
         self.sampling = sampling
         self.prompt = prompt
         self.need = passes_needed(cfg.tau, cfg.k)
@@ -148,7 +150,8 @@ class PismScorer:
                     st.error, st.done = f"engine: {result.error}", True
                     continue
                 for completion in result.completions:
-                    ok = grade(st.sample.task, completion.text, st.sample.ground_truth, st.sample.verifier).correct
+                    ok = grade(st.sample.task, completion.text, st.sample.ground_truth, st.sample.verifier,
+                               options=self.grading).correct
                     st.attempts[level] += 1
                     st.correct[level] += int(ok)
                     st.generations += 1

@@ -46,7 +46,8 @@ class Scorer:
     def __init__(self, cfg: CurateConfig, engine: GenerationEngine | None = None):
         self.cfg = cfg
         self.engine = engine if engine is not None else create_engine(cfg.engine)
-        self.pism = PismScorer(self.engine, cfg.pism, sampling_params(cfg), cfg.prompt) if cfg.pism.enabled else None
+        self.pism = (PismScorer(self.engine, cfg.pism, sampling_params(cfg), cfg.prompt, cfg.grading)
+                     if cfg.pism.enabled else None)
         self.cmab = None
         if cfg.cmab.enabled:
             from curate.cmab import CmabScorer
@@ -55,7 +56,8 @@ class Scorer:
             # The probe runs in transformers; reuse the generation model when it already is one.
             probe = self.engine if isinstance(self.engine, TransformersEngine) else TransformersEngine.from_config(
                 dataclasses.replace(cfg.engine, backend="transformers"))
-            self.cmab = CmabScorer(self.engine, probe, cfg.cmab, sampling_params(cfg), cfg.prompt)
+            self.cmab = CmabScorer(self.engine, probe, cfg.cmab, sampling_params(cfg), cfg.prompt,
+                                   grading=cfg.grading)
 
     def close(self) -> None:
         if self.cmab is not None and self.cmab.probe_engine is not self.engine:

@@ -15,6 +15,13 @@ for; ms-swift, which the paper's runs used, sums reward functions with weight 1 
 otherwise. Other set-ups in one override: the released scripts' accuracy-only reward is
 ``format_weight=0``; Orsta's is ``acc_weight=1/1.1, format_weight=0.1/1.1``. GRPO normalises
 advantages within each group, so only the ratio of the weights matters.
+
+Accuracy is the strict judge's 0/1 by default. ``partial_credit=true`` rewards OCR similarity and
+mean box IoU instead (``GradeResult.partial``; still 1.0 exactly when correct), the released
+plugin's shaping, as a named option. The curation config's ``grading`` keys (``box_iou``,
+``answer_box_format``, ``ocr_typo_min_chars``, …) are accepted here too, so a recipe can judge
+training exactly as it judged difficulty; ``extra_info["image_size"]`` ([width, height]) lets boxes
+in different coordinate conventions be compared.
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ import logging
 import math
 from typing import Any
 
-from curate.grading import GradeResult, UnknownTaskError, format_score, grade, resolve_grader
+import dataclasses
+import functools
+
+from curate.grading import GradeResult, GradingOptions, UnknownTaskError, format_score, grade, resolve_grader
 from curate.grading.logs import warn_once
 
 logger = logging.getLogger(__name__)
@@ -42,6 +52,27 @@ def _weight(name: str, value: Any) -> float:
         key = f"reward.custom_reward_function.reward_kwargs.{name}"
         raise ValueError(f"{key} must be a finite number, got {value!r}")
     return weight
+
+
+_OPTION_KEYS = frozenset(f.name for f in dataclasses.fields(GradingOptions))
+
+
+@functools.lru_cache(maxsize=64)
+def _options(items: tuple[tuple[str, Any], ...]) -> GradingOptions:
+    """The grading options from ``reward_kwargs``; a mistake fails the first step, naming the key."""
+    try:
+        return GradingOptions(**dict(items))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"reward.custom_reward_function.reward_kwargs: {err}") from None
+
+
+def _image_size(extra_info: dict[str, Any]) -> tuple[int, int] | None:
+    size = extra_info.get("image_size")
+    try:
+        width, height = (int(v) for v in size)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return (width, height) if width > 0 and height > 0 else None
 
 
 def grader_route(data_source: Any, extra_info: dict[str, Any]) -> tuple[str, str | None] | None:
@@ -66,14 +97,20 @@ def compute_score(
     extra_info: dict[str, Any] | None = None,
     acc_weight: float = DEFAULT_ACC_WEIGHT,
     format_weight: float = DEFAULT_FORMAT_WEIGHT,
+    partial_credit: bool = False,
     **kwargs: Any,
 ) -> dict[str, float]:
     """``{"score", "acc", "format"}`` for one response; verl logs every key and rewards ``score``.
 
     Never raises for any data: an unknown task scores 0 (with one warning per task), and so does a
-    failure anywhere in grading. ``kwargs`` takes what verl adds (``reward_router_address``, ...).
+    failure anywhere in grading. ``kwargs`` takes the grading options and what verl adds
+    (``reward_router_address``, ...).
     """
     acc_weight, format_weight = _weight("acc_weight", acc_weight), _weight("format_weight", format_weight)
+    if not isinstance(partial_credit, bool):
+        raise ValueError(f"reward.custom_reward_function.reward_kwargs.partial_credit must be true or false, "
+                         f"got {partial_credit!r}")
+    options = _options(tuple(sorted((k, v) for k, v in kwargs.items() if k in _OPTION_KEYS)))
     try:
         fmt = format_score(solution_str)
         info = extra_info if isinstance(extra_info, dict) else {}
@@ -89,8 +126,10 @@ def compute_score(
                 info.get("verifier"),
             )
             return {"score": 0.0, "acc": 0.0, "format": fmt}
-        result: GradeResult = grade(route[0], solution_str, ground_truth, route[1])
-        return {"score": acc_weight * result.score + format_weight * fmt, "acc": result.score, "format": fmt}
+        result: GradeResult = grade(route[0], solution_str, ground_truth, route[1], options=options,
+                                    image_size=_image_size(info))
+        acc = result.partial if partial_credit else result.score
+        return {"score": acc_weight * acc + format_weight * fmt, "acc": acc, "format": fmt}
     except Exception as exc:  # the training job outlives any single bad sample
         warn_once(logger, f"reward-error:{type(exc).__name__}", "reward failed (%r): reward 0", exc)
         return {"score": 0.0, "acc": 0.0, "format": 0.0}

@@ -4,22 +4,25 @@ PISM and CMAB call :func:`grade` to decide whether a sampled answer is correct (
 GRPO reward (``rl/reward.py``) rewards its ``score``, so what counts as correct when measuring
 difficulty is exactly what training rewards.
 
-    >>> grade("counting", "<think>…</think><answer>3</answer>", "3")
-    GradeResult(score=1.0, correct=True, grader='counting', extracted='3')
+    >>> grade("counting", "<think>…</think><answer>3</answer>", "3").correct
+    True
 
 Contract:
-- ``score`` in [0, 1] is the accuracy reward: continuous for OCR (similarity ratio) and boxes
-  (area-weighted IoU), 0/1 for the other graders.
-- ``correct`` is δ: ``score == 1`` for binary graders, ``score >= threshold`` for continuous ones
-  (``registry.OCR_CORRECT_RATIO``, ``registry.BOX_CORRECT_SCORE``).
+- ``correct`` is a strict, fair judge's verdict on the final committed answer (``extract.py``):
+  equivalent values with or without units, wrong units wrong, hedges and several answers wrong,
+  OCR exact up to case/whitespace/punctuation, boxes matched one to one at IoU >= 0.5.
+- ``score`` is ``float(correct)``: the accuracy reward. ``partial`` in [0, 1] is the continuous
+  measure beside it (OCR similarity, mean IoU; ``float(correct)`` for exact graders), a reward option
+  of its own (``rl/reward.py``'s ``partial_credit``), never ``correct``.
+- ``grader`` names the grader that decided and ``route`` why it was chosen (the task type wins
+  over a dataset's verifier hint; reasoning tasks go by the truth's shape).
 - ``grade`` never raises for any response or ground truth (any string in, bounded time, nothing
   evaluated); it raises :class:`UnknownTaskError` only for a task/verifier no grader serves, which
   is a data or configuration error. Readers call :func:`resolve_grader` (and
   :func:`check_ground_truth`) up front to turn such rows into ``status=error`` rows.
-- Time: every grader looks at a bounded part of the response (the extracted answer, capped, or the
+- Time: every grader looks at a bounded part of the response (the committed answer, capped, or the
   last ``extract.TAIL_CHARS`` characters), so a 1 MB response costs what a short one does: micro- to
-  milliseconds. Math spends at most ``mathexpr.MATH_TIMEOUT_S`` (2 s) in sympy, in any thread;
-  only pathological LaTeX (deeply nested brackets) gets near it.
+  milliseconds. Math spends at most ``mathexpr.MATH_TIMEOUT_S`` in sympy, in any thread.
 """
 
 from __future__ import annotations
@@ -29,14 +32,16 @@ import logging
 import math
 from dataclasses import dataclass
 
-from curate.grading.extract import extract_answer
+from curate.grading.extract import extract_answer, final_answer
 from curate.grading.format import format_score
 from curate.grading.logs import warn_once
-from curate.grading.registry import GRADERS, UnknownTaskError, resolve_grader
+from curate.grading.registry import GRADERS, UnknownTaskError, resolve_grader, route
+from curate.grading.verdict import GradeContext, GradingOptions
 
 __all__ = [
     "GRADERS",
     "GradeResult",
+    "GradingOptions",
     "UnknownTaskError",
     "check_ground_truth",
     "extract_answer",
@@ -54,13 +59,21 @@ MAX_EXTRACTED_CHARS = 1000
 @dataclass(frozen=True)
 class GradeResult:
     score: float
-    """accuracy reward in [0, 1]"""
+    """accuracy reward: 1.0 if correct else 0.0"""
     correct: bool
     """δ for PISM/CMAB"""
     grader: str
-    """canonical grader name"""
+    """the grader that decided"""
     extracted: str | None
     """what the grader read from the response (None: no answer found)"""
+    partial: float = 0.0
+    """partial credit in [0, 1] (OCR similarity, mean IoU, each measured as such: a correct box at
+    IoU 0.6 has 0.6); equals ``score`` for exact graders"""
+    route: str = ""
+    """why this grader: the task, or the verifier when the task names none"""
+
+
+_DEFAULT_CONTEXT = GradeContext()
 
 
 def _as_text(value: object) -> str:
@@ -79,21 +92,35 @@ def _as_text(value: object) -> str:
         return str(value)
 
 
-def grade(task: str, response: str, ground_truth: str, verifier: str | None = None) -> GradeResult:
-    """Grade ``response`` against ``ground_truth`` with the grader for ``task``/``verifier``."""
-    name = resolve_grader(task, verifier)
-    grader = GRADERS[name]
+def grade(
+    task: str,
+    response: str,
+    ground_truth: str,
+    verifier: str | None = None,
+    *,
+    options: GradingOptions | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> GradeResult:
+    """Grade ``response`` against ``ground_truth`` with the grader for ``task``/``verifier``.
+
+    ``options`` tune the strict judge (OCR typo budget, box IoU and coordinate conventions);
+    ``image_size`` (width, height) lets boxes in different conventions be compared.
+    """
+    chosen = route(task, verifier)
+    ctx = _DEFAULT_CONTEXT if options is None and image_size is None else GradeContext(options or GradingOptions(), image_size)
     try:
-        score, extracted = grader.score(_as_text(response), _as_text(ground_truth))
-        score = float(score)
+        answer = final_answer(_as_text(response))
+        verdict = GRADERS[chosen.grader].judge(answer, _as_text(ground_truth), ctx)
+        correct, partial, extracted = bool(verdict.correct), float(verdict.partial), verdict.extracted
+        grader = verdict.grader or chosen.grader
     except Exception as exc:  # a grader bug must not stop a training run: score 0, say so once
-        key = f"grader-error:{name}:{type(exc).__name__}"
-        warn_once(logger, key, "grader %s failed (%r); scoring 0", name, exc)
-        score, extracted = 0.0, None
-    score = min(1.0, max(0.0, score)) if math.isfinite(score) else 0.0
+        key = f"grader-error:{chosen.grader}:{type(exc).__name__}"
+        warn_once(logger, key, "grader %s failed (%r); scoring 0", chosen.grader, exc)
+        correct, partial, extracted, grader = False, 0.0, None, chosen.grader
+    partial = min(1.0, max(0.0, partial)) if math.isfinite(partial) else 0.0
     if extracted is not None and len(extracted) > MAX_EXTRACTED_CHARS:
         extracted = extracted[:MAX_EXTRACTED_CHARS] + "…"
-    return GradeResult(score=score, correct=score >= grader.correct_at, grader=name, extracted=extracted)
+    return GradeResult(float(correct), correct, grader, extracted, partial, chosen.why)
 
 
 def check_ground_truth(task: str, ground_truth: str, verifier: str | None = None) -> str | None:

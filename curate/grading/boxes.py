@@ -2,22 +2,27 @@
 
 Answers are read without evaluating anything: ``[{"bbox_2d": [x1, y1, x2, y2], "label": "dog"}, …]``
 in JSON or Python-literal quoting (Orsta's ground truths use single quotes), a single such dict, a
-bare ``[x1, y1, x2, y2]`` or a list of them; ``bbox`` and ``box`` are accepted as key names.
+bare ``[x1, y1, x2, y2]`` or a list of them, or Qwen2-VL's ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>``;
+``bbox`` and ``box`` are accepted as key names. Corners given in the other order describe the same
+rectangle.
 
-Score (continuous, what GRPO rewards): boxes are matched one-to-one greedily by best IoU first,
-pairs below ``MATCH_IOU_THRESHOLD`` stay unmatched, and
+``correct`` (a strict judge, AP50's criterion): the predicted boxes match the true boxes one to one
+(an optimal assignment, scipy's Hungarian solver) each at IoU >= ``GradingOptions.box_iou`` (0.5),
+with no true box missed and no predicted box left over (duplicates are extras), and for detection
+the same label on both (labels compared in lower case; a prediction without labels is accepted
+only when every true box has the same label). The released plugin scored area-weighted IoU from
+a 0.2 match and called >= 0.5 correct, so a missed small object, an extra box or a wrong label
+could still pass.
 
-    score = Σ_matched IoU · area(true box) / (Σ area(true boxes) + Σ area(unmatched predicted boxes))
+``partial`` (a separate reward option, never ``correct``): the same one-to-one assignment over every
+overlapping pair (no threshold, so a near miss still earns its IoU), Σ IoU / (true boxes + unmatched
+predicted boxes): the mean IoU over the union of both sides.
 
-i.e. the released plugin's area-weighted mean IoU over the true boxes, with two fixes: a true box
-nobody matched counts as IoU 0 (the plugin left it out of the mean, so predicting one easy box out
-of five scored 1.0), and unmatched predicted boxes weigh in with IoU 0 (else spraying boxes would
-only ever help). Detection matches only boxes with the same label when both carry one; grounding
-ignores labels. Degenerate boxes (x2 ≤ x1, y2 ≤ y1, NaN/inf, area overflow) match nothing and weigh
-nothing. An empty truth (``[]``) is matched only by an answer without boxes.
-
-IoU is continuous (no "+1 pixel" convention): coordinates are Qwen2.5-VL's absolute pixels or any
-normalised grid, the same for answer and truth.
+Coordinates: both sides are brought to the same convention before IoU. ``pixel`` (Qwen2.5-VL's
+absolute pixels), ``norm1000`` (Qwen2-VL, InternVL: 0–1000) and ``norm1`` (0–1) are told apart by the
+options and, for ``auto``, by the values (all within [0, 1]: norm1); pixel ↔ normalised needs the
+image size, without it those two are compared as written. Degenerate boxes (zero area, NaN/inf)
+match nothing. An empty truth (``[]``) is matched only by an answer without boxes.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from curate.grading.extract import answer_region, answer_text
+import numpy as np
+from scipy.optimize import linear_sum_assignment
 
-# Pairs with a lower IoU are not matched. The released plugin declares 0.2; Orsta matches at 0.5.
-MATCH_IOU_THRESHOLD = 0.2
+from curate.grading.extract import FinalAnswer, answer_text
+from curate.grading.verdict import GradeContext, GradingOptions, Verdict
+
 # At most this many boxes per side take part in the (quadratic) matching; further predicted boxes
 # still count as unmatched, further true boxes as missed.
 MAX_BOXES = 256
@@ -42,8 +49,13 @@ _NUM_RE = re.compile(_NUM)
 _DICT = re.compile(r"\{[^{}]*\}")
 _BOX_KEY = re.compile(r"""["']?\b(?:bbox_2d|bbox|box)["']?\s*:\s*\[([^\[\]]*)\]""")
 _LABEL = re.compile(r"""["']?\blabel["']?\s*:\s*(?:"([^"]*)"|'([^']*)')""")
-_BARE = re.compile(r"\[\s*(%s)\s*,\s*(%s)\s*,\s*(%s)\s*,\s*(%s)\s*\]" % ((_NUM,) * 4))
+# A bare box, optionally named on its line: "dog: [x1, y1, x2, y2]".
+_BARE = re.compile(
+    r"(?:(?:^|\n|[;,]\s*)\s*[-*]?\s*([A-Za-z][A-Za-z _-]{0,30}?)\s*[:=]\s*)?"
+    r"\[\s*(%s)\s*,\s*(%s)\s*,\s*(%s)\s*,\s*(%s)\s*\]" % ((_NUM,) * 4)
+)
 _EMPTY_LIST = re.compile(r"\[\s*\]")
+_QWEN2_BOX = re.compile(r"\(\s*(%s)\s*,\s*(%s)\s*\)\s*,\s*\(\s*(%s)\s*,\s*(%s)\s*\)" % ((_NUM,) * 4))
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,15 @@ class Box:
     x2: float
     y2: float
     label: str | None = None
+
+    @staticmethod
+    def of(coords: list[float], label: str | None = None) -> Box:
+        """The box spanned by two corners given in any order."""
+        x1, y1, x2, y2 = coords
+        return Box(min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2), label)
+
+    def scaled(self, sx: float, sy: float) -> Box:
+        return replace(self, x1=self.x1 * sx, y1=self.y1 * sy, x2=self.x2 * sx, y2=self.y2 * sy)
 
     @property
     def area(self) -> float:
@@ -84,6 +105,10 @@ def _label(text: str) -> str | None:
     return " ".join((m.group(1) if m.group(1) is not None else m.group(2)).lower().split())
 
 
+def _bare_label(name: str | None) -> str | None:
+    return " ".join(name.lower().split()) if name else None
+
+
 def parse_boxes(text: str) -> list[Box] | None:
     """Every box written in ``text``; ``[]`` for an explicit empty list; None when there is neither."""
     text = text[:MAX_BOX_TEXT]
@@ -92,49 +117,82 @@ def parse_boxes(text: str) -> list[Box] | None:
         key = _BOX_KEY.search(d.group())
         coords = _coords(key.group(1)) if key else None
         if coords is not None:
-            boxes.append(Box(*coords, label=_label(d.group())))
+            boxes.append(Box.of(coords, label=_label(d.group())))
     if not boxes:
-        boxes = [Box(*map(float, m.groups())) for m in _BARE.finditer(text)]
+        boxes = [Box.of([float(v) for v in m.groups()[1:]], _bare_label(m.group(1))) for m in _BARE.finditer(text)]
+    if not boxes:
+        boxes = [Box.of([float(v) for v in m.groups()]) for m in _QWEN2_BOX.finditer(text)]
     if boxes:
         return boxes
     return [] if _EMPTY_LIST.search(text) else None
 
 
-def _matches(pred: list[Box], truth: list[Box], match_iou: float, use_labels: bool):
-    """Greedy one-to-one matching, best IoU first: ``[(pred index, truth index, iou)]``."""
-    pairs = []
+_ANY_OVERLAP = 1e-12
+
+
+def match(pred: list[Box], truth: list[Box], min_iou: float, use_labels: bool) -> list[tuple[int, int, float]]:
+    """A one-to-one matching at IoU >= ``min_iou`` with the most pairs, then the most IoU:
+    ``[(pred index, truth index, iou)]``. Pairs with different labels never match (``use_labels``)."""
+    if not pred or not truth:
+        return []
+    iou = np.zeros((len(pred), len(truth)))
     for i, p in enumerate(pred):
         for j, t in enumerate(truth):
-            if use_labels and p.label is not None and t.label is not None and p.label != t.label:
-                continue
-            iou = p.iou(t)
-            if iou > 0 and iou >= match_iou:
-                pairs.append((-iou, i, j))
-    pairs.sort()
-    used_pred, used_truth, out = set(), set(), []
-    for neg_iou, i, j in pairs:
-        if i not in used_pred and j not in used_truth:
-            used_pred.add(i)
-            used_truth.add(j)
-            out.append((i, j, -neg_iou))
-    return out
+            if not (use_labels and p.label is not None and t.label is not None and p.label != t.label):
+                iou[i, j] = p.iou(t)
+    eligible = iou >= min_iou
+    # Each eligible pair is worth more than any number of IoU points, so the count comes first.
+    weight = np.where(eligible, iou + (min(len(pred), len(truth)) + 1), 0.0)
+    rows, cols = linear_sum_assignment(weight, maximize=True)
+    return [(int(i), int(j), float(iou[i, j])) for i, j in zip(rows, cols) if eligible[i, j]]
 
 
-def box_score(
-    pred: list[Box], truth: list[Box], match_iou: float = MATCH_IOU_THRESHOLD, use_labels: bool = False
-) -> float:
-    """The area-weighted IoU score above, in [0, 1]. ``truth`` must hold a valid box or be empty."""
-    pred = [b for b in pred if b.area > 0]
-    truth = [b for b in truth if b.area > 0]
+def judge_boxes(pred: list[Box], truth: list[Box], min_iou: float, use_labels: bool) -> tuple[bool, float]:
+    """``(correct, partial)`` as the module docstring defines them."""
+    pred = [b for b in pred if b.area > 0][:MAX_BOXES]
+    truth = [b for b in truth if b.area > 0][:MAX_BOXES]
     if not truth:
-        return float(not pred)
-    matched = _matches(pred[:MAX_BOXES], truth[:MAX_BOXES], match_iou, use_labels)
-    hit = sum(iou * truth[j].area for _, j, iou in matched)
-    matched_pred = {i for i, _, _ in matched}
-    spare = sum(b.area for i, b in enumerate(pred) if i not in matched_pred)
-    total = sum(b.area for b in truth) + spare
-    score = hit / total if total > 0 and math.isfinite(total) else 0.0
-    return min(1.0, max(0.0, score))
+        return not pred, float(not pred)
+    if use_labels and any(b.label is None for b in pred):
+        labels = {b.label for b in truth}
+        if len(labels) > 1 or any(b.label is not None for b in pred):
+            return False, 0.0
+        use_labels = False  # one class on the truth side: an unlabelled answer names it
+    correct = len(pred) == len(truth) == len(match(pred, truth, min_iou, use_labels))
+    overlapping = match(pred, truth, _ANY_OVERLAP, use_labels)
+    partial = sum(i for _, _, i in overlapping) / (len(truth) + len(pred) - len(overlapping))
+    return correct, min(1.0, max(0.0, partial)) if math.isfinite(partial) else 0.0
+
+
+def _format(boxes: list[Box], declared: str, fallback: str) -> str:
+    if declared != "auto":
+        return declared
+    coords = [abs(v) for b in boxes for v in (b.x1, b.y1, b.x2, b.y2)]
+    return "norm1" if coords and max(coords) <= 1.0 else fallback
+
+
+def to_unit_square(boxes: list[Box], fmt: str, image_size: tuple[int, int] | None) -> list[Box] | None:
+    """``boxes`` in [0, 1] coordinates, or None when a pixel box has no image size to divide by."""
+    if fmt == "norm1":
+        return boxes
+    if fmt == "norm1000":
+        return [b.scaled(1e-3, 1e-3) for b in boxes]
+    if image_size is None or min(image_size) <= 0:
+        return None
+    return [b.scaled(1 / image_size[0], 1 / image_size[1]) for b in boxes]
+
+
+def _same_convention(pred: list[Box], truth: list[Box], ctx: GradeContext) -> tuple[list[Box], list[Box]]:
+    options: GradingOptions = ctx.options
+    truth_fmt = _format(truth, options.truth_box_format, "pixel")
+    pred_fmt = _format(pred, options.answer_box_format, truth_fmt)
+    if pred_fmt == truth_fmt:
+        return pred, truth
+    pred_unit = to_unit_square(pred, pred_fmt, ctx.image_size)
+    truth_unit = to_unit_square(truth, truth_fmt, ctx.image_size)
+    if pred_unit is None or truth_unit is None:
+        return pred, truth  # a pixel side without an image size: compared as written
+    return pred_unit, truth_unit
 
 
 def _truth_boxes(ground_truth: str) -> list[Box] | None:
@@ -152,22 +210,24 @@ def _describe(boxes: list[Box], use_labels: bool) -> str:
     return json.dumps(shown) + (f" (+{len(boxes) - 32} more)" if len(boxes) > 32 else "")
 
 
-def _grade(response: str, ground_truth: str, use_labels: bool) -> tuple[float, str | None]:
+def _grade(answer: FinalAnswer, ground_truth: str, ctx: GradeContext, use_labels: bool) -> Verdict:
     truth = _truth_boxes(ground_truth)
-    region, _ = answer_region(response)
-    pred = parse_boxes(region) or []
+    pred = parse_boxes(answer.text) if answer.text is not None else None
+    pred = pred or []
     extracted = _describe(pred, use_labels) if pred else None
-    if truth is None:
-        return 0.0, extracted
-    return box_score(pred, truth, use_labels=use_labels), extracted
+    if truth is None or (answer.text is None and truth):
+        return Verdict(False, 0.0, extracted)
+    pred, truth = _same_convention(pred, truth, ctx)
+    correct, partial = judge_boxes(pred, truth, ctx.options.box_iou, use_labels)
+    return Verdict(correct, partial, extracted)
 
 
-def grade_grounding(response: str, ground_truth: str) -> tuple[float, str | None]:
-    return _grade(response, ground_truth, use_labels=False)
+def grade_grounding(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Verdict:
+    return _grade(answer, ground_truth, ctx, use_labels=False)
 
 
-def grade_detection(response: str, ground_truth: str) -> tuple[float, str | None]:
-    return _grade(response, ground_truth, use_labels=True)
+def grade_detection(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Verdict:
+    return _grade(answer, ground_truth, ctx, use_labels=True)
 
 
 def check_boxes_truth(ground_truth: str) -> str | None:

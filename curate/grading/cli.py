@@ -2,8 +2,9 @@
 
 Each input line is {"task", "response", "ground_truth"} (optionally "verifier", and any other keys,
 which are kept). Each output line is the input object plus "score" (the accuracy reward in [0, 1]),
-"correct" (δ for PISM/CMAB), "format" (the format reward), "grader" and "extracted" (what the grader
-read from the response). A line that cannot be graded is written back with an "error" field, never
+"correct" (δ for PISM/CMAB), "partial" (partial credit: OCR similarity, mean box IoU), "format" (the
+format reward), "grader", "route" (why that grader) and "extracted" (what the grader read from the
+response). A line that cannot be graded is written back with an "error" field, never
 dropped: unparseable JSON becomes {"line", "raw", "error"}. A summary goes to stderr; the exit status
 is 1 when some line had an error.
 
@@ -45,8 +46,10 @@ def grade_record(record: Any) -> dict[str, Any]:
         **record,
         "score": result.score,
         "correct": result.correct,
+        "partial": result.partial,
         "format": format_score(record["response"]),
         "grader": result.grader,
+        "route": result.route,
         "extracted": result.extracted,
     }
 

@@ -1,65 +1,70 @@
-"""Find the answer inside a model response, in bounded time.
+"""Find the final committed answer inside a model response, in bounded time.
 
 Responses are untrusted and may be huge (a runaway generation, or an adversary): every function here
 is linear in the input at worst and looks at a bounded window where it must scan character by
 character. Nothing is evaluated.
+
+What a strict judge reads as the answer (:func:`final_answer`):
+1. the content of the ``<answer>…</answer>`` block after the reasoning (a missing closing tag at the
+   end is tolerated: the output was truncated); several blocks that disagree are no answer at all (a
+   hedge spread over tags), several that agree are one;
+2. inside it ``\\boxed{…}`` is unwrapped (Orsta writes ``<answer>\\boxed{12}</answer>``); several
+   boxes with different contents there are, again, a hedge. In a response without tags the last box
+   counts (free reasoning corrects itself: "first \\boxed{6}, recounting gives \\boxed{7}");
+   a response cut off inside ``<think>`` commits to nothing;
+3. without tags or boxes, the conclusion the response ends on: what follows the last "the answer
+   is" / "Answer:" / "Final answer:" in its tail, else the tail itself, marked uncommitted so graders
+   only take what clearly stands out there (the last number, an introduced option letter).
+Lead-ins such as "The answer is" are stripped from the answer itself.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from dataclasses import dataclass
 
 ANSWER_OPEN = "<answer>"
 ANSWER_CLOSE = "</answer>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 # A final answer longer than this is not an answer; graders treat longer text as "no answer" or
 # compare only what fits (each grader says which).
 MAX_ANSWER_CHARS = 4096
 # Without <answer> tags or \boxed{}, graders look for the answer in this many trailing characters.
 TAIL_CHARS = 1000
-# How many of the last \boxed occurrences are tried when the later ones are unbalanced.
-_MAX_BOXED_TRIES = 8
+# How many answer blocks / \boxed occurrences are compared with each other.
+_MAX_GROUPS = 8
 _BOXED_COMMANDS = ("\\boxed", "\\fbox")
 _BRACE = re.compile(r"\\[{}]|[{}]")  # escaped braces first, so they are skipped as literals
+_LEAD_IN = re.compile(
+    r"^\s*(?:\*\*|__)?\s*(?:(?:so|thus|therefore|hence)\s*,?\s*)?(?:the\s+)?(?:final\s+|correct\s+|short\s+)?"
+    r"(?:answer|response)\s*(?:is|would\s+be|should\s+be|:)\s*:?\s*(?:\*\*|__)?\s*:?\s*",
+    re.IGNORECASE,
+)
+_CONCLUSION = re.compile(
+    r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|would\s+be|should\s+be|:)\s*:?(?:\*\*|__)?\s*:?",
+    re.IGNORECASE,
+)
+_SENTENCE_END = re.compile(r"\n|\.(?=\s|$)|[!?;]")
+_EMPHASIS = re.compile(r"^(\*\*|__)(.*)\1$", re.DOTALL)
 
 
-def extract_answer(response: str) -> str | None:
-    """The final answer of ``response``, or None when it states none.
+@dataclass(frozen=True)
+class FinalAnswer:
+    """What the response commits to."""
 
-    Content of the last ``<answer>…</answer>`` (a missing closing tag at the end is tolerated: the
-    output was truncated), else of the last brace-balanced ``\\boxed{…}``, else None. Whitespace
-    around the answer is stripped; an empty answer tag gives ``""``.
-    """
-    if not isinstance(response, str):
-        return None
-    start = response.rfind(ANSWER_OPEN)
-    if start >= 0:
-        body = start + len(ANSWER_OPEN)
-        end = response.find(ANSWER_CLOSE, body)
-        return response[body : end if end >= 0 else len(response)].strip()
-    return last_boxed(response)
+    text: str | None
+    """the answer (None: the response states none, or states several that disagree)"""
+    committed: bool
+    """True when the text is the answer alone (tags, a box, or an explicit conclusion); False for a
+    response tail, where graders must pick the answer out of running text"""
+    conflict: bool = False
+    """several different final answers (answer blocks or boxes): a hedge, never correct"""
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last brace-balanced ``\\boxed{…}`` (or ``\\fbox{…}``) in ``text``, else None.
-
-    Only the last few occurrences are tried and each scan stops after ``MAX_ANSWER_CHARS``, so an
-    input of unbalanced ``\\boxed{`` repeated a million times costs the same as a short one.
-    """
-    hi = len(text)
-    for _ in range(_MAX_BOXED_TRIES):
-        pos, cmd = max((text.rfind(c, 0, hi), c) for c in _BOXED_COMMANDS)
-        if pos < 0:
-            return None
-        content = _braced_group(text, pos + len(cmd))
-        if content is not None:
-            return content.strip()
-        hi = pos
-    return None
-
-
-def _braced_group(text: str, i: int) -> str | None:
-    """The content of the ``{…}`` group starting at ``text[i]`` (after spaces), if it closes in time."""
+def _balanced_group(text: str, i: int) -> tuple[str, int] | None:
+    """The content of the ``{…}`` group starting at ``text[i]`` (after spaces) and its end."""
     n = len(text)
     while i < n and text[i] in " \t":
         i += 1
@@ -73,24 +78,129 @@ def _braced_group(text: str, i: int) -> str | None:
         elif tok == "}":
             depth -= 1
             if depth == 0:
-                return text[i + 1 : m.start()]
+                return text[i + 1 : m.start()], m.end()
     return None
 
 
+def boxed_contents(text: str) -> list[str]:
+    """The contents of the last few brace-balanced ``\\boxed{…}`` / ``\\fbox{…}`` in ``text``, in
+    reading order. Only ``_MAX_GROUPS`` occurrences are tried, so a million unbalanced ``\\boxed{``
+    cost what a few do."""
+    found: list[str] = []
+    hi = len(text)
+    for _ in range(_MAX_GROUPS):
+        pos, cmd = max((text.rfind(c, 0, hi), c) for c in _BOXED_COMMANDS)
+        if pos < 0:
+            break
+        group = _balanced_group(text, pos + len(cmd))
+        if group is not None:
+            found.append(group[0].strip())
+        hi = pos
+    return found[::-1]
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last brace-balanced ``\\boxed{…}`` (or ``\\fbox{…}``) in ``text``, else None."""
+    found = boxed_contents(text)
+    return found[-1] if found else None
+
+
+def _answer_blocks(response: str) -> list[str]:
+    """The contents of the last few ``<answer>`` blocks, in reading order (the last may be open)."""
+    blocks: list[str] = []
+    hi = len(response)
+    for _ in range(_MAX_GROUPS):
+        start = response.rfind(ANSWER_OPEN, 0, hi)
+        if start < 0:
+            break
+        body = start + len(ANSWER_OPEN)
+        end = response.find(ANSWER_CLOSE, body, hi)
+        blocks.append(response[body : end if end >= 0 else hi].strip())
+        hi = start
+    return blocks[::-1]
+
+
+def extract_answer(response: str) -> str | None:
+    """The raw final answer of ``response``: content of the last ``<answer>`` block, else of the last
+    brace-balanced ``\\boxed{…}``, else None (no unwrapping, no conflict check: for display)."""
+    if not isinstance(response, str):
+        return None
+    blocks = _answer_blocks(response)
+    if blocks:
+        return blocks[-1]
+    return last_boxed(response)
+
+
+def _same(a: str, b: str) -> bool:
+    return "".join(a.split()).rstrip(".").lower() == "".join(b.split()).rstrip(".").lower()
+
+
+def strip_lead_in(text: str) -> str:
+    """``text`` without a leading "The answer is" / "**Final answer:**" and surrounding emphasis."""
+    text = _LEAD_IN.sub("", text, count=1).strip()
+    if m := _EMPHASIS.fullmatch(text):
+        text = m.group(2).strip()
+    return text
+
+
+def _unbox(text: str) -> tuple[str, bool]:
+    """``(text with its box unwrapped, conflict)``."""
+    boxes = boxed_contents(text)
+    if not boxes:
+        return text, False
+    if any(not _same(b, boxes[-1]) for b in boxes):
+        return boxes[-1], True
+    return boxes[-1], False
+
+
+def final_answer(response: str) -> FinalAnswer:
+    """The final committed answer of ``response`` (see the module docstring)."""
+    if not isinstance(response, str):
+        return FinalAnswer(None, True)
+    think_end = response.rfind(THINK_CLOSE)
+    blocks = _answer_blocks(response[think_end:]) if think_end >= 0 else []
+    blocks = blocks or _answer_blocks(response)
+    if blocks:
+        texts = [_unbox(b) for b in blocks]
+        text, conflict = texts[-1]
+        conflict = conflict or any(c or not _same(t, text) for t, c in texts[:-1])
+        return _committed(text, conflict)
+    if THINK_OPEN in response and think_end < 0:
+        return FinalAnswer(None, True)  # cut off while thinking: nothing was committed
+    if think_end >= 0:  # the reasoning is not the answer
+        response = response[think_end + len(THINK_CLOSE) :]
+        if not response.strip():
+            return FinalAnswer(None, True)
+    tail = response[-TAIL_CHARS:]
+    boxed = last_boxed(response[-(MAX_ANSWER_CHARS + TAIL_CHARS) :])
+    if boxed is not None:  # in free reasoning a later box corrects an earlier one
+        return _committed(boxed, False)
+    conclusion = None
+    for conclusion in _CONCLUSION.finditer(tail):  # noqa: B007 (the last one counts)
+        pass
+    if conclusion is not None:
+        rest = tail[conclusion.end() :].strip()
+        end = _SENTENCE_END.search(rest)
+        text = rest[: end.start()] if end else rest
+        if text.strip():
+            return _committed(text, False)
+    return FinalAnswer(strip_lead_in(tail.strip()), False)
+
+
+def _committed(text: str, conflict: bool) -> FinalAnswer:
+    text = strip_lead_in(text)
+    return FinalAnswer(None if conflict else text, True, conflict)
+
+
 def answer_text(text: str) -> str:
-    """What a grader compares: the extracted answer, else the whole text stripped.
-
-    Used for ground truths (which may come bare, boxed, or in answer tags) and as the response
-    region of graders whose answers are short; callers bound the length themselves.
-    """
+    """A ground truth as graders compare it: unwrapped from answer tags and ``\\boxed{}`` (truths
+    come bare, boxed, or tagged), lead-ins stripped."""
     found = extract_answer(text)
-    return found if found is not None else text.strip()
+    found = text.strip() if found is None else found
+    boxed = last_boxed(found)
+    return strip_lead_in(boxed if boxed is not None else found)
 
 
-def answer_region(response: str) -> tuple[str, bool]:
-    """``(text, tagged)``: the extracted answer (``tagged=True``), else the response's last
-    ``TAIL_CHARS`` characters (``tagged=False``), where untagged answers are looked for."""
-    found = extract_answer(response)
-    if found is not None:
-        return found, True
-    return response[-TAIL_CHARS:].strip(), False
+def normalize_unicode(text: str) -> str:
+    """NFKC (fullwidth digits and letters become ASCII) plus the minus signs NFKC keeps."""
+    return unicodedata.normalize("NFKC", text).replace("\u2212", "-").replace("\u2013", "-")

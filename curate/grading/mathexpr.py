@@ -1,20 +1,22 @@
-"""Math answers: normalised text, then symbolic equivalence with math-verify, then plain numbers.
+"""Math and the reasoning tasks (MathVista, chart, science, puzzle): judged by the truth's shape.
 
-Checks, first success wins:
-1. the answer is the truth up to blanks, ``$`` and a final full stop;
-2. math-verify parses both (LaTeX, then plain expressions) and compares them symbolically and
-   numerically: ``\\frac{1}{2}`` = ``0.5``, ``x = 3`` = ``3``, ``5\\text{ cm}`` = ``5``. A percentage
-   equals both its number and its fraction (``50\\%`` = ``50`` = ``0.5``); two percentages compare as
-   numbers. If both sides parse, math-verify's verdict is final;
-3. if one side does not parse (or sympy was skipped, below): the single number each side states,
-   exactly (``1,000`` = ``1000.0``; without answer tags, the response's last number).
-A truth made only of words or letters ("red", "north east", "B") is compared as normalised text
-alone ("(B)" = "B", "Red." = "red"): sympy reads words as products of symbols, which commute ("red"
-would equal "der").
+The truth decides how the answer is read:
+- an option letter ("B", "(B)", "B. Oxygen") or yes/no: the closed-form graders (``choice.py``), so
+  "Option B", "B. Oxygen" and "Yes, it is." are right and "A or B" is not;
+- a quantity ("12", "5 cm", "$3.50", "45%", "1.2 million"): the answer must state one quantity with
+  the same value, units converted where both sides have one (``quantity.py``): "5 dollars",
+  "15 m/s", "3e8", "x = 7", "twelve", "1,234" are read as numbers even where math-verify misreads
+  them, and "12 cm" is not "12 m". An answer that is not a plain quantity ("\\frac{1}{2}",
+  "2\\sqrt{2}") goes to math-verify, unless it joins different values as alternatives ("3 or 4");
+- words ("north east", "Oxygen"): normalised text, the option's label ignored ("B. Oxygen" names
+  "Oxygen"); sympy reads words as products of symbols, which commute ("red" would equal "der");
+- anything else (an expression, an interval, a set): the text up to blanks and ``$``, then
+  math-verify's symbolic and numeric equivalence; where a side does not parse, the single numbers
+  each side states.
 
 Bounded time. Graders run in verl's reward threads and Ray actor threads, where math-verify's own
 ``signal.alarm`` timeouts cannot work (math-verify 0.9.0 raises ``ValueError`` off the main thread
-unless they are disabled). So: only the extracted answer, or without tags the response's last
+unless they are disabled). So: only the committed answer, or without tags the response's last
 ``MAX_MATH_CHARS`` characters, ever reaches sympy, and answers longer than that skip it; inputs that
 would make sympy build astronomically large integers in one uninterruptible C call (``9^{9^{9}}``,
 ``2^{10^{9}}``, ``100000!``) skip it (:func:`sympy_safe`); and all sympy work of one grade runs under
@@ -29,14 +31,16 @@ import logging
 import re
 import unicodedata
 from collections.abc import Callable
-from fractions import Fraction
+from dataclasses import replace
 from typing import Any
 
+from curate.grading.choice import grade_multiple_choice, grade_yes_no, option_text
 from curate.grading.deadline import run_with_deadline
-from curate.grading.extract import answer_region, answer_text
+from curate.grading.extract import FinalAnswer, answer_text, normalize_unicode
 from curate.grading.logs import warn_once
-from curate.grading.numbers import iter_numbers
+from curate.grading.quantity import clean_latex, quantities, same_quantity, single_quantity
 from curate.grading.text import normalize_text
+from curate.grading.verdict import GradeContext, Verdict, exact
 
 logger = logging.getLogger(__name__)
 
@@ -161,65 +165,82 @@ def _symbolic_equal(gold: str, answer: str, tagged: bool) -> tuple[bool | None, 
     return bool(verify(gold_values, answer_values, timeout_seconds=None)), read
 
 
-def _single_number(text: str, last: bool) -> Fraction | None:
-    values = [v for _, v in iter_numbers(text)]
-    if last:
-        return values[-1] if values else None
-    return values[0] if len(values) == 1 else None
-
-
-def _numbers_equal(gold: str, answer: str, tagged: bool) -> tuple[bool, str | None]:
-    expected, value = _single_number(gold, last=False), _single_number(answer, last=not tagged)
-    if expected is None or value is None:
-        return False, None
-    gold_pct, answer_pct = bool(_PERCENT.search(gold)), bool(_PERCENT.search(answer))
-    expected_readings = {expected, expected / 100} if gold_pct and not answer_pct else {expected}
-    answer_readings = {value, value / 100} if answer_pct and not gold_pct else {value}
-    return bool(expected_readings & answer_readings), _fmt(value)
-
-
-def _fmt(value: Fraction) -> str:
-    return str(value.numerator) if value.denominator == 1 else str(float(value))
-
-
 def _canonical(text: str) -> str:
     """Spelling-only differences removed: blanks, ``$`` delimiters, a final full stop."""
     return "".join(unicodedata.normalize("NFKC", text).replace("$", "").split()).rstrip(".")
 
 
-def grade_math(response: str, ground_truth: str) -> tuple[float, str | None]:
-    gold = answer_text(ground_truth)[:MAX_MATH_CHARS]
-    region, tagged = answer_region(response)
-    if not region or not gold:
-        return 0.0, None
+_LETTER_TRUTH = re.compile(r"^\s*(?:\(?[A-Z]\)?\.?|\(?[A-Z]\)?[.:)]\s+\S.*|\([A-Z]\)\s+\S.*)$", re.DOTALL)
+_YES_NO_TRUTH = re.compile(r"^\s*(?:yes|no)\s*\.?\s*$", re.IGNORECASE)
+_ALTERNATIVES = re.compile(r"\b(?:or|to|and|between|either)\b|,|;|\\pm|±|\\cup|∪|\\lor", re.IGNORECASE)
+_NEGATED = re.compile(r",?\s*\b(?:not|rather\s+than|instead\s+of)\s+[^\s,;]+", re.IGNORECASE)
+_RHS = re.compile(r"(?:=|≈|\\approx)([^=≈]*)$")
+
+
+def _symbolic(gold: str, region: str, committed: bool) -> bool | None:
+    """math-verify's verdict under the deadline; None when a side does not parse or time ran out."""
+    if not (sympy_safe(gold) and sympy_safe(region)):
+        return None
+    _math_verify()
+    try:
+        return run_with_deadline(lambda: _symbolic_equal(gold, region, committed)[0], MATH_TIMEOUT_S)
+    except TimeoutError:
+        warn_once(
+            logger,
+            "math-timeout",
+            "math grading gave up after %g s; comparing numbers instead (further timeouts are logged at DEBUG)",
+            MATH_TIMEOUT_S,
+        )
+        return None
+
+
+def _quantity_verdict(gold: str, gold_q, region: str, answer: FinalAnswer) -> bool | None:
+    """The verdict for a quantity truth, or None to ask math-verify."""
+    if not answer.committed:
+        found = quantities(clean_latex(region))
+        return bool(found) and same_quantity(gold_q, found[-1], gold)
+    region = _NEGATED.sub("", region)  # "42, not 41": 41 is ruled out, not offered
+    said = single_quantity(region)
+    if said is not None:
+        return same_quantity(gold_q, said, gold)
+    stated = {q.value for q in quantities(clean_latex(region))}
+    if len(stated) > 1 and _ALTERNATIVES.search(region):
+        return False  # "3 or 4", "between 3 and 5", "x=2 or x=3": a hedge on a single value
+    if rhs := _RHS.search(region):  # "3 + 4 = 7": the value it ends on
+        said = single_quantity(rhs.group(1))
+        if said is not None:
+            return same_quantity(gold_q, said, gold)
+    return None
+
+
+def grade_math(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Verdict:
+    gold = normalize_unicode(answer_text(ground_truth))[:MAX_MATH_CHARS]
+    if answer.text is None or not answer.text.strip() or not gold:
+        return exact(False, None)
+    if _LETTER_TRUTH.match(gold):
+        return replace(grade_multiple_choice(answer, ground_truth, ctx), grader="multiple_choice")
+    if _YES_NO_TRUTH.match(gold):
+        return replace(grade_yes_no(answer, ground_truth, ctx), grader="yes_no")
+    region = normalize_unicode(answer.text)
     if len(region) > MAX_MATH_CHARS:  # an answer this long is not a formula; the tail may hold one
-        if tagged:
-            return 0.0, None
+        if answer.committed:
+            return exact(False, None)
         region = region[-MAX_MATH_CHARS:]
-    extracted = region if tagged else None
-    if _WORDS_ONLY.fullmatch(gold):
-        answer = normalize_text(region)
-        return float(answer == normalize_text(gold)), answer
+    gold_q = single_quantity(gold)
+    if gold_q is not None:
+        verdict = _quantity_verdict(gold, gold_q, region, answer)
+        if verdict is not None:
+            return exact(verdict, region if answer.committed else None)
+    elif _WORDS_ONLY.fullmatch(gold.strip().rstrip(".")):
+        said = option_text(region) if answer.committed else normalize_text(region)
+        return exact(said == normalize_text(gold), said, "short_answer")
     if _canonical(region) == _canonical(gold):
-        return 1.0, region
-    verdict = None
-    if sympy_safe(gold) and sympy_safe(region):
-        _math_verify()
-        try:
-            verdict, read = run_with_deadline(lambda: _symbolic_equal(gold, region, tagged), MATH_TIMEOUT_S)
-            extracted = extracted or read
-        except TimeoutError:
-            warn_once(
-                logger,
-                "math-timeout",
-                "math grading gave up after %g s; comparing numbers instead"
-                " (further timeouts are logged at DEBUG)",
-                MATH_TIMEOUT_S,
-            )
-    if verdict is not None:
-        return float(verdict), extracted
-    same, number = _numbers_equal(gold, region, tagged)
-    return float(same), extracted or number
+        return exact(True, region)
+    verdict = _symbolic(gold, region, answer.committed)
+    if verdict is None and gold_q is not None and answer.committed:
+        said = single_quantity(region)
+        verdict = said is not None and same_quantity(gold_q, said, gold)
+    return exact(bool(verdict), region if answer.committed else None)
 
 
 def check_math_truth(ground_truth: str) -> str | None:

@@ -1,8 +1,10 @@
-"""Numbers in free text: digits ("1,024", "-3.5") and English number words ("twenty-five").
+"""Numbers in free text, as a reader means them: "1,024", "-3.5", "3e8", "3 × 10^8", "1.2 million",
+"2.5k", "twenty-five", "a dozen", "none".
 
 No dependency (word2number, used by the released plugin, raises on odd input): the small grammar
-below reads cardinals up to the billions, which is what counting and OCR answers contain. Values are
-exact ``Fraction``s, so ``3.0`` equals ``3``. Callers pass bounded text; everything here is linear.
+below reads cardinals up to the billions, which is what counting, chart and OCR answers contain.
+Values are exact ``Fraction``s, so ``3.0`` equals ``3``. "one" used as a pronoun ("the one on the
+left", "each one") is not a number. Callers pass bounded text; everything here is linear.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import heapq
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 
 # Digit runs longer than this are not numbers an answer means (and int() refuses > 4300 digits).
 MAX_DIGITS = 64
+# Powers of ten beyond this are not quantities a VLM answer states (and would build huge integers).
+MAX_EXPONENT = 30
 
 _UNITS = {
     w: i
@@ -22,31 +27,57 @@ _UNITS = {
         "fifteen sixteen seventeen eighteen nineteen".split()
     )
 }
+_UNITS["none"] = 0
 _TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
-_SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9}
-_NUMBER_WORDS = {**_UNITS, **_TENS, "hundred": 100, **_SCALES}
+_SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
+_NUMBER_WORDS = {**_UNITS, **_TENS, "hundred": 100, "dozen": 12, **_SCALES}
+# "one" after these is a pronoun ("the one on the left"), not a count.
+_PRONOUN_ONE_AFTER = frozenset("the this that which each every any no another other some someone".split())
 
 _FRACTION = rf"\.\d{{1,{MAX_DIGITS}}}"
-# Signed decimal, optional thousands separators. Bounded repetitions keep matching linear, and a
-# number never starts inside another one ("2-3" is 2 and 3, "1.5" is not 1 and 5).
+# Signed decimal, optional thousands separators, optional exponent. Bounded repetitions keep matching
+# linear, and a number never starts inside another one ("2-3" is 2 and 3, "1.5" is not 1 and 5).
 _NUMBER = re.compile(
-    rf"(?<![\d.,])[-+]?(?:(?:\d{{1,3}}(?:,\d{{3}}){{1,21}}(?![,]?\d)|\d{{1,{MAX_DIGITS}}})(?:{_FRACTION})?|{_FRACTION})"
-    r"(?!\d)"
+    rf"(?<![\d.,])(?:(?<![A-Za-z0-9])[-+])?(?:(?:\d{{1,3}}(?:,\d{{3}}){{1,21}}(?![,]?\d)|\d{{1,{MAX_DIGITS}}})"
+    rf"(?:{_FRACTION})?|{_FRACTION})(?:[eE](?P<exp>[-+]?\d{{1,3}}))?(?![\d.]\d)(?!\d)"
 )
+# After a number: "× 10^8", "x10^{-3}", "\times 10^{8}", "* 10 ** 8", "·10^8".
+_TIMES_TEN = re.compile(r"\s{0,2}(?:\\times|\\cdot|[x×*·])\s{0,2}10\s{0,2}(?:\^|\*\*)\s{0,2}\{?\s{0,2}([-+]?\d{1,3})\s{0,2}\}?")
+# After a number: a scale word ("1.2 million") or an attached abbreviation ("2.5k", "3M", "$4bn").
+_SCALE_AFTER = re.compile(r"\s{1,3}(thousand|million|billion|trillion|dozen)\b|(k|K|M|bn|B)(?![A-Za-z0-9])")
+_ABBREVIATED = {"k": 10**3, "K": 10**3, "M": 10**6, "bn": 10**9, "B": 10**9, "dozen": 12}
 _WORD = re.compile(r"[A-Za-z]+")
 _WORD_GAP = re.compile(r"[ \t-]{1,3}")  # what may separate the words of one number
 
 
+@dataclass(frozen=True)
+class Number:
+    start: int
+    end: int
+    value: Fraction
+    spelled: bool = False
+    """written in words ("twelve")"""
+
+
 def _read_run(run: list[tuple[int, int, str]]) -> Iterator[tuple[int, int, int]]:
     """Split number words that follow each other into the numbers they spell, as
-    ``(start, end, value)``: "twenty five" is 25, "one two" is 1 and 2, "one hundred and five" 105."""
+    ``(start, end, value)``: "twenty five" is 25, "one two" is 1 and 2, "one hundred and five" 105,
+    "two dozen" 24."""
     start = end = -1
     total = current = 0
     last: str | None = None
     for s, e, w in run:
         if w == "and":
             continue
-        kind = "unit" if w in _UNITS else "tens" if w in _TENS else "hundred" if w == "hundred" else "scale"
+        kind = (
+            "unit"
+            if w in _UNITS
+            else "tens"
+            if w in _TENS
+            else "hundred"
+            if w in ("hundred", "dozen")
+            else "scale"
+        )
         follows = last is not None and (
             (kind in ("unit", "tens") and last in ("hundred", "scale"))
             or (kind == "unit" and last == "tens" and _UNITS[w] < 10)
@@ -61,7 +92,7 @@ def _read_run(run: list[tuple[int, int, str]]) -> Iterator[tuple[int, int, int]]
         if kind in ("unit", "tens"):
             current += _NUMBER_WORDS[w]
         elif kind == "hundred":
-            current = max(current, 1) * 100
+            current = max(current, 1) * _NUMBER_WORDS[w]
         else:
             total += max(current, 1) * _SCALES[w]
             current = 0
@@ -73,10 +104,12 @@ def _read_run(run: list[tuple[int, int, str]]) -> Iterator[tuple[int, int, int]]
 def spelled_numbers(text: str) -> Iterator[tuple[int, int, int]]:
     """``(start, end, value)`` of every spelled-out number in ``text``."""
     run: list[tuple[int, int, str]] = []
+    previous = ""
     for m in _WORD.finditer(text):
         word = m.group().lower()
         joined = bool(run) and _WORD_GAP.fullmatch(text, run[-1][1], m.start()) is not None
-        if word in _NUMBER_WORDS or (word == "and" and joined and run[-1][2] != "and"):
+        pronoun = word == "one" and previous in _PRONOUN_ONE_AFTER and not run
+        if word in _NUMBER_WORDS and not pronoun or (word == "and" and joined and run[-1][2] != "and"):
             if run and not joined:
                 yield from _read_run(run)
                 run = []
@@ -84,20 +117,43 @@ def spelled_numbers(text: str) -> Iterator[tuple[int, int, int]]:
         elif run:
             yield from _read_run(run)
             run = []
+        previous = word
     if run:
         yield from _read_run(run)
 
 
-def _digit_numbers(text: str) -> Iterator[tuple[int, int, Fraction]]:
+def _digit_numbers(text: str) -> Iterator[Number]:
     for m in _NUMBER.finditer(text):
-        yield m.start(), m.end(), Fraction(m.group().replace(",", ""))
+        mantissa = m.group()[: m.start("exp") - m.start() - 1] if m.group("exp") else m.group()
+        value = Fraction(mantissa.replace(",", ""))
+        exponent = int(m.group("exp") or 0)
+        end = m.end()
+        if tail := _TIMES_TEN.match(text, end):
+            exponent += int(tail.group(1))
+            end = tail.end()
+        if scale := _SCALE_AFTER.match(text, end):
+            value *= _ABBREVIATED.get(scale.group(2) or "", 0) or _NUMBER_WORDS[scale.group(1)]
+            end = scale.end()
+        if abs(exponent) > MAX_EXPONENT:
+            continue
+        yield Number(m.start(), end, value * Fraction(10) ** exponent)
+
+
+def numbers(text: str) -> list[Number]:
+    """Every number in ``text`` in reading order, digits and words alike ("1.2 million" is one)."""
+    spelled = (Number(s, e, Fraction(v), True) for s, e, v in spelled_numbers(text))
+    out: list[Number] = []
+    for n in heapq.merge(_digit_numbers(text), spelled, key=lambda n: n.start):
+        if out and n.start < out[-1].end:  # "1.2 million": the scale word was read with the digits
+            continue
+        out.append(n)
+    return out
 
 
 def iter_numbers(text: str) -> Iterator[tuple[int, Fraction]]:
-    """``(position, value)`` of every number in ``text`` in reading order, digits and words alike."""
-    spelled = ((s, e, Fraction(v)) for s, e, v in spelled_numbers(text))
-    for start, _, value in heapq.merge(_digit_numbers(text), spelled, key=lambda t: t[0]):
-        yield start, value
+    """``(position, value)`` of every number in ``text`` in reading order."""
+    for n in numbers(text):
+        yield n.start, n.value
 
 
 def first_number(text: str) -> Fraction | None:
@@ -105,10 +161,8 @@ def first_number(text: str) -> Fraction | None:
 
 
 def last_number(text: str) -> Fraction | None:
-    last = None
-    for _, last in iter_numbers(text):  # noqa: B007 (the loop runs for its last value)
-        pass
-    return last
+    found = numbers(text)
+    return found[-1].value if found else None
 
 
 def words_to_digits(text: str) -> str:

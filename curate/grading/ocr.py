@@ -1,68 +1,88 @@
-"""OCR: similarity of the read text to the true text, after normalisation.
+"""OCR: the text read must be the text in the image, up to case, whitespace and punctuation.
 
-Score = 2·LCS(answer, truth) / (len(answer) + len(truth)) on the normalised texts (LCS: longest
-common subsequence of characters), continuous so GRPO gets credit for partly right readings;
-``correct`` needs ≥ 0.5, the released plugin's fuzzy threshold (``registry.OCR_CORRECT_RATIO``).
-Normalisation: NFKC, lower case, number words as digits, whitespace collapsed, surrounding quotes
-and final punctuation dropped.
+``correct`` is exact equality of the normalised texts: a misread year, plate, price or word is
+wrong (the released plugin counted a similarity ratio >= 0.5 as correct, so "1989" passed for
+"1998"). Long lines (``GradingOptions.ocr_typo_min_chars``, 30 by default) tolerate one edit per
+``ocr_typo_per_chars`` characters (Levenshtein distance, rapidfuzz), since one slip in a sentence
+is still a reading. Character order always matters ("G4B-7HX" is not "B4G-7XH").
 
-Deviations from the released plugin, on purpose:
-- it used difflib's ``SequenceMatcher.ratio()``, a heuristic approximation of the ratio above (its
-  greedy matching never finds more than the LCS; the two agree on typical OCR strings). That
-  heuristic takes cubic time on repetitive input (two seconds for 1000 characters), which an
-  adversarial generation can trigger in a reward worker; the LCS here is exact and bit-parallel,
-  O(len·len/64): milliseconds for ``OCR_MAX_CHARS`` characters;
-- it also gave full credit whenever one text contained the other, so "a" scored 1.0 against any
-  text containing an "a"; here containment earns only its ratio;
-- it binarised the ratio; here ``score`` is the ratio and ``correct`` the thresholded value.
+Normalisation: NFKC, lower case, a lead-in ("The text reads", "It says:") and surrounding quotes
+dropped, punctuation dropped except a decimal point or time colon between digits ("12.50" stays
+distinct from "1250"), whitespace removed.
+
+``partial`` is the similarity ratio 2·LCS / (len(a) + len(b)) of the normalised texts (rapidfuzz's
+Indel similarity, linear-time bit-parallel), a separate reward option for GRPO, never ``correct``.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
-from curate.grading.extract import answer_region, answer_text
-from curate.grading.numbers import words_to_digits
+from rapidfuzz.distance import Indel, Levenshtein
+
+from curate.grading.extract import FinalAnswer, answer_text
+from curate.grading.verdict import GradeContext, Verdict
 
 # Texts are compared on their first OCR_MAX_CHARS normalised characters.
 OCR_MAX_CHARS = 10_000
 # Raw text is cut to this before normalising, so normalising is bounded too.
 _RAW_LIMIT = 4 * OCR_MAX_CHARS
+# "The brand shown is Nike", "It says: EXIT", "the store name printed at the top is WALMART".
+_LEAD_IN = re.compile(
+    r"^[^\n]{0,80}?\b(?:reads|read|says|say|shows|displays|spells|is|are|was)\b\s*:?\s*|^[^\n:]{0,40}:\s*",
+    re.IGNORECASE,
+)
+_QUOTED = re.compile(r"""["“‘`«]([^"“”‘’`«»]{1,500})["”’`»]|(?<!\w)'([^']{1,500})'(?!\w)""")
+_LATEX_TEXT = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\s*\{([^{}]*)\}")
+_LAST_SENTENCE = re.compile(r"(?:^|[.!?\n]\s)([^.!?\n]*[^\s.!?\n][^.!?\n]*)[.!?\s]*$")
+# Dropped: every non-word character but a decimal point or time colon between two digits.
+_DROP = re.compile(r"(?:(?<!\d)[.:]|[.:](?!\d)|[^\w.:]|_)+")
 
 
 def normalize_ocr(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text[:_RAW_LIMIT]).lower()
-    text = " ".join(words_to_digits(text).split())
-    return text.strip("\"'`“”‘’").rstrip(".!?;:,").strip()[:OCR_MAX_CHARS]
+    """The text as compared for ``correct`` (no whitespace, no punctuation but in numbers)."""
+    text = unicodedata.normalize("NFKC", text[:_RAW_LIMIT]).strip()
+    return _DROP.sub("", text.lower())[:OCR_MAX_CHARS]
 
 
-def lcs_length(a: str, b: str) -> int:
-    """Length of the longest common subsequence (Hyyrö's bit-vector algorithm, Python ints as
-    bit vectors over the positions of ``a``)."""
-    if len(a) < len(b):
-        a, b = b, a
-    positions: dict[str, int] = {}
-    for i, ch in enumerate(a):
-        positions[ch] = positions.get(ch, 0) | (1 << i)
-    full = (1 << len(a)) - 1
-    v = full
-    for ch in b:
-        u = v & positions.get(ch, 0)
-        v = ((v + u) | (v - u)) & full
-    return len(a) - v.bit_count()
+def _spaced(text: str) -> str:
+    """The text as compared for ``partial``: case and blanks normalised only."""
+    return " ".join(unicodedata.normalize("NFKC", text[:_RAW_LIMIT]).lower().split())[:OCR_MAX_CHARS]
 
 
-def similarity(a: str, b: str) -> float:
-    """2·LCS / total length, in [0, 1]; 1.0 iff equal (two empty texts are not similar)."""
-    if not a or not b:
-        return 0.0
-    return 2.0 * lcs_length(a, b) / (len(a) + len(b))
+def readings(answer: str) -> list[str]:
+    """What an answer may state as the text, most literal first: the whole answer, the answer after
+    a lead-in ("The sign reads STOP"), and the one quoted span it contains, if exactly one."""
+    answer = _LATEX_TEXT.sub(r"\1", answer[:_RAW_LIMIT]).strip()
+    out = [answer]
+    if (rest := _LEAD_IN.sub("", answer, count=1).strip()) != answer:
+        out.append(rest)
+    quoted = _QUOTED.findall(answer)
+    if len(quoted) == 1:
+        out.append(quoted[0][0] or quoted[0][1])
+    return out
 
 
-def grade_ocr(response: str, ground_truth: str) -> tuple[float, str | None]:
-    region, _ = answer_region(response)
-    answer = normalize_ocr(region)
-    return similarity(answer, normalize_ocr(answer_text(ground_truth))), answer or None
+def grade_ocr(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Verdict:
+    if answer.text is None:
+        return Verdict(False, 0.0, None)
+    text = answer.text
+    if not answer.committed:  # a response tail: the sentence it ends on
+        m = _LAST_SENTENCE.search(text[-2000:])
+        text = m.group(1) if m else text
+    truth_raw = _LATEX_TEXT.sub(r"\1", answer_text(ground_truth))
+    truth = normalize_ocr(truth_raw)
+    said = [r for r in (normalize_ocr(r) for r in readings(text)) if r]
+    if not said or not truth:
+        return Verdict(False, 0.0, said[-1] if said else None)
+    options = ctx.options
+    budget = len(truth) // options.ocr_typo_per_chars if len(truth) >= options.ocr_typo_min_chars else 0
+    for reading in said:
+        if reading == truth or (budget and Levenshtein.distance(reading, truth, score_cutoff=budget) <= budget):
+            return Verdict(True, 1.0, reading)
+    partial = Indel.normalized_similarity(_spaced(text), _spaced(truth_raw))
+    return Verdict(False, partial, said[-1])
 
 
 def check_ocr_truth(ground_truth: str) -> str | None:

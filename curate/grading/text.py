@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from curate.grading.extract import MAX_ANSWER_CHARS, answer_region, answer_text
+from curate.grading.extract import MAX_ANSWER_CHARS, FinalAnswer, answer_text
 from curate.grading.numbers import words_to_digits
+from curate.grading.verdict import GradeContext, Verdict, exact
 
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 _ANSWER_PREFIX = re.compile(r"^\s*(?:(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?)", re.IGNORECASE)
@@ -28,14 +29,13 @@ def normalize_text(text: str) -> str:
     return " ".join([w for w in words if w not in _ARTICLES] or words)
 
 
-def grade_short_answer(response: str, ground_truth: str) -> tuple[float, str | None]:
-    """1.0 iff the normalised answer equals the normalised truth (empty never matches)."""
-    region, _ = answer_region(response)
+def grade_short_answer(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Verdict:
+    """Correct iff the normalised committed answer equals the normalised truth (empty never does)."""
     truth = normalize_text(answer_text(ground_truth)[:MAX_ANSWER_CHARS])
-    if len(region) > MAX_ANSWER_CHARS:
-        return 0.0, None
-    answer = normalize_text(region)
-    return float(bool(truth) and answer == truth), answer
+    if answer.text is None or len(answer.text) > MAX_ANSWER_CHARS:
+        return exact(False, None)
+    said = normalize_text(answer.text)
+    return exact(bool(truth) and said == truth, said or None)
 
 
 def check_short_answer_truth(ground_truth: str) -> str | None:
