@@ -31,6 +31,7 @@ LINES = [
         "response": "<answer>[0, 0, 10, 10]</answer>",
         "ground_truth": "[{'bbox_2d': [0, 0, 10, 10], 'label': 'dog'}]",
     },
+    '{"id": 8, "task": "counting", "response": "<answer>\\ud800 3</answer>", "ground_truth": "4"}',
 ]
 
 
@@ -43,38 +44,45 @@ def test_grade_file(tmp_path, capsys):
     out = tmp_path / "graded.jsonl"
     assert main(["grade", str(write_input(tmp_path / "in.jsonl")), "-o", str(out)]) == 1  # some lines failed
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 9  # every non-blank line, in order
+    assert len(rows) == 10  # every non-blank line, in order
 
     assert rows[0] == {
         **LINES[0],
         "score": 1.0,
         "correct": True,
+        "partial": 1.0,
         "format": 1.0,
         "grader": "counting",
+        "route": "task 'counting'",
         "extracted": "3",
     }
     assert rows[1] == {
         **LINES[1],
         "score": 0.0,
         "correct": False,
+        "partial": 0.0,
         "format": 0.0,
         "grader": "short_answer",
+        "route": "task 'color'",
         "extracted": "blue",
     }
     assert rows[2]["line"] == 3 and rows[2]["raw"] == "this line is not JSON"
     assert "invalid JSON" in rows[2]["error"]
     assert rows[3]["id"] == 3 and "no_such_task" in rows[3]["error"] and "score" not in rows[3]
-    assert rows[4]["score"] == 0.5 and rows[4]["correct"] and rows[4]["grader"] == "grounding"  # IoU 100/200
+    # IoU 100/200: correct (>= 0.5), the IoU itself as partial credit
+    assert (rows[4]["score"], rows[4]["partial"], rows[4]["correct"], rows[4]["grader"]) == (1.0, 0.5, True, "grounding")
     assert rows[5] == {"raw": [1, 2, 3], "error": "expected a JSON object, got list"}
     assert rows[6]["id"] == 5 and rows[6]["error"] == "missing field(s): ground_truth"
     assert rows[7]["id"] == 6 and "response must be a string" in rows[7]["error"]
     # Orsta's detection verifier on a grounding task
-    assert rows[8]["score"] == 1.0 and rows[8]["grader"] == "grounding"
+    assert rows[8]["score"] == 1.0 and rows[8]["grader"] == "grounding" and "overruled" in rows[8]["route"]
+    # a lone surrogate (valid JSON, not encodable as UTF-8) is graded and written back escaped
+    assert rows[9]["response"] == "<answer>\ud800 3</answer>" and rows[9]["correct"] is False
 
     summary = capsys.readouterr().err
-    assert "lines 9  graded 4  errors 5  mean score 0.6250" in summary  # (1 + 0 + 0.5 + 1) / 4
-    assert "counting             n=1       accuracy 1.0000" in summary
-    assert "grounding            n=2       accuracy 1.0000  mean score 0.7500" in summary
+    assert "lines 10  graded 5  errors 5  mean score 0.6000" in summary  # (1 + 0 + 1 + 1 + 0) / 5
+    assert "counting             n=2       accuracy 0.5000" in summary
+    assert "grounding            n=2       accuracy 1.0000  mean score 1.0000" in summary
 
 
 def test_grade_to_stdout_exits_0_without_errors(tmp_path, capsys):

@@ -45,15 +45,30 @@ def test_toy_answers(task, truth, right, wrong):
     assert compute_score(f"toy/{task}", bare, truth, info) == {"score": 1.0, "acc": 1.0, "format": 0.0}
 
 
-def test_partial_credit_is_continuous():
+def test_partial_credit_is_a_named_option():
     # OCR: LCS 2 of 4 + 2 characters; boxes: IoU 242/726 (22x22 box shifted by 11 px)
-    ocr = compute_score("toy/ocr", toy("r", "YZ"), "YZXT", {"task": "ocr"})
-    assert ocr["acc"] == pytest.approx(4 / 6)
-    box = compute_score(
-        "toy/grounding", toy("r", "[98, 3, 120, 25]"), "[[87, 3, 109, 25]]", {"task": "grounding"}
-    )
+    ocr_args = ("toy/ocr", toy("r", "YZ"), "YZXT", {"task": "ocr"})
+    box_args = ("toy/grounding", toy("r", "[98, 3, 120, 25]"), "[[87, 3, 109, 25]]", {"task": "grounding"})
+    assert compute_score(*ocr_args)["acc"] == 0.0  # by default the strict judge's 0/1
+    assert compute_score(*box_args)["acc"] == 0.0
+    assert compute_score(*ocr_args, partial_credit=True)["acc"] == pytest.approx(4 / 6)
+    box = compute_score(*box_args, partial_credit=True)
     assert box["acc"] == pytest.approx(242 / 726)
     assert box["score"] == pytest.approx(242 / 726 + 1.0)
+    with pytest.raises(ValueError, match="partial_credit"):
+        compute_score(*ocr_args, partial_credit="yes")
+
+
+def test_grading_options_come_from_reward_kwargs():
+    args = ("toy/grounding", toy("r", "[0, 0, 10, 10]"), "[[0, 0, 10, 16]]", {"task": "grounding"})  # IoU 0.625
+    assert compute_score(*args)["acc"] == 1.0
+    assert compute_score(*args, box_iou=0.7)["acc"] == 0.0
+    with pytest.raises(ValueError, match="reward_kwargs.*box_iou"):
+        compute_score(*args, box_iou=2.0)
+    norm1000 = ("toy/grounding", toy("r", "[100, 100, 300, 300]"), "[[100, 50, 300, 150]]")
+    info = {"task": "grounding", "image_size": [1000, 500]}
+    assert compute_score(*norm1000, info, answer_box_format="norm1000")["acc"] == 1.0
+    assert compute_score(*norm1000, info)["acc"] == 0.0
 
 
 def test_weights_come_from_reward_kwargs():

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from curate.grading.extract import MAX_ANSWER_CHARS, FinalAnswer, answer_text, normalize_unicode
+from curate.grading.extract import MAX_ANSWER_CHARS, MAX_SHORT_ANSWER_CHARS, FinalAnswer, answer_text, normalize_unicode
 from curate.grading.text import normalize_text
 from curate.grading.verdict import GradeContext, Verdict, exact
 
@@ -37,7 +37,7 @@ _WORD_AFTER = re.compile(r"\s+[a-z]")
 _VERB_AFTER = re.compile(r"\s+(?:is|was|seems|appears|looks|would|should|must|fits|matches|or|and|nor|vs)\b")
 _MULTI_TRUTH = re.compile(r"^\s*\(?[A-Z]\)?(?:\s*(?:,|and|&|/|;)?\s*\(?[A-Z]\)?)+\s*\.?\s*$")
 _YES_NO = re.compile(r"\b(yes|no)\b")
-_YES_NO_HEDGE = re.compile(r"\b(?:yes|no)\s*(?:and|or|/)\s*(?:yes|no)\b|\b(?:maybe|possibly|perhaps|not sure|unclear)\b")
+_YES_NO_HEDGE = re.compile(r"\b(?:yes|no)\s*(?:and|or|/)?\s*(?:yes|no)\b|\b(?:maybe|possibly|perhaps|not sure|unclear)\b")
 
 
 def _mentions(text: str) -> list[tuple[int, int, str]]:
@@ -100,7 +100,7 @@ def option_text(text: str) -> str:
 def grade_multiple_choice(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Verdict:
     """Correct iff the answer commits to the truth's option (its letter, or its text when the truth
     gives text)."""
-    if answer.text is None or len(answer.text) > MAX_ANSWER_CHARS:
+    if answer.text is None or len(answer.text) > MAX_SHORT_ANSWER_CHARS:
         return exact(False, None)
     truth = normalize_unicode(answer_text(ground_truth))[:MAX_ANSWER_CHARS]
     truth_letters = option_letters(truth) if _MULTI_TRUTH.match(truth) or _LONE_LETTER.fullmatch(truth) else set()
@@ -140,7 +140,7 @@ def yes_no(text: str, committed: bool = True) -> str | None:
 
 
 def grade_yes_no(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Verdict:
-    if answer.text is None or len(answer.text) > MAX_ANSWER_CHARS:
+    if answer.text is None or len(answer.text) > MAX_SHORT_ANSWER_CHARS:
         return exact(False, None)
     truth = yes_no(answer_text(ground_truth)[:MAX_ANSWER_CHARS])
     said = yes_no(answer.text, answer.committed)

@@ -103,7 +103,13 @@ def main(args: argparse.Namespace) -> int:
         if args.output != "-":
             sink = files.enter_context(open(args.output, "w", encoding="utf-8"))
         for out in grade_lines(source):
-            sink.write(json.dumps(out, ensure_ascii=False) + "\n")
+            line = json.dumps(out, ensure_ascii=False)
+            if not line.isascii():
+                try:
+                    line.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape: keep it escaped
+                    line = json.dumps(out)
+            sink.write(line + "\n")
             summary.add(out)
     summary.write(sys.stderr)
     return 1 if summary.errors else 0

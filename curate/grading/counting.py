@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from curate.grading.extract import MAX_ANSWER_CHARS, FinalAnswer, answer_text, normalize_unicode
+from curate.grading.extract import MAX_ANSWER_CHARS, MAX_SHORT_ANSWER_CHARS, FinalAnswer, answer_text, normalize_unicode
 from curate.grading.numbers import Number, numbers
 from curate.grading.verdict import GradeContext, Verdict, exact
 
@@ -96,7 +96,7 @@ def true_count(ground_truth: str) -> int | None:
 
 
 def grade_counting(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Verdict:
-    if answer.text is None:
+    if answer.text is None or (answer.committed and len(answer.text) > MAX_SHORT_ANSWER_CHARS):
         return exact(False, None)
     text = normalize_unicode(answer.text)[:MAX_ANSWER_CHARS]
     if answer.committed:

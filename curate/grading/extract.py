@@ -31,6 +31,9 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # A final answer longer than this is not an answer; graders treat longer text as "no answer" or
 # compare only what fits (each grader says which).
 MAX_ANSWER_CHARS = 4096
+# A committed answer to a question with a short answer (a count, a letter, yes/no, a value) longer
+# than this is noise around an answer, not an answer ("lol lol … 12").
+MAX_SHORT_ANSWER_CHARS = 1000
 # Without <answer> tags or \boxed{}, graders look for the answer in this many trailing characters.
 TAIL_CHARS = 1000
 # How many answer blocks / \boxed occurrences are compared with each other.

@@ -36,7 +36,7 @@ from typing import Any
 
 from curate.grading.choice import grade_multiple_choice, grade_yes_no, option_text
 from curate.grading.deadline import run_with_deadline
-from curate.grading.extract import FinalAnswer, answer_text, normalize_unicode
+from curate.grading.extract import MAX_SHORT_ANSWER_CHARS, FinalAnswer, answer_text, normalize_unicode
 from curate.grading.logs import warn_once
 from curate.grading.quantity import clean_latex, quantities, same_quantity, single_quantity
 from curate.grading.text import normalize_text
@@ -173,6 +173,8 @@ def _canonical(text: str) -> str:
 _LETTER_TRUTH = re.compile(r"^\s*(?:\(?[A-Z]\)?\.?|\(?[A-Z]\)?[.:)]\s+\S.*|\([A-Z]\)\s+\S.*)$", re.DOTALL)
 _YES_NO_TRUTH = re.compile(r"^\s*(?:yes|no)\s*\.?\s*$", re.IGNORECASE)
 _ALTERNATIVES = re.compile(r"\b(?:or|to|and|between|either)\b|,|;|\\pm|±|\\cup|∪|\\lor", re.IGNORECASE)
+# What only a formula has: LaTeX commands, fractions, powers, roots, operators.
+_EXPRESSION = re.compile(r"\\[A-Za-z]+|[/^*+√π=]|\bsqrt\b|\bpi\b|\d\s*-\s*\d")
 _NEGATED = re.compile(r",?\s*\b(?:not|rather\s+than|instead\s+of)\s+[^\s,;]+", re.IGNORECASE)
 _RHS = re.compile(r"(?:=|≈|\\approx)([^=≈]*)$")
 
@@ -210,6 +212,8 @@ def _quantity_verdict(gold: str, gold_q, region: str, answer: FinalAnswer) -> bo
         said = single_quantity(rhs.group(1))
         if said is not None:
             return same_quantity(gold_q, said, gold)
+    if not _EXPRESSION.search(region):  # text with numbers in it, not a formula: nothing for sympy
+        return False
     return None
 
 
@@ -222,6 +226,8 @@ def grade_math(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Ver
     if _YES_NO_TRUTH.match(gold):
         return replace(grade_yes_no(answer, ground_truth, ctx), grader="yes_no")
     region = normalize_unicode(answer.text)
+    if answer.committed and len(region) > MAX_SHORT_ANSWER_CHARS:
+        return exact(False, None)
     if len(region) > MAX_MATH_CHARS:  # an answer this long is not a formula; the tail may hold one
         if answer.committed:
             return exact(False, None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from curate.grading.extract import MAX_ANSWER_CHARS, FinalAnswer, answer_text
+from curate.grading.extract import MAX_ANSWER_CHARS, MAX_SHORT_ANSWER_CHARS, FinalAnswer, answer_text
 from curate.grading.numbers import words_to_digits
 from curate.grading.verdict import GradeContext, Verdict, exact
 
@@ -32,7 +32,7 @@ def normalize_text(text: str) -> str:
 def grade_short_answer(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Verdict:
     """Correct iff the normalised committed answer equals the normalised truth (empty never does)."""
     truth = normalize_text(answer_text(ground_truth)[:MAX_ANSWER_CHARS])
-    if answer.text is None or len(answer.text) > MAX_ANSWER_CHARS:
+    if answer.text is None or len(answer.text) > MAX_SHORT_ANSWER_CHARS:
         return exact(False, None)
     said = normalize_text(answer.text)
     return exact(bool(truth) and said == truth, said or None)
