@@ -75,7 +75,13 @@ def test_extract_answer(response, expected):
         ("<think>counting: 1, 2, 3", None, True),  # cut off while thinking: nothing committed
         ("first \\boxed{6}, recounting gives \\boxed{7}", "7", True),  # free text corrects itself
         ("Adding them up, the answer is 42. Done", "42", True),
-        ("it is probably 42", "it is probably 42", False),
+        ("There are 4 cats.", "There are 4 cats.", True),  # a short reply is its own answer
+        ("Answer: B\nAnswer: C", None, True),  # two answer lines: a hedge
+        ("Therefore, the correct option is D.", "the correct option is D", True),
+        ("\\boxed{18} (or 20 if the ends count)", None, True),
+        ("<think>5 <answer>5</answer></think>", None, True),  # tags inside the reasoning do not count
+        ("<think>a</think><answer>3</answer><think>b</think><answer>4</answer>", None, True),
+        ("x" * 700 + ". So it is probably 42", "So it is probably 42", False),  # a long reply's last sentence
     ],
 )
 def test_final_answer(response, text, committed):
@@ -362,7 +368,11 @@ def test_deadline_passes_exceptions_and_values_through():
         (tagged("3.5"), "3", 0.0, "3.5"),
         (tagged("1, 2, 3"), "3", 0.0, None),  # a list of counts commits to none
         ("I count 1, 2, 3. So 3", "3", 1.0, "3"),  # without tags: the conclusion
-        ("1, 2, 3, 4", "4", 1.0, "4"),  # without tags or conclusion: the last number
+        ("1, 2, 3, 4", "4", 0.0, None),  # a short reply is its own answer: a list
+        ("Counting them one by one. " * 30 + "I get 1, 2, 3, 4", "4", 1.0, "4"),  # a long one: its last number
+        ("There are about 15 sheep.", "15", 0.0, None),
+        ("<answer>\\boxed{\\geq 3}</answer>", "3", 0.0, None),
+        ("There are 7 birds, maybe 8 if you count the hidden one.", "7", 0.0, None),
         (tagged("-3"), "3", 0.0, "-3"),
         (tagged("none"), "0", 1.0, "0"),
         (tagged("There are no cars."), "0", 1.0, "0"),

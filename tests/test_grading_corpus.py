@@ -1,10 +1,12 @@
 """The graders against a strict judge: a labelled corpus of realistic VLM-RL responses.
 
-``tests/data/grading/*.jsonl`` holds hand-written cases (OCR, counting, boxes, multiple choice and
+``tests/data/grading/*.jsonl`` holds 1,238 hand-written cases (OCR, counting, boxes, multiple choice and
 yes/no, math with units, MathVista/ChartQA-style reasoning, Orsta outputs with verifier hints, and
 reward hacks), each labelled with the verdict of a careful human judge and the rule behind it
-(``note``). The graders must agree on at least 97% of them overall and per area, and every reward-hack
-attempt must score 0. ``benchmarks/bench_graders.py`` runs the same corpus through the peers' graders.
+(``note``). The ``heldout_*`` files were written later by people who had not read the graders; where
+they disagreed, the graders were fixed if the rule generalised. The graders must agree on at least 97%
+of the cases overall and per class, and every reward-hack attempt must score 0.
+``benchmarks/bench_graders.py`` runs the same corpus through the peers' graders.
 """
 
 from __future__ import annotations

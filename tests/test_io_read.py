@@ -436,7 +436,7 @@ def test_bad_rows_become_error_rows_naming_file_and_row(tmp_path):
         12: "question has 2 <image> placeholders but 1 images",
         14: "missing task",
         15: "no grader for task 'astrology'",
-        16: "counting ground truth has no integer",
+        16: "counting ground truth has no single non-negative integer",
     }
     assert len(got) == 16  # every non-blank line exactly once, in order
     rows_by_line = dict(zip([0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16], got))

@@ -55,7 +55,8 @@ _BARE = re.compile(
     r"\[\s*(%s)\s*,\s*(%s)\s*,\s*(%s)\s*,\s*(%s)\s*\]" % ((_NUM,) * 4)
 )
 _EMPTY_LIST = re.compile(r"\[\s*\]")
-_QWEN2_BOX = re.compile(r"\(\s*(%s)\s*,\s*(%s)\s*\)\s*,\s*\(\s*(%s)\s*,\s*(%s)\s*\)" % ((_NUM,) * 4))
+# Qwen2-VL: "<|object_ref_start|>dog<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>".
+_QWEN2_BOX = re.compile(r"(?:<\|object_ref_start\|>([^<]{1,64})<\|object_ref_end\|>\s*)?(?:<\|box_start\|>)?\(\s*(%s)\s*,\s*(%s)\s*\)\s*,\s*\(\s*(%s)\s*,\s*(%s)\s*\)" % ((_NUM,) * 4))
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def parse_boxes(text: str) -> list[Box] | None:
     if not boxes:
         boxes = [Box.of([float(v) for v in m.groups()[1:]], _bare_label(m.group(1))) for m in _BARE.finditer(text)]
     if not boxes:
-        boxes = [Box.of([float(v) for v in m.groups()]) for m in _QWEN2_BOX.finditer(text)]
+        boxes = [Box.of([float(v) for v in m.groups()[1:]], _bare_label(m.group(1))) for m in _QWEN2_BOX.finditer(text)]
     if boxes:
         return boxes
     return [] if _EMPTY_LIST.search(text) else None

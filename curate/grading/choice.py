@@ -37,6 +37,8 @@ _WORD_AFTER = re.compile(r"\s+[a-z]")
 _VERB_AFTER = re.compile(r"\s+(?:is|was|seems|appears|looks|would|should|must|fits|matches|or|and|nor|vs)\b")
 _MULTI_TRUTH = re.compile(r"^\s*\(?[A-Z]\)?(?:\s*(?:,|and|&|/|;)?\s*\(?[A-Z]\)?)+\s*\.?\s*$")
 _YES_NO = re.compile(r"\b(yes|no)\b")
+# Yes or no opening a clause: "Yes (if …) / No (if …)" commits to both.
+_CLAUSE_YES_NO = re.compile(r"(?:^|[.;/!?(]\s*|\bbut\s+|\bor\s+)(yes|no)\b", re.IGNORECASE)
 _YES_NO_HEDGE = re.compile(r"\b(?:yes|no)\s*(?:and|or|/)?\s*(?:yes|no)\b|\b(?:maybe|possibly|perhaps|not sure|unclear)\b")
 
 
@@ -70,6 +72,9 @@ def _committed_letter(text: str, mentions: list[tuple[int, int, str]]) -> str | 
     return strong.pop() if len(strong) == 1 else None
 
 
+_LATEX_LETTER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{\s*([A-Za-z])\s*\}|\\[()\[\]]")
+
+
 def option_letters(text: str, committed: bool = True) -> set[str]:
     """The option letters ``text`` commits to (empty when none; several for a multi-select answer
     or a hedge, which the caller tells apart by the truth).
@@ -77,7 +82,7 @@ def option_letters(text: str, committed: bool = True) -> set[str]:
     ``committed``: the text is the answer alone. A response tail commits only through an introducing
     phrase ("the answer is B"), the last one.
     """
-    text = normalize_unicode(text).strip()
+    text = _LATEX_LETTER.sub(lambda m: m.group(1) or " ", normalize_unicode(text)).strip()
     if m := _LONE_LETTER.fullmatch(text):
         return {m.group(1).upper()}
     if not committed:
@@ -126,7 +131,7 @@ def check_multiple_choice_truth(ground_truth: str) -> str | None:
 def yes_no(text: str, committed: bool = True) -> str | None:
     """ "yes" or "no" as the text commits to it, else None."""
     normalized = normalize_text(normalize_unicode(text))
-    if _YES_NO_HEDGE.search(normalized):
+    if _YES_NO_HEDGE.search(normalized) or len(set(_CLAUSE_YES_NO.findall(text))) > 1:
         return None
     words = _YES_NO.findall(normalized)
     if not words:

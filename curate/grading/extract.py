@@ -34,6 +34,8 @@ MAX_ANSWER_CHARS = 4096
 # A committed answer to a question with a short answer (a count, a letter, yes/no, a value) longer
 # than this is noise around an answer, not an answer ("lol lol … 12").
 MAX_SHORT_ANSWER_CHARS = 1000
+# A response without tags, box or conclusion this short is its answer ("There are 4 cats.").
+SHORT_RESPONSE_CHARS = 600
 # Without <answer> tags or \boxed{}, graders look for the answer in this many trailing characters.
 TAIL_CHARS = 1000
 # How many answer blocks / \boxed occurrences are compared with each other.
@@ -42,14 +44,39 @@ _BOXED_COMMANDS = ("\\boxed", "\\fbox")
 _BRACE = re.compile(r"\\[{}]|[{}]")  # escaped braces first, so they are skipped as literals
 _LEAD_IN = re.compile(
     r"^\s*(?:\*\*|__)?\s*(?:(?:so|thus|therefore|hence)\s*,?\s*)?(?:the\s+)?(?:final\s+|correct\s+|short\s+)?"
-    r"(?:answer|response)\s*(?:is|would\s+be|should\s+be|:)\s*:?\s*(?:\*\*|__)?\s*:?\s*",
+    r"(?:answer|response)\s*(?:is|would\s+be|should\s+be|:)\s*:?\s*(?:\*\*|__)?\s*:?\s*"
+    r"|^\s*(?:最终)?答案\s*(?:是|为)?\s*[:：]?\s*",
     re.IGNORECASE,
 )
 _CONCLUSION = re.compile(
-    r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|would\s+be|should\s+be|:)\s*:?(?:\*\*|__)?\s*:?",
+    r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|would\s+be|should\s+be|:)\s*:?(?:\*\*|__)?\s*:?"
+    r"|(?:最终)?答案\s*(?:是|为)?\s*[:：]?"
+    r"|(?:^|(?<=[.!?\n])\s*)(?:therefore|thus|hence|so|in\s+conclusion|in\s+summary)\s*,\s*",
     re.IGNORECASE,
 )
+# An explicit answer line ("Answer: B", "**Final answer:** 7"); two that differ are two answers.
+_ANSWER_LINE = re.compile(
+    r"(?:^|\n)\s*(?:\*\*|__)?\s*(?:final\s+)?answer\s*(?:\*\*|__)?\s*:\s*(?:\*\*|__)?([^\n]*)", re.IGNORECASE
+)
+_BOXED_AT = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_ALTERNATIVE_AFTER = re.compile(r"^[^.\n]{0,40}?\bor\b[^.\n]{0,60}?\d")
 _SENTENCE_END = re.compile(r"\n|\.(?=\s|$)|[!?;]")
+# Bounded repetitions keep it linear on a megabyte of letters.
+_CODE = re.compile(
+    r"__\w{1,40}__|\bimport\s+[A-Za-z_]|\b(?:exec|eval|compile|system|popen|subprocess|lambda)\s*\(|"
+    r"\bos\.[a-z]|\b[A-Za-z_]\w{0,40}\.[A-Za-z_]\w{0,40}\s*\("
+)
+# "The brand shown is Nike", "It says: EXIT", "the store name printed at the top is WALMART".
+_STATED_AS = re.compile(
+    r"^[^\n]{0,80}?\b(?:reads|read|says|say|shows|displays|spells|(?:is|are|was|were)(?:\s+(?:labeled|labelled|named|"
+    r"called|titled|marked|written|printed|spelled))?|labeled|labelled|named|titled)\b\s*:?\s*|^[^\n:]{0,40}:\s*",
+    re.IGNORECASE,
+)
+_CODE_FENCE = re.compile(r"```[A-Za-z]*")
+_QUOTED = re.compile(r"""["“‘`«]([^"“”‘’`«»]{1,500})["”’`»]|(?<!\w)'([^']{1,500})'(?!\w)""")
+LATEX_TEXT = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\s*\{([^{}]*)\}")
+_SENTENCE_MARK = re.compile(r"[.!?\n](?=\s)|\n")
+_READINGS_LIMIT = 40_000
 _EMPHASIS = re.compile(r"^(\*\*|__)(.*)\1$", re.DOTALL)
 
 
@@ -160,24 +187,36 @@ def final_answer(response: str) -> FinalAnswer:
     """The final committed answer of ``response`` (see the module docstring)."""
     if not isinstance(response, str):
         return FinalAnswer(None, True)
-    think_end = response.rfind(THINK_CLOSE)
-    blocks = _answer_blocks(response[think_end:]) if think_end >= 0 else []
-    blocks = blocks or _answer_blocks(response)
+    think_end = response.find(THINK_CLOSE)
+    if THINK_OPEN in response and think_end < 0:
+        return FinalAnswer(None, True)  # cut off while thinking: nothing was committed
+    if think_end >= 0:  # the reasoning is not the answer, nor are answer tags inside it
+        response = response[think_end + len(THINK_CLOSE) :]
+    blocks = _answer_blocks(response)
     if blocks:
         texts = [_unbox(b) for b in blocks]
         text, conflict = texts[-1]
         conflict = conflict or any(c or not _same(t, text) for t, c in texts[:-1])
         return _committed(text, conflict)
-    if THINK_OPEN in response and think_end < 0:
-        return FinalAnswer(None, True)  # cut off while thinking: nothing was committed
-    if think_end >= 0:  # the reasoning is not the answer
-        response = response[think_end + len(THINK_CLOSE) :]
-        if not response.strip():
-            return FinalAnswer(None, True)
+    if not response.strip():
+        return FinalAnswer(None, True)
+    return _free_text_answer(response)
+
+
+def _free_text_answer(response: str) -> FinalAnswer:
+    """A response without answer tags: its last box, else its conclusion, else all of a short one,
+    else the sentence a long one ends on (uncommitted)."""
+    window = response[-(MAX_ANSWER_CHARS + TAIL_CHARS) :]
+    boxes = list(_BOXED_AT.finditer(window))
+    if boxes:  # in free reasoning a later box corrects an earlier one; an alternative after it hedges
+        boxed = last_boxed(window)
+        after = window[boxes[-1].end() :][:200]
+        return _committed(boxed, False) if boxed is not None and not _ALTERNATIVE_AFTER.search(after) else (
+            FinalAnswer(None, True, boxed is not None))
     tail = response[-TAIL_CHARS:]
-    boxed = last_boxed(response[-(MAX_ANSWER_CHARS + TAIL_CHARS) :])
-    if boxed is not None:  # in free reasoning a later box corrects an earlier one
-        return _committed(boxed, False)
+    lines = [m.group(1).strip() for m in _ANSWER_LINE.finditer(tail)]
+    if len(lines) > 1 and any(not _same(line, lines[-1]) for line in lines):
+        return FinalAnswer(None, True, True)  # "Answer: B" then "Answer: C"
     conclusion = None
     for conclusion in _CONCLUSION.finditer(tail):  # noqa: B007 (the last one counts)
         pass
@@ -187,12 +226,38 @@ def final_answer(response: str) -> FinalAnswer:
         text = rest[: end.start()] if end else rest
         if text.strip():
             return _committed(text, False)
-    return FinalAnswer(strip_lead_in(tail.strip()), False)
+    if len(response.strip()) <= SHORT_RESPONSE_CHARS:
+        return _committed(response.strip(), False)
+    return FinalAnswer(strip_lead_in(last_sentence(tail)), False)
 
 
 def _committed(text: str, conflict: bool) -> FinalAnswer:
     text = strip_lead_in(text)
+    if _CODE.search(text):  # a program is not an answer, whatever numbers it prints
+        return FinalAnswer(None, True)
     return FinalAnswer(None if conflict else text, True, conflict)
+
+
+def last_sentence(text: str) -> str:
+    """The sentence a free-text response ends on ("… the store name is WALMART.")."""
+    text = text[-2000:].rstrip().rstrip(".!?").rstrip()
+    starts = [m.end() for m in _SENTENCE_MARK.finditer(text)]
+    return text[starts[-1] :].strip() if starts else text
+
+
+def readings(answer: str) -> list[str]:
+    """What an answer may state as its text, most literal first: the whole answer, the answer after a
+    lead-in ("The sign reads STOP", "The capital shown is Paris"), and the one quoted span it
+    contains, if exactly one. For graders of text (OCR, short answers), which take any reading that
+    equals the truth: each is what the answer says, never a fragment of a list."""
+    answer = _CODE_FENCE.sub("", LATEX_TEXT.sub(r"\1", answer[:_READINGS_LIMIT])).strip()
+    out = [answer]
+    if (rest := _STATED_AS.sub("", answer, count=1).strip()) != answer:
+        out.append(rest)
+    quoted = _QUOTED.findall(answer)
+    if len(quoted) == 1:
+        out.append(quoted[0][0] or quoted[0][1])
+    return out
 
 
 def answer_text(text: str) -> str:

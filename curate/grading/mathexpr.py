@@ -32,14 +32,22 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import replace
+from fractions import Fraction
 from typing import Any
 
 from curate.grading.choice import grade_multiple_choice, grade_yes_no, option_text
 from curate.grading.deadline import run_with_deadline
-from curate.grading.extract import MAX_SHORT_ANSWER_CHARS, FinalAnswer, answer_text, normalize_unicode
+from curate.grading.extract import (
+    MAX_SHORT_ANSWER_CHARS,
+    FinalAnswer,
+    answer_text,
+    last_sentence,
+    normalize_unicode,
+)
 from curate.grading.logs import warn_once
-from curate.grading.quantity import clean_latex, quantities, same_quantity, single_quantity
-from curate.grading.text import normalize_text
+from curate.grading.conclusion import concluded
+from curate.grading.quantity import Quantity, clean_latex, quantities, rounds_to, same_quantity, single_quantity
+from curate.grading.text import normalize_text, text_verdict
 from curate.grading.verdict import GradeContext, Verdict, exact
 
 logger = logging.getLogger(__name__)
@@ -130,7 +138,8 @@ def _math_verify() -> tuple[Callable[..., list[Any]], Callable[..., bool]]:
 def _parse(text: str, tagged: bool) -> list[Any]:
     """math-verify's readings of ``text``. An extracted answer is read as one LaTeX formula first."""
     parse, _ = _math_verify()
-    if tagged and "$" not in text and "\\boxed" not in text:
+    prose = _WORD.search(_LATEX_COMMAND.sub(" ", text)) is not None
+    if tagged and not prose and not any(d in text for d in ("$", "\\boxed", "\\(", "\\[")):
         found = parse(f"${text}$", parsing_timeout=None)
         if found:
             return found
@@ -175,17 +184,38 @@ _YES_NO_TRUTH = re.compile(r"^\s*(?:yes|no)\s*\.?\s*$", re.IGNORECASE)
 _ALTERNATIVES = re.compile(r"\b(?:or|to|and|between|either)\b|,|;|\\pm|±|\\cup|∪|\\lor", re.IGNORECASE)
 # What only a formula has: LaTeX commands, fractions, powers, roots, operators.
 _EXPRESSION = re.compile(r"\\[A-Za-z]+|[/^*+√π=]|\bsqrt\b|\bpi\b|\d\s*-\s*\d")
+_WORD = re.compile(r"[A-Za-z]{3,}")
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _NEGATED = re.compile(r",?\s*\b(?:not|rather\s+than|instead\s+of)\s+[^\s,;]+", re.IGNORECASE)
 _RHS = re.compile(r"(?:=|≈|\\approx)([^=≈]*)$")
 
 
-def _symbolic(gold: str, region: str, committed: bool) -> bool | None:
+def _rounds_to_truth(gold: str, gold_q: Quantity | None, answer: str, committed: bool) -> bool:
+    """An exact answer whose value rounds to a decimal truth ("\\frac{1}{3}" for "0.33", "2\\pi" for
+    "6.28"): the truth is a rounded value."""
+    if gold_q is None or "." not in gold:
+        return False
+    from sympy import Basic
+
+    for value in _parse(answer, committed):
+        if isinstance(value, Basic) and value.is_number and value.is_real:
+            if rounds_to(Fraction(float(value.evalf(30))), gold_q.value, gold):
+                return True
+    return False
+
+
+def _symbolic(gold: str, region: str, committed: bool, gold_q: Quantity | None = None) -> bool | None:
     """math-verify's verdict under the deadline; None when a side does not parse or time ran out."""
     if not (sympy_safe(gold) and sympy_safe(region)):
         return None
     _math_verify()
+
+    def judge() -> bool | None:
+        verdict = _symbolic_equal(gold, region, committed)[0]
+        return verdict or _rounds_to_truth(gold, gold_q, region, committed) if verdict is not None else None
+
     try:
-        return run_with_deadline(lambda: _symbolic_equal(gold, region, committed)[0], MATH_TIMEOUT_S)
+        return run_with_deadline(judge, MATH_TIMEOUT_S)
     except TimeoutError:
         warn_once(
             logger,
@@ -196,8 +226,8 @@ def _symbolic(gold: str, region: str, committed: bool) -> bool | None:
         return None
 
 
-def _quantity_verdict(gold: str, gold_q, region: str, answer: FinalAnswer) -> bool | None:
-    """The verdict for a quantity truth, or None to ask math-verify."""
+def _quantity_verdict(gold: str, gold_q: Quantity, region: str, answer: FinalAnswer) -> bool | None:
+    """The verdict for a quantity truth, or None to ask math-verify (the answer is a formula)."""
     if not answer.committed:
         found = quantities(clean_latex(region))
         return bool(found) and same_quantity(gold_q, found[-1], gold)
@@ -205,16 +235,40 @@ def _quantity_verdict(gold: str, gold_q, region: str, answer: FinalAnswer) -> bo
     said = single_quantity(region)
     if said is not None:
         return same_quantity(gold_q, said, gold)
-    stated = {q.value for q in quantities(clean_latex(region))}
-    if len(stated) > 1 and _ALTERNATIVES.search(region):
-        return False  # "3 or 4", "between 3 and 5", "x=2 or x=3": a hedge on a single value
+    cleaned = clean_latex(region)
+    found = quantities(cleaned)
+    formula = bool(_EXPRESSION.search(region))
+    if _WORD.search(_LATEX_COMMAND.sub(" ", cleaned)) or not formula:
+        # a sentence ("The median of 3, 5, 7 is 5", "2, 4, 8, 16 continues with 32"): its conclusion
+        chosen = concluded(cleaned, found, copulas=True)
+        if chosen is not None and same_quantity(gold_q, chosen, gold):
+            return True
+        if formula:  # "The average is \\(\\frac{100}{3}\\)": sympy reads it, unless it offers alternatives
+            return False if _OFFERS_ALTERNATIVES.search(_LATEX_COMMAND.sub(" ", region)) else None
+        return False
+    if len({q.value for q in found}) > 1 and _ALTERNATIVES.search(region):
+        return False  # "x=2 or x=3", "3, 4": a hedge on a single value
     if rhs := _RHS.search(region):  # "3 + 4 = 7": the value it ends on
         said = single_quantity(rhs.group(1))
         if said is not None:
             return same_quantity(gold_q, said, gold)
-    if not _EXPRESSION.search(region):  # text with numbers in it, not a formula: nothing for sympy
-        return False
     return None
+
+
+_OFFERS_ALTERNATIVES = re.compile(r"\b(?:or|maybe|perhaps|possibly|either)\b", re.IGNORECASE)
+_LIST_SPLIT = re.compile(r"\s*(?:,|;|\band\b)\s*")
+
+
+def value_list(gold: str) -> list[Fraction] | None:
+    """The values of a truth that lists several ("2, 3", "1; 4 and 9"), else None."""
+    gold = gold.strip()
+    if gold[:1] in "([" or gold.startswith("\\left"):  # a tuple or an interval: order matters
+        return None
+    parts = [p for p in _LIST_SPLIT.split(gold.strip("{}").replace("\\{", "").replace("\\}", "").strip()) if p]
+    if len(parts) < 2:
+        return None
+    values = [single_quantity(p) for p in parts]
+    return [q.value for q in values] if all(q is not None for q in values) else None
 
 
 def grade_math(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Verdict:
@@ -233,16 +287,23 @@ def grade_math(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Ver
             return exact(False, None)
         region = region[-MAX_MATH_CHARS:]
     gold_q = single_quantity(gold)
+    if gold_q is None and (gold_set := value_list(gold)) is not None and answer.committed:
+        said_values = [q.value for q in quantities(clean_latex(_NEGATED.sub("", region)))]
+        if _WORD.search(_LATEX_COMMAND.sub(" ", region)) or sorted(said_values) == sorted(gold_set):
+            return exact(sorted(said_values) == sorted(gold_set), region)  # "x = 3 and x = 2" for "2, 3"
     if gold_q is not None:
         verdict = _quantity_verdict(gold, gold_q, region, answer)
         if verdict is not None:
             return exact(verdict, region if answer.committed else None)
     elif _WORDS_ONLY.fullmatch(gold.strip().rstrip(".")):
-        said = option_text(region) if answer.committed else normalize_text(region)
-        return exact(said == normalize_text(gold), said, "short_answer")
+        option = option_text(region)  # "B. Oxygen" names "Oxygen"
+        if option and option == normalize_text(gold):
+            return exact(True, option, "short_answer")
+        correct, said = text_verdict(region if answer.committed else last_sentence(region), gold)
+        return exact(correct, said, "short_answer")
     if _canonical(region) == _canonical(gold):
         return exact(True, region)
-    verdict = _symbolic(gold, region, answer.committed)
+    verdict = _symbolic(gold, region, answer.committed, gold_q)
     if verdict is None and gold_q is not None and answer.committed:
         said = single_quantity(region)
         verdict = said is not None and same_quantity(gold_q, said, gold)

@@ -44,8 +44,10 @@ _NUMBER = re.compile(
 # After a number: "× 10^8", "x10^{-3}", "\times 10^{8}", "* 10 ** 8", "·10^8".
 _TIMES_TEN = re.compile(r"\s{0,2}(?:\\times|\\cdot|[x×*·])\s{0,2}10\s{0,2}(?:\^|\*\*)\s{0,2}\{?\s{0,2}([-+]?\d{1,3})\s{0,2}\}?")
 # After a number: a scale word ("1.2 million") or an attached abbreviation ("2.5k", "3M", "$4bn").
-_SCALE_AFTER = re.compile(r"\s{1,3}(thousand|million|billion|trillion|dozen)\b|(k|K|M|bn|B)(?![A-Za-z0-9])")
-_ABBREVIATED = {"k": 10**3, "K": 10**3, "M": 10**6, "bn": 10**9, "B": 10**9, "dozen": 12}
+_SCALE_AFTER = re.compile(
+    r"\s{1,3}(thousand|million|billion|trillion|dozen)\b|\s?(bn|mn|mln|bln)\b|(k|K|M|B)(?![A-Za-z0-9])"
+)
+_ABBREVIATED = {"k": 10**3, "K": 10**3, "M": 10**6, "mn": 10**6, "mln": 10**6, "bn": 10**9, "bln": 10**9, "B": 10**9}
 _WORD = re.compile(r"[A-Za-z]+")
 _WORD_GAP = re.compile(r"[ \t-]{1,3}")  # what may separate the words of one number
 
@@ -132,7 +134,8 @@ def _digit_numbers(text: str) -> Iterator[Number]:
             exponent += int(tail.group(1))
             end = tail.end()
         if scale := _SCALE_AFTER.match(text, end):
-            value *= _ABBREVIATED.get(scale.group(2) or "", 0) or _NUMBER_WORDS[scale.group(1)]
+            abbreviation = scale.group(2) or scale.group(3)
+            value *= _ABBREVIATED[abbreviation] if abbreviation else _NUMBER_WORDS[scale.group(1)]
             end = scale.end()
         if abs(exponent) > MAX_EXPONENT:
             continue

@@ -21,21 +21,13 @@ import unicodedata
 
 from rapidfuzz.distance import Indel, Levenshtein
 
-from curate.grading.extract import FinalAnswer, answer_text
+from curate.grading.extract import LATEX_TEXT, FinalAnswer, answer_text, last_sentence, readings
 from curate.grading.verdict import GradeContext, Verdict
 
 # Texts are compared on their first OCR_MAX_CHARS normalised characters.
 OCR_MAX_CHARS = 10_000
 # Raw text is cut to this before normalising, so normalising is bounded too.
 _RAW_LIMIT = 4 * OCR_MAX_CHARS
-# "The brand shown is Nike", "It says: EXIT", "the store name printed at the top is WALMART".
-_LEAD_IN = re.compile(
-    r"^[^\n]{0,80}?\b(?:reads|read|says|say|shows|displays|spells|is|are|was)\b\s*:?\s*|^[^\n:]{0,40}:\s*",
-    re.IGNORECASE,
-)
-_QUOTED = re.compile(r"""["“‘`«]([^"“”‘’`«»]{1,500})["”’`»]|(?<!\w)'([^']{1,500})'(?!\w)""")
-_LATEX_TEXT = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\s*\{([^{}]*)\}")
-_LAST_SENTENCE = re.compile(r"(?:^|[.!?\n]\s)([^.!?\n]*[^\s.!?\n][^.!?\n]*)[.!?\s]*$")
 # Dropped: every non-word character but a decimal point or time colon between two digits.
 _DROP = re.compile(r"(?:(?<!\d)[.:]|[.:](?!\d)|[^\w.:]|_)+")
 
@@ -51,27 +43,11 @@ def _spaced(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text[:_RAW_LIMIT]).lower().split())[:OCR_MAX_CHARS]
 
 
-def readings(answer: str) -> list[str]:
-    """What an answer may state as the text, most literal first: the whole answer, the answer after
-    a lead-in ("The sign reads STOP"), and the one quoted span it contains, if exactly one."""
-    answer = _LATEX_TEXT.sub(r"\1", answer[:_RAW_LIMIT]).strip()
-    out = [answer]
-    if (rest := _LEAD_IN.sub("", answer, count=1).strip()) != answer:
-        out.append(rest)
-    quoted = _QUOTED.findall(answer)
-    if len(quoted) == 1:
-        out.append(quoted[0][0] or quoted[0][1])
-    return out
-
-
 def grade_ocr(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Verdict:
     if answer.text is None:
         return Verdict(False, 0.0, None)
-    text = answer.text
-    if not answer.committed:  # a response tail: the sentence it ends on
-        m = _LAST_SENTENCE.search(text[-2000:])
-        text = m.group(1) if m else text
-    truth_raw = _LATEX_TEXT.sub(r"\1", answer_text(ground_truth))
+    text = answer.text if answer.committed else last_sentence(answer.text)
+    truth_raw = LATEX_TEXT.sub(r"\1", answer_text(ground_truth))
     truth = normalize_ocr(truth_raw)
     said = [r for r in (normalize_ocr(r) for r in readings(text)) if r]
     if not said or not truth:

@@ -120,6 +120,7 @@ _MAX_UNIT_WORDS = 3
 _CURRENCY_PREFIX = re.compile(r"(US\$|\$|€|£|¥|₹)\s?$")
 _PREFIX_UNITS = {"US$": "usd", "$": "usd", "€": "eur", "£": "gbp", "¥": "jpy", "₹": "inr"}
 _LATEX_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_LATEX_STYLE = re.compile(r"\\(?:color|textcolor|colorbox)\s*\{[^{}]*\}|\\(?:phantom|hphantom|vphantom)\b")
 _LATEX_SPACE = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~|\\left|\\right")
 _DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree|\\circ")
 _SUPERSCRIPT = re.compile(r"\^\s*\{\s*([-\d]+)\s*\}")
@@ -146,7 +147,9 @@ class Quantity:
 
 
 def clean_latex(text: str) -> str:
-    """LaTeX that only dresses a quantity: ``\\text{cm}``, ``\\,``, ``^\\circ``, ``^{2}``, ``$…$``."""
+    """LaTeX that only dresses a quantity: ``\\text{cm}``, ``\\,``, ``^\\circ``, ``^{2}``, ``$…$``.
+    Styling that hides text (``{\\color{white}12}``) keeps its content, which then counts."""
+    text = _LATEX_STYLE.sub(" ", text)
     text = _LATEX_WRAPPER.sub(r" \1", text)
     text = _LATEX_WRAPPER.sub(r" \1", text)  # one level of nesting
     text = _DEGREE.sub("°", text)
@@ -259,9 +262,9 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
-def _rounds_to(answer: Fraction, gold: Fraction, gold_text: str) -> bool:
-    """``answer`` rounded to the decimals ``gold`` is written with equals ``gold`` ("3.1416" vs
-    "3.14"): a truth with decimals is a rounded value. Integers are exact ("3.2" is not 3)."""
+def rounds_to(answer: Fraction, gold: Fraction, gold_text: str) -> bool:
+    """``answer`` rounded to the decimals ``gold`` is written with equals ``gold`` ("3.1416" or 2π vs
+    "6.28"): a truth with decimals is a rounded value. Integers are exact ("3.2" is not 3)."""
     m = re.search(r"\.(\d{1,12})(?!\d)", gold_text)
     if m is None or answer == gold:
         return answer == gold
@@ -280,7 +283,7 @@ def same_quantity(gold: Quantity, answer: Quantity, gold_text: str = "") -> bool
         if gold.dimension != answer.dimension:
             return False
         if gold.unit == answer.unit:
-            return gold.value == answer.value or _rounds_to(answer.value, gold.value, gold_text)
+            return gold.value == answer.value or rounds_to(answer.value, gold.value, gold_text)
         return _close(_value_in_base(gold), _value_in_base(answer))
     golds = {gold.value}
     answers = {answer.value}
@@ -290,4 +293,4 @@ def same_quantity(gold: Quantity, answer: Quantity, gold_text: str = "") -> bool
         answers.add(answer.value / 100)
     if golds & answers:
         return True
-    return any(_rounds_to(a, g, gold_text) for a in answers for g in golds)
+    return any(rounds_to(a, g, gold_text) for a in answers for g in golds)
