@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import re
 import time
 
@@ -15,7 +16,7 @@ from curate.grading import GRADERS, extract_answer, format_score, grade, mathexp
 from curate.grading.boxes import Box, judge_boxes, match
 from curate.grading.numbers import iter_numbers
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(int(os.environ.get("HARDMODE_FUZZ_TIMEOUT_S", "300")))
 
 # Pieces of the syntax every parser looks for, so random strings exercise its branches.
 FRAGMENTS = [
@@ -78,7 +79,13 @@ FRAGMENTS = [
     "\ud800",
 ]
 texts = st.one_of(st.text(max_size=300), st.lists(st.sampled_from(FRAGMENTS), max_size=60).map("".join))
-FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CI runs a few hundred examples per property; a nightly-style run takes more:
+#   HARDMODE_FUZZ_EXAMPLES=10000 .venv/bin/python -m pytest tests/test_grading_properties.py
+FAST = settings(
+    max_examples=int(os.environ.get("HARDMODE_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @contextlib.contextmanager

@@ -185,6 +185,7 @@ _ALTERNATIVES = re.compile(r"\b(?:or|to|and|between|either)\b|,|;|\\pm|±|\\cup|
 # What only a formula has: LaTeX commands, fractions, powers, roots, operators.
 _EXPRESSION = re.compile(r"\\[A-Za-z]+|[/^*+√π=]|\bsqrt\b|\bpi\b|\d\s*-\s*\d")
 _WORD = re.compile(r"[A-Za-z]{3,}")
+_WORD_OF_TWO = re.compile(r"[A-Za-z]{2,}")
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _NEGATED = re.compile(r",?\s*\b(?:not|rather\s+than|instead\s+of)\s+[^\s,;]+", re.IGNORECASE)
 _RHS = re.compile(r"(?:=|≈|\\approx)([^=≈]*)$")
@@ -295,7 +296,7 @@ def grade_math(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Ver
         verdict = _quantity_verdict(gold, gold_q, region, answer)
         if verdict is not None:
             return exact(verdict, region if answer.committed else None)
-    elif _WORDS_ONLY.fullmatch(gold.strip().rstrip(".")):
+    elif _WORDS_ONLY.fullmatch(gold.strip().rstrip(".")) and _WORD_OF_TWO.search(gold):  # "x" is a variable
         option = option_text(region)  # "B. Oxygen" names "Oxygen"
         if option and option == normalize_text(gold):
             return exact(True, option, "short_answer")
