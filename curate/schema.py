@@ -57,6 +57,10 @@ CANONICAL_SCHEMA = pa.schema(
 )
 CANONICAL_COLUMNS = tuple(CANONICAL_SCHEMA.names)
 
+# Added by every scoring run: which grader judged the row's answers and why (the task, a verifier hint
+# it overruled or followed, and for the reasoning tasks the truth's shape).
+GRADING_SCHEMA = pa.schema([pa.field("grader", pa.string())])
+
 # Columns added by PISM (method.md §1). One list entry per mask ratio, in ratio order.
 PISM_SCHEMA = pa.schema(
     [

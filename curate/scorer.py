@@ -18,7 +18,7 @@ import pyarrow as pa
 from curate import schema
 from curate.config import CurateConfig
 from curate.engines import GenerationEngine, SamplingParams, create_engine
-from curate.grading import check_ground_truth
+from curate.grading import check_ground_truth, describe_grader
 from curate.images import decode_image
 from curate.pism import PismResult, PismScorer, Sample
 
@@ -32,7 +32,7 @@ def sampling_params(cfg: CurateConfig) -> SamplingParams:
 
 def output_schema(cfg: CurateConfig) -> list[pa.Field]:
     """The score columns a run with ``cfg`` adds, in order."""
-    fields: list[pa.Field] = []
+    fields: list[pa.Field] = list(schema.GRADING_SCHEMA)
     if cfg.pism.enabled:
         fields += list(schema.PISM_SCHEMA)
     if cfg.cmab.enabled:
@@ -79,6 +79,8 @@ class Scorer:
         if progress and len(rows) > len(samples):
             progress(len(rows) - len(samples))
         columns: dict[str, list[Any]] = {f.name: [None] * len(rows) for f in output_schema(self.cfg)}
+        for i, s in samples:
+            columns["grader"][i] = describe_grader(s.task, s.ground_truth, s.verifier)
         if self.pism is not None and samples:
             results = self.pism.score([s for _, s in samples], progress=progress)
             for (i, _), result in zip(samples, results):

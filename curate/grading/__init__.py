@@ -44,6 +44,7 @@ __all__ = [
     "GradingOptions",
     "UnknownTaskError",
     "check_ground_truth",
+    "describe_grader",
     "extract_answer",
     "format_score",
     "grade",
@@ -121,6 +122,18 @@ def grade(
     if extracted is not None and len(extracted) > MAX_EXTRACTED_CHARS:
         extracted = extracted[:MAX_EXTRACTED_CHARS] + "…"
     return GradeResult(float(correct), correct, grader, extracted, partial, chosen.why)
+
+
+def describe_grader(task: str, ground_truth: object, verifier: str | None = None) -> str:
+    """Which grader judges this row's answers and why, for the run's output ("math, by the truth's
+    shape: quantity; task 'chart'"). Raises ``UnknownTaskError`` like :func:`resolve_grader`."""
+    chosen = route(task, verifier)
+    if chosen.grader != "math":
+        return f"{chosen.grader}; {chosen.why}"
+    from curate.grading.extract import answer_text
+    from curate.grading.mathexpr import truth_shape
+
+    return f"math, by the truth's shape: {truth_shape(answer_text(_as_text(ground_truth)))}; {chosen.why}"
 
 
 def check_ground_truth(task: str, ground_truth: str, verifier: str | None = None) -> str | None:

@@ -272,13 +272,30 @@ def value_list(gold: str) -> list[Fraction] | None:
     return [q.value for q in values] if all(q is not None for q in values) else None
 
 
+def truth_shape(gold: str) -> str:
+    """How a truth is read: "letter", "yes_no", "quantity", "values" (a list), "words" or "expression"."""
+    gold = normalize_unicode(gold)[:MAX_MATH_CHARS]
+    if _LETTER_TRUTH.match(gold):
+        return "letter"
+    if _YES_NO_TRUTH.match(gold):
+        return "yes_no"
+    if single_quantity(gold) is not None:
+        return "quantity"
+    if value_list(gold) is not None:
+        return "values"
+    if _WORDS_ONLY.fullmatch(gold.strip().rstrip(".")) and _WORD_OF_TWO.search(gold):  # "x" is a variable
+        return "words"
+    return "expression"
+
+
 def grade_math(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Verdict:
     gold = normalize_unicode(answer_text(ground_truth))[:MAX_MATH_CHARS]
     if answer.text is None or not answer.text.strip() or not gold:
         return exact(False, None)
-    if _LETTER_TRUTH.match(gold):
+    shape = truth_shape(gold)
+    if shape == "letter":
         return replace(grade_multiple_choice(answer, ground_truth, ctx), grader="multiple_choice")
-    if _YES_NO_TRUTH.match(gold):
+    if shape == "yes_no":
         return replace(grade_yes_no(answer, ground_truth, ctx), grader="yes_no")
     region = normalize_unicode(answer.text)
     if answer.committed and len(region) > MAX_SHORT_ANSWER_CHARS:
@@ -287,16 +304,17 @@ def grade_math(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Ver
         if answer.committed:
             return exact(False, None)
         region = region[-MAX_MATH_CHARS:]
-    gold_q = single_quantity(gold)
-    if gold_q is None and (gold_set := value_list(gold)) is not None and answer.committed:
+    gold_q = single_quantity(gold) if shape == "quantity" else None
+    if shape == "values" and answer.committed:
+        gold_values = value_list(gold)
         said_values = [q.value for q in quantities(clean_latex(_NEGATED.sub("", region)))]
-        if _WORD.search(_LATEX_COMMAND.sub(" ", region)) or sorted(said_values) == sorted(gold_set):
-            return exact(sorted(said_values) == sorted(gold_set), region)  # "x = 3 and x = 2" for "2, 3"
+        if _WORD.search(_LATEX_COMMAND.sub(" ", region)) or sorted(said_values) == sorted(gold_values):
+            return exact(sorted(said_values) == sorted(gold_values), region)  # "x = 3 and x = 2" for "2, 3"
     if gold_q is not None:
         verdict = _quantity_verdict(gold, gold_q, region, answer)
         if verdict is not None:
             return exact(verdict, region if answer.committed else None)
-    elif _WORDS_ONLY.fullmatch(gold.strip().rstrip(".")) and _WORD_OF_TWO.search(gold):  # "x" is a variable
+    elif shape == "words":
         option = option_text(region)  # "B. Oxygen" names "Oxygen"
         if option and option == normalize_text(gold):
             return exact(True, option, "short_answer")
