@@ -60,18 +60,32 @@ def _mentions(text: str) -> list[tuple[int, int, str]]:
 _STRONG_AFTER = re.compile(
     r"\s*\)?\s*(?:is|seems|looks)\s+(?:the\s+)?(?:correct|right|best|better|most\s+likely|answer|true)\b", re.IGNORECASE
 )
-_ALSO_NAMED = re.compile(r"^\s*\)?\s*(?:or|and|/|,|&)\s*(?:option\s+)?\(?[A-Z]\b")
+_LEFT_OPEN = re.compile(
+    r"\s*\)?\s*(?:is|are|could|might|may)\s+(?:also\s+)?(?:possible|plausible|be\s+(?:right|correct|possible))", re.I
+)
+_ALSO_NAMED = re.compile(r"\s*\)?\s*(?:or|and|/|,|&)\s*(?:option\s+)?\(?[A-Z]\b")
 
 
 def _committed_letter(text: str, mentions: list[tuple[int, int, str]]) -> str | None:
-    """The one letter the text singles out: introduced ("the correct option is (A) because F = ma")
-    or declared ("A is better supported"), and not joined to another ("the answer is A or B")."""
-    strong = {m.group(1) or m.group(2) for m in _INTRODUCED.finditer(text)
-              if not _ALSO_NAMED.match(text, m.end())}
-    strong |= {letter for start, end, letter in mentions if _STRONG_AFTER.match(text, end)}
-    return strong.pop() if len(strong) == 1 else None
+    """The one letter the text singles out, if it does: introduced ("the correct option is (A)
+    because F = ma"), else declared ("A is better supported"), else the one the answer opens with
+    ("D because A, B and C are renewable"); never one joined to another ("the answer is A or B") or
+    beside one left open ("B, but D is also possible")."""
+    if any(_LEFT_OPEN.match(text, end) for _, end, _ in mentions):
+        return None
+    introduced = {m.group(1) or m.group(2) for m in _INTRODUCED.finditer(text) if not _ALSO_NAMED.match(text, m.end())}
+    declared = {letter for _, end, letter in mentions if _STRONG_AFTER.match(text, end)}
+    opening = set()
+    labels = {letter for _, end, letter in mentions if text[end : end + 1] in (".", ")", ":")}
+    if len(labels) < 2 and mentions and not text[: mentions[0][0]].strip() and not _ALSO_NAMED.match(text, mentions[0][1]):
+        opening = {mentions[0][2]}
+    for strong in (introduced, declared, opening):
+        if strong:
+            return strong.pop() if len(strong) == 1 else None
+    return None
 
 
+_EMPHASIS_MARK = re.compile(r"\*\*|__|`")
 _LATEX_LETTER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{\s*([A-Za-z])\s*\}|\\[()\[\]]")
 
 
@@ -82,7 +96,8 @@ def option_letters(text: str, committed: bool = True) -> set[str]:
     ``committed``: the text is the answer alone. A response tail commits only through an introducing
     phrase ("the answer is B"), the last one.
     """
-    text = _LATEX_LETTER.sub(lambda m: m.group(1) or " ", normalize_unicode(text)).strip()
+    text = _LATEX_LETTER.sub(lambda m: m.group(1) or " ", normalize_unicode(text))
+    text = _EMPHASIS_MARK.sub("", text).strip()  # "option **C**"
     if m := _LONE_LETTER.fullmatch(text):
         return {m.group(1).upper()}
     if not committed:

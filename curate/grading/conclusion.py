@@ -31,8 +31,8 @@ _COPULA = re.compile(
 _TRAILING = re.compile(r"\b(?:in\s+total|total|altogether|in\s+all|overall)\b", re.IGNORECASE)
 # What joins two alternatives: a list or range mark, or a hedging word (possibly in parentheses).
 _HEDGE_JOINT = re.compile(
-    r"^[\s{}\[\]]*(?:[,;/~–-]|\(?\s*,?\s*(?:or|to|and|maybe|perhaps|possibly|probably|or\s+(?:maybe|possibly|perhaps|so)|up\s+to)\b)?"
-    r"[\s,;/~–{}\[\]-]*$",
+    r"^[\s{}\[\]]*(?:[,;~–-]|\(?\s*,?\s*(?:or|to|and|maybe|perhaps|possibly|probably|or\s+(?:maybe|possibly|perhaps|so)|up\s+to)\b)?"
+    r"[\s,;~–{}\[\]-]*$",
     re.IGNORECASE,
 )
 _BOUND = re.compile(
@@ -42,7 +42,14 @@ _BOUND = re.compile(
     re.IGNORECASE,
 )
 # A second value offered in the same sentence: "7 birds — maybe 8 if …", "12, or possibly 13".
-_ALTERNATIVE_WORD = re.compile(r"\b(?:or|maybe|perhaps|possibly|probably)\b", re.IGNORECASE)
+_ALTERNATIVE_WORD = re.compile(
+    r"\b(?:or|maybe|perhaps|possibly|probably|if|unless|otherwise|depending)\b", re.IGNORECASE
+)
+# A restatement that changes the value is two answers, even across sentences: "15. In other words, 16."
+_RESTATEMENT = re.compile(
+    r"\b(?:in\s+other\s+words|i\.e\.|that\s+is(?:\s+to\s+say)?|namely|equivalently|rather|actually|alternatively)\b",
+    re.IGNORECASE,
+)
 _SENTENCE_BREAK = re.compile(r"[.!?;\n](?:\s|$)")
 _ITEM_SPLIT = re.compile(r"[,;]")
 _ITEM_END = re.compile(r"[,;]\s*$")
@@ -72,8 +79,10 @@ def hedged(text: str, found: Sequence[Spanned], chosen: Spanned) -> bool:
     neighbours += [(chosen, found[at + 1])] if at + 1 < len(found) else []
     for a, b in neighbours:
         joint = text[a.end : b.start]
-        if a.value != b.value and (
-            _HEDGE_JOINT.match(joint) or (_ALTERNATIVE_WORD.search(joint) and not _SENTENCE_BREAK.search(joint))
+        if a.value != b.value and joint.strip() != "}{" and (  # "}{": the arguments of \frac, not a list
+            _HEDGE_JOINT.match(joint)
+            or (_ALTERNATIVE_WORD.search(joint) and not _SENTENCE_BREAK.search(joint))
+            or _RESTATEMENT.search(joint)
         ):
             return True
     return _listed(text, chosen)
@@ -86,6 +95,11 @@ def _listed(text: str, chosen: Spanned) -> bool:
         return False
     items = [item.split() for item in _ITEM_SPLIT.split(before + " " + after)]
     return sum(0 < len(words) <= 2 for words in items) >= 1
+
+
+def any_hedged(text: str, found: Sequence[Spanned]) -> bool:
+    """Some value of ``found`` is offered beside a different one (see :func:`hedged`)."""
+    return any(hedged(text, found, item) for item in found)
 
 
 def bounded(text: str, item: Spanned) -> bool:

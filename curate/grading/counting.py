@@ -25,6 +25,9 @@ _NO_NOUN = re.compile(
 )
 
 
+_SLASHED = re.compile(r"\d\s*/\s*\d")
+
+
 def _counts(text: str) -> list[Number]:
     found = numbers(text)
     for m in _NO_NOUN.finditer(text):  # "there are no apples": a count of 0
@@ -35,6 +38,8 @@ def _counts(text: str) -> list[Number]:
 
 def committed_count(text: str) -> Fraction | None:
     """The count a committed answer states, or None (none stated, or a hedge)."""
+    if _SLASHED.search(text):  # "4/5": two candidates, or a fraction; a count is neither
+        return None
     chosen = concluded(text, _counts(text))
     return chosen.value if chosen is not None else None
 

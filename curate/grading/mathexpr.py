@@ -45,7 +45,7 @@ from curate.grading.extract import (
     normalize_unicode,
 )
 from curate.grading.logs import warn_once
-from curate.grading.conclusion import concluded
+from curate.grading.conclusion import any_hedged, concluded
 from curate.grading.quantity import Quantity, clean_latex, quantities, rounds_to, same_quantity, single_quantity
 from curate.grading.text import normalize_text, text_verdict
 from curate.grading.verdict import GradeContext, Verdict, exact
@@ -245,7 +245,8 @@ def _quantity_verdict(gold: str, gold_q: Quantity, region: str, answer: FinalAns
         if chosen is not None and same_quantity(gold_q, chosen, gold):
             return True
         if formula:  # "The average is \\(\\frac{100}{3}\\)": sympy reads it, unless it offers alternatives
-            return False if _OFFERS_ALTERNATIVES.search(_LATEX_COMMAND.sub(" ", region)) else None
+            alternatives = _OFFERS_ALTERNATIVES.search(_LATEX_COMMAND.sub(" ", region)) or any_hedged(cleaned, found)
+            return False if alternatives else None
         return False
     if len({q.value for q in found}) > 1 and _ALTERNATIVES.search(region):
         return False  # "x=2 or x=3", "3, 4": a hedge on a single value

@@ -42,8 +42,10 @@ _VERBS = frozenset(
     "contain contains hold holds holding wear wears wearing read reads say says become becomes remain remains "
     "should would could will can must depict depicts depicting represent represents".split()
 )
-# A sentence that negates, lists or offers alternatives states no single phrase.
-_NOT_ONE_STATEMENT = re.compile(r"\b(?:or|and|nor|not|no|never|neither|either|none)\b|n't|[,;/:\n]", re.IGNORECASE)
+# A sentence that negates or offers alternatives states no single phrase; one that lists (commas,
+# line breaks) only in its last clause ("If the snakes are removed, the frogs will increase").
+_NOT_ONE_STATEMENT = re.compile(r"\b(?:or|and|nor|not|no|never|neither|either|none)\b|n't|[/\n]", re.IGNORECASE)
+_CLAUSE_BREAK = re.compile(r"[,;:]")
 MAX_SENTENCE_WORDS = 25
 
 
@@ -55,8 +57,11 @@ def states(sentence: str, truth: str) -> bool:
     """A one-sentence answer that states ``truth`` as its complement ("The man is holding a tennis
     racket", "The rock shown is a sedimentary rock") or its subject ("Germany has the highest
     value"), without negation, lists or alternatives."""
+    if _NOT_ONE_STATEMENT.search(sentence):
+        return False
+    sentence = _CLAUSE_BREAK.split(sentence.strip().rstrip(".!"))[-1]
     words, phrase = normalize_text(sentence).split(), normalize_text(truth).split()
-    if not phrase or len(words) > MAX_SENTENCE_WORDS or _NOT_ONE_STATEMENT.search(sentence):
+    if not phrase or len(words) > MAX_SENTENCE_WORDS:
         return False
     n = len(phrase)
     if words[:n] == phrase and len(words) > n and _is_verb(words[n]):
