@@ -210,7 +210,8 @@ class CmabScorer:
                 continue
             s = samples[i]
             good = [c for c in result.completions
-                    if grade(s.task, c.text, s.ground_truth, s.verifier, options=self.grading).correct]
+                    if grade(s.task, c.text, s.ground_truth, s.verifier, options=self.grading,
+                             image_size=s.image_size).correct]
             correct_counts[i] = len(good)
             if not good:
                 out[i] = self._result(None, 0)

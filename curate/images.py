@@ -37,6 +37,17 @@ def decode_image(data: bytes | None) -> Image.Image:
         raise ImageError(f"cannot decode image ({len(data)} bytes): {err}") from None
 
 
+def image_size(data: bytes | None) -> tuple[int, int] | None:
+    """(width, height) from an encoded image's header (nothing decoded), or None if it has none."""
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+
+
 def encode_png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")

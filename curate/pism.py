@@ -49,6 +49,11 @@ class Sample:
     ground_truth: str
     verifier: str | None = None
 
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(width, height) of the first image: what box answers are measured against."""
+        return self.images[0].size if self.images else None
+
 
 @dataclass
 class PismResult:
@@ -151,7 +156,7 @@ class PismScorer:
                     continue
                 for completion in result.completions:
                     ok = grade(st.sample.task, completion.text, st.sample.ground_truth, st.sample.verifier,
-                               options=self.grading).correct
+                               options=self.grading, image_size=st.sample.image_size).correct
                     st.attempts[level] += 1
                     st.correct[level] += int(ok)
                     st.generations += 1

@@ -18,7 +18,8 @@ import pyarrow as pa
 from curate import schema
 from curate.config import CurateConfig
 from curate.engines import GenerationEngine, SamplingParams, create_engine
-from curate.grading import check_ground_truth, describe_grader
+from curate.grading import GradingOptions, check_ground_truth, describe_grader
+from curate.grading.boxes import box_format_for_model
 from curate.images import decode_image
 from curate.pism import PismResult, PismScorer, Sample
 
@@ -28,6 +29,17 @@ log = logging.getLogger(__name__)
 def sampling_params(cfg: CurateConfig) -> SamplingParams:
     s = cfg.sampling
     return SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, stop=tuple(s.stop))
+
+
+def grading_options(cfg: CurateConfig) -> GradingOptions:
+    """The run's grading options; an ``auto`` answer box format follows the model family (Qwen2.5-VL
+    writes pixels, Qwen2-VL and InternVL 0-1000)."""
+    if cfg.grading.answer_box_format != "auto":
+        return cfg.grading
+    fmt = box_format_for_model(cfg.engine.model)
+    if fmt != "auto":
+        log.info("grading: %s writes boxes as %s (grading.answer_box_format=auto)", cfg.engine.model, fmt)
+    return dataclasses.replace(cfg.grading, answer_box_format=fmt)
 
 
 def output_schema(cfg: CurateConfig) -> list[pa.Field]:
@@ -46,7 +58,7 @@ class Scorer:
     def __init__(self, cfg: CurateConfig, engine: GenerationEngine | None = None):
         self.cfg = cfg
         self.engine = engine if engine is not None else create_engine(cfg.engine)
-        self.pism = (PismScorer(self.engine, cfg.pism, sampling_params(cfg), cfg.prompt, cfg.grading)
+        self.pism = (PismScorer(self.engine, cfg.pism, sampling_params(cfg), cfg.prompt, grading_options(cfg))
                      if cfg.pism.enabled else None)
         self.cmab = None
         if cfg.cmab.enabled:
@@ -57,7 +69,7 @@ class Scorer:
             probe = self.engine if isinstance(self.engine, TransformersEngine) else TransformersEngine.from_config(
                 dataclasses.replace(cfg.engine, backend="transformers"))
             self.cmab = CmabScorer(self.engine, probe, cfg.cmab, sampling_params(cfg), cfg.prompt,
-                                   grading=cfg.grading)
+                                   grading=grading_options(cfg))
 
     def close(self) -> None:
         if self.cmab is not None and self.cmab.probe_engine is not self.engine:

@@ -325,19 +325,21 @@ def load_samples(
 # ---------------------------------------------------------------------------------------------
 
 
-def grade_response(sample: EvalSample, response: str) -> dict[str, Any]:
-    """Correctness (the grader's δ) and the GRPO reward of one response."""
-    from curate.grading import UnknownTaskError, grade
+def grade_response(sample: EvalSample, response: str, options: Any = None) -> dict[str, Any]:
+    """Correctness (the grader's δ) and the GRPO reward of one response, judged with ``options``
+    (``curate.grading.GradingOptions``; the defaults when None) against the sample's image size."""
+    from curate.grading import GradingOptions, UnknownTaskError, grade
     from rl.reward import compute_score
 
+    options = options or GradingOptions()
+    size = sample.images[0].size if sample.images else None
     try:
-        result = grade(sample.task, response, sample.ground_truth, sample.verifier)
+        result = grade(sample.task, response, sample.ground_truth, sample.verifier, options=options, image_size=size)
         correct, score, extracted = result.correct, result.score, result.extracted
     except UnknownTaskError as err:
         correct, score, extracted = False, 0.0, f"(no grader: {err})"
-    reward = compute_score(
-        sample.data_source, response, sample.ground_truth, {"task": sample.task, "verifier": sample.verifier}
-    )
+    info = {"task": sample.task, "verifier": sample.verifier, "image_size": size}
+    reward = compute_score(sample.data_source, response, sample.ground_truth, info, **dataclasses.asdict(options))
     return {
         "correct": bool(correct),
         "acc": float(score),
@@ -355,8 +357,10 @@ def evaluate(
     limit: Optional[int] = None,
     seed: int = 0,
     chunk: int = 256,
+    options: Any = None,
 ) -> list[dict[str, Any]]:
-    """Generate and grade ``samples`` (at most ``limit``), ``chunk`` requests per engine call."""
+    """Generate and grade ``samples`` (at most ``limit``), ``chunk`` requests per engine call, with
+    grading ``options`` (``curate.grading.GradingOptions``)."""
     from curate.engines import GenerationRequest
 
     records: list[dict[str, Any]] = []
@@ -371,7 +375,7 @@ def evaluate(
                 record.update(
                     response=text,
                     finish_reason=result.completions[0].finish_reason,
-                    **grade_response(sample, text),
+                    **grade_response(sample, text, options),
                 )
             else:  # counted as wrong: a checkpoint that cannot answer scores nothing
                 record.update(
@@ -470,6 +474,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from curate.config import EngineConfig, PromptConfig
     from curate.engines import SamplingParams, create_engine
+    from curate.grading import GradingOptions
+    from curate.grading.boxes import box_format_for_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.limit is not None and args.limit <= 0:
@@ -498,8 +504,9 @@ def main(args: argparse.Namespace) -> int:
     params = SamplingParams(
         temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, stop=tuple(args.stop)
     )
+    options = GradingOptions(answer_box_format=box_format_for_model(model_path))  # as curation judged it
     with create_engine(engine_cfg) as engine:
-        records = evaluate(engine, samples, params, limit=args.limit, seed=args.seed)
+        records = evaluate(engine, samples, params, limit=args.limit, seed=args.seed, options=options)
     summary = summarize(records)
     print(table(summary))
     if read_errors:

@@ -746,3 +746,34 @@ def test_grade_accepts_non_string_values():
     assert grade("grounding", tagged("[1, 2, 3, 4]"), [[1, 2, 3, 4]]).correct
     result = grade("counting", None, "3")
     assert (result.score, result.correct, result.grader, result.extracted) == (0.0, False, "counting", None)
+
+
+def test_box_format_follows_the_model_family(tmp_path):
+    from curate.config import load_config
+    from curate.grading.boxes import box_format_for_model
+    from curate.scorer import grading_options
+
+    assert box_format_for_model("Qwen/Qwen2.5-VL-7B-Instruct") == "pixel"
+    assert box_format_for_model("Qwen/Qwen2-VL-7B-Instruct") == "norm1000"
+    assert box_format_for_model("OpenGVLab/InternVL2_5-8B") == "norm1000"
+    assert box_format_for_model("my-model") == "auto"
+    checkpoint = tmp_path / "global_step_2" / "huggingface"  # a local checkpoint: its config decides
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    assert box_format_for_model(str(checkpoint)) == "norm1000"
+    cfg = load_config(overrides=["data.format=toy", "engine.model=Qwen/Qwen2-VL-2B-Instruct"])
+    assert grading_options(cfg).answer_box_format == "norm1000"
+    pinned = load_config(overrides=["data.format=toy", "engine.model=Qwen/Qwen2-VL-2B-Instruct",
+                                     "grading.answer_box_format=pixel"])
+    assert grading_options(pinned).answer_box_format == "pixel"
+
+
+def test_grading_config_mistakes_name_the_key():
+    from curate.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="grading.box_iou"):
+        load_config(overrides=["grading.box_iou=1.5"])
+    with pytest.raises(ConfigError, match="grading.answer_box_format"):
+        load_config(overrides=["grading.answer_box_format=pixels"])
+    with pytest.raises(ConfigError, match="grading.box_io"):
+        load_config(overrides=["grading.box_io=0.5"])

@@ -112,6 +112,8 @@ def test_verl_parquet_round_trip(tmp_path):
             "task": s["task"],
             "verifier": s["verifier"],
             "split": "train",
+            # (width, height) of the first image as PIL reads it; none without an image
+            "image_size": list(Image.open(io.BytesIO(s["images"][0])).size) if s["images"] else None,
             "pism_bucket": s["pism_bucket"],
             "pism_lambda_star": 0.3,
         }

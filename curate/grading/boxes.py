@@ -31,6 +31,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -163,6 +164,35 @@ def judge_boxes(pred: list[Box], truth: list[Box], min_iou: float, use_labels: b
     overlapping = match(pred, truth, _ANY_OVERLAP, use_labels)
     partial = sum(i for _, _, i in overlapping) / (len(truth) + len(pred) - len(overlapping))
     return correct, min(1.0, max(0.0, partial)) if math.isfinite(partial) else 0.0
+
+
+# The coordinates a model family writes its boxes in (model cards / reports), by a part of its hub
+# name or its config's model_type.
+_MODEL_BOX_FORMATS = (
+    ("qwen2.5-vl", "pixel"),
+    ("qwen2_5_vl", "pixel"),
+    ("qwen2.5vl", "pixel"),
+    ("qwen2-vl", "norm1000"),
+    ("qwen2_vl", "norm1000"),
+    ("internvl", "norm1000"),
+)
+
+
+def box_format_for_model(model: str) -> str:
+    """``pixel`` for Qwen2.5-VL, ``norm1000`` for Qwen2-VL and InternVL, else ``auto``; a local
+    checkpoint directory is known by its config.json's ``model_type``."""
+    names = [model.lower()]
+    config = Path(model) / "config.json"
+    if config.is_file():
+        try:
+            names.insert(0, str(json.loads(config.read_text()).get("model_type", "")).lower())
+        except (OSError, ValueError):
+            pass
+    for name in names:
+        for part, fmt in _MODEL_BOX_FORMATS:
+            if part in name:
+                return fmt
+    return "auto"
 
 
 def _format(boxes: list[Box], declared: str, fallback: str) -> str:

@@ -3,7 +3,7 @@
 * ``write_verl_parquet``: verl's RL layout, loadable by ``verl.utils.dataset.RLHFDataset``.
   ``images`` is a list of HF Image values ``{"bytes": ..., "path": None}`` and the file carries the
   HF ``datasets`` feature metadata, so ``datasets.load_dataset("parquet")`` (what verl calls) hands
-  verl PIL images; ``extra_info`` holds ``index, id, task, verifier, split`` plus the annotation
+  verl PIL images; ``extra_info`` holds ``index, id, task, verifier, split, image_size`` plus the annotation
   columns the caller names (verl passes ``extra_info`` to ``compute_score``).
 * ``write_swift_grpo_jsonl``: ms-swift GRPO rows ``{"messages", "images", "solution", ...}``; extra
   keys (``id, task, verifier, data_source`` and the named columns) reach ms-swift reward functions
@@ -44,7 +44,7 @@ from PIL import Image
 
 from curate import schema as S
 from curate.config import PromptConfig
-from curate.images import decode_image, encode_png
+from curate.images import decode_image, encode_png, image_size
 from curate.prompts import PromptError, build_messages
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ Tables = pa.Table | Iterable[pa.Table]
 
 _BARE_PROMPT = PromptConfig(system_prompt="", template="{question}")
 _KEPT_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
-_VERL_EXTRA_INFO = ("index", "id", "task", "verifier", "split")
+_VERL_EXTRA_INFO = ("index", "id", "task", "verifier", "split", "image_size")
 
 
 class ExportError(ValueError):
@@ -151,6 +151,8 @@ def _verl_schema(extra_fields: Sequence[pa.Field]) -> pa.Schema:
             pa.field("task", pa.string()),
             pa.field("verifier", pa.string()),
             pa.field("split", pa.string()),
+            # (width, height) of the first image: the reward compares boxes across coordinate conventions
+            pa.field("image_size", pa.list_(pa.int32())),
             *extra_fields,
         ]
     )
@@ -206,6 +208,7 @@ def write_verl_parquet(
                     "task": r[S.TASK],
                     "verifier": r[S.VERIFIER],
                     "split": split,
+                    "image_size": image_size((r[S.IMAGES] or [None])[0]),
                 }
                 extra.update({c: r[c] for c in extra_info_columns})
                 out.append(
