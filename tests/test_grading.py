@@ -74,6 +74,9 @@ def test_extract_answer(response, expected):
         ("<think>I will use <answer> tags</think><answer>5</answer>", "5", True),
         ("<think>counting: 1, 2, 3", None, True),  # cut off while thinking: nothing committed
         ("first \\boxed{6}, recounting gives \\boxed{7}", "7", True),  # free text corrects itself
+        ("It is \\boxed{6}. Or \\boxed{7}.", None, True),  # two boxes, no correction: a hedge
+        ("The answer is 3.\n\n**Final answer:** 4", None, True),  # two stated answers
+        ("The answer is 3. Wait, I forgot one: the answer is 4.", "4", True),  # a told correction
         ("Adding them up, the answer is 42. Done", "42", True),
         ("There are 4 cats.", "There are 4 cats.", True),  # a short reply is its own answer
         ("Answer: B\nAnswer: C", None, True),  # two answer lines: a hedge
@@ -211,6 +214,8 @@ def test_score_is_correct_and_partial_is_separate(grader):
         ("2^{10}", "1024"),
         ("\\infty", "\\infty"),
         ("2,3", "\\{2, 3\\}"),
+        ("60 km per hour", "60 km/h"),
+        ("The solutions are x = 3 and x = 2.", "2, 3"),
         ("(B)", "B"),
         ("B. Oxygen", "B"),
         ("Option B", "B"),
@@ -668,6 +673,11 @@ def test_yes_no(response, truth, score):
         (tagged("a yellow"), "yellow", 1.0),
         (tagged("light yellow"), "yellow", 0.0),
         (tagged("two"), "2", 1.0),
+        ("The umbrella she holds is yellow.", "yellow", 1.0),  # a sentence that states it
+        ("It is not yellow.", "yellow", 0.0),
+        ("Yellow or orange.", "yellow", 0.0),
+        (tagged("A dog and a cat."), "cat, dog", 1.0),  # the same items in another order
+        (tagged("cat, dog, bird"), "cat, dog", 0.0),
         (tagged(""), "yellow", 0.0),
         ("yellow", "yellow", 1.0),
     ],

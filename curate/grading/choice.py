@@ -86,6 +86,11 @@ def _committed_letter(text: str, mentions: list[tuple[int, int, str]]) -> str | 
 
 
 _EMPHASIS_MARK = re.compile(r"\*\*|__|`")
+_OPTION_INTRODUCER = re.compile(
+    r"^\s*(?:the\s+)?(?:correct\s+|right\s+|best\s+)?(?:answer|option|choice)\s*(?:is|would\s+be|:)?\s*:?\s*(?=\(?[A-Z]\b)",
+    re.IGNORECASE,
+)
+_OPTION_LABEL = re.compile(r"^\s*\(?[A-Z]\)?[.:)]\s*|^\s*\([A-Z]\)\s*")
 _LATEX_LETTER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{\s*([A-Za-z])\s*\}|\\[()\[\]]")
 
 
@@ -113,8 +118,10 @@ def option_letters(text: str, committed: bool = True) -> set[str]:
 
 
 def option_text(text: str) -> str:
-    """The option's text without its label: "B. Oxygen" → "oxygen" (normalised)."""
-    return normalize_text(re.sub(r"^\s*\(?[A-Z]\)?[.:)]\s*|^\s*\([A-Z]\)\s*", "", normalize_unicode(text)))
+    """The option's text without its introducer and label: "The correct option is (C) triangle",
+    "B. Oxygen" → "triangle", "oxygen" (normalised)."""
+    text = _OPTION_INTRODUCER.sub("", _EMPHASIS_MARK.sub("", normalize_unicode(text)), count=1)
+    return normalize_text(_OPTION_LABEL.sub("", text, count=1))
 
 
 def grade_multiple_choice(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Verdict:

@@ -20,7 +20,8 @@ from typing import Protocol, TypeVar
 _LEADING = re.compile(
     r"\b(?:so|thus|therefore|hence|leaves|leaving|remain|remains|remaining|makes|making|gives|giving|yields|"
     r"equals|comes\s+to|adds\s+up\s+to|continues\s+with|followed\s+by|next\s+(?:number|term|value)\s+is|"
-    r"total\s+(?:of|is|count(?:\s+is)?)|count\s+is|answer\s+is|there\s+(?:are|is)\s+(?:a\s+total\s+of\s+)?)\b|=",
+    r"total\s+(?:of|is|count(?:\s+is)?)|count\s+is|answer\s+is|"
+    r"(?:total|number|count|sum)(?:\s+[a-z]+){1,4}?\s+(?:is|are|was|were|equals|comes\s+to)|there\s+(?:are|is)\s+(?:a\s+total\s+of\s+)?)\b|=",
     re.IGNORECASE,
 )
 # In a sentence that states a value: "The median of 3, 5, 7 is 5", "Revenue in 2021 was $3.5bn".

@@ -58,6 +58,13 @@ _CONCLUSION = re.compile(
 _ANSWER_LINE = re.compile(
     r"(?:^|\n)\s*(?:\*\*|__)?\s*(?:final\s+)?answer\s*(?:\*\*|__)?\s*:\s*(?:\*\*|__)?([^\n]*)", re.IGNORECASE
 )
+# Words that tell a later answer as a correction of an earlier one.
+_CORRECTION = re.compile(
+    r"\b(?:correct(?:ing|ion|ed)|re-?check(?:ing|ed)?|re-?count(?:ing|ed)?|reconsider(?:ing|ed)?|actually|wait|"
+    r"mistake|forgot|instead|on\s+second\s+thought|re-?examin\w*|fix(?:ing|ed)?|oops|hmm|no[,:!])",
+    re.IGNORECASE,
+)
+_ANSWER_WORD = re.compile(r"answer|答案", re.IGNORECASE)
 _BOXED_AT = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ALTERNATIVE_AFTER = re.compile(r"^[^.\n]{0,40}?\bor\b[^.\n]{0,60}?\d")
 _SENTENCE_END = re.compile(r"\n|\.(?=\s|$)|[!?;]")
@@ -205,30 +212,47 @@ def final_answer(response: str) -> FinalAnswer:
 
 def _free_text_answer(response: str) -> FinalAnswer:
     """A response without answer tags: its last box, else its conclusion, else all of a short one,
-    else the sentence a long one ends on (uncommitted)."""
+    else the sentence a long one ends on (uncommitted). Two different boxes or stated answers are a
+    hedge unless the later one is told as a correction ("Correcting, the sum is \\boxed{12}")."""
     window = response[-(MAX_ANSWER_CHARS + TAIL_CHARS) :]
     boxes = list(_BOXED_AT.finditer(window))
-    if boxes:  # in free reasoning a later box corrects an earlier one; an alternative after it hedges
-        boxed = last_boxed(window)
+    if boxes:
+        contents = boxed_contents(window)
+        if not contents:
+            return FinalAnswer(None, True)
         after = window[boxes[-1].end() :][:200]
-        return _committed(boxed, False) if boxed is not None and not _ALTERNATIVE_AFTER.search(after) else (
-            FinalAnswer(None, True, boxed is not None))
+        if _ALTERNATIVE_AFTER.search(after) or not _settled(window, boxes, contents):
+            return FinalAnswer(None, True, True)
+        return _committed(contents[-1], False)
     tail = response[-TAIL_CHARS:]
     lines = [m.group(1).strip() for m in _ANSWER_LINE.finditer(tail)]
     if len(lines) > 1 and any(not _same(line, lines[-1]) for line in lines):
         return FinalAnswer(None, True, True)  # "Answer: B" then "Answer: C"
-    conclusion = None
-    for conclusion in _CONCLUSION.finditer(tail):  # noqa: B007 (the last one counts)
-        pass
-    if conclusion is not None:
+    statements = []
+    for conclusion in _CONCLUSION.finditer(tail):
         rest = tail[conclusion.end() :].strip()
         end = _SENTENCE_END.search(rest)
-        text = rest[: end.start()] if end else rest
-        if text.strip():
-            return _committed(text, False)
+        statements.append((conclusion, (rest[: end.start()] if end else rest).strip()))
+    statements = [(m, text) for m, text in statements if text]
+    if statements:
+        last, text = statements[-1]
+        for earlier, before in statements[:-1]:
+            if not _same(strip_lead_in(before), strip_lead_in(text)) and _ANSWER_WORD.search(earlier.group()) \
+                    and _ANSWER_WORD.search(last.group()) and not _CORRECTION.search(tail, earlier.end(), last.start()):
+                return FinalAnswer(None, True, True)  # "The answer is 3. **Final answer:** 4"
+        return _committed(text, False)
     if len(response.strip()) <= SHORT_RESPONSE_CHARS:
         return _committed(response.strip(), False)
     return FinalAnswer(strip_lead_in(last_sentence(tail)), False)
+
+
+def _settled(window: str, boxes: list[re.Match[str]], contents: list[str]) -> bool:
+    """The boxes agree, or each change of value is told as a correction."""
+    starts = [m.start() for m in boxes][-len(contents) :]
+    for i in range(1, len(contents)):
+        if not _same(contents[i - 1], contents[i]) and not _CORRECTION.search(window, starts[i - 1], starts[i]):
+            return False
+    return True
 
 
 def _committed(text: str, conflict: bool) -> FinalAnswer:

@@ -190,7 +190,7 @@ def _unit_after(text: str, i: int) -> tuple[str | None, int]:
         words.append(m.group(1))
         j = m.end()
         unit = _lookup(" ".join(words))
-        if unit is None and "/" in words[-1]:
+        if unit is None and ("/" in words[-1] or "per" in words):  # "km/min", "km per hour"
             unit = _lookup(_SEPARATOR.sub("/", " ".join(words)))
         if unit is not None and not (unit in _NEEDS_END and _WORD_FOLLOWS.match(text, j)):
             best = (unit, j)

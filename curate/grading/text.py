@@ -70,10 +70,21 @@ def states(sentence: str, truth: str) -> bool:
     return verb is not None and any(words[i : i + n] == phrase for i in range(verb + 1, len(words) - n + 1))
 
 
+_ITEMS = re.compile(r"\s*(?:,|;|\band\b|&)\s*", re.IGNORECASE)
+
+
+def _items(text: str) -> list[str]:
+    return sorted(filter(None, (normalize_text(item) for item in _ITEMS.split(text.strip().rstrip(".")))))
+
+
 def text_verdict(text: str, truth: str) -> tuple[bool, str | None]:
     """``(correct, what was read)`` for a text answer: a reading of it (itself, after a lead-in such
     as "The capital is", its one quoted span) equals the truth after normalisation, or the sentence
-    :func:`states` it."""
+    :func:`states` it; a truth that lists items ("cat, dog") is matched by the same items in any
+    order ("A dog and a cat.")."""
+    if len(truth_items := _items(truth)) > 1:
+        said = _items(text)
+        return said == truth_items, ", ".join(said) or None
     expected = normalize_text(truth)
     said = [normalize_text(r) for r in readings(text)]
     hit = next((r for r in said if r and r == expected), None)
