@@ -5,17 +5,18 @@ is linear in the input at worst and looks at a bounded window where it must scan
 character. Nothing is evaluated.
 
 What a strict judge reads as the answer (:func:`final_answer`):
-1. the content of the ``<answer>…</answer>`` block after the reasoning (a missing closing tag at the
-   end is tolerated: the output was truncated); several blocks that disagree are no answer at all (a
-   hedge spread over tags), several that agree are one;
-2. inside it ``\\boxed{…}`` is unwrapped (Orsta writes ``<answer>\\boxed{12}</answer>``); several
-   boxes with different contents there are, again, a hedge. In a response without tags the last box
-   counts (free reasoning corrects itself: "first \\boxed{6}, recounting gives \\boxed{7}");
+1. the content of the ``<answer>…</answer>`` block after the reasoning (tags inside ``<think>`` do
+   not count; a missing closing tag at the end is tolerated: the output was truncated); several
+   blocks that disagree are no answer at all (a hedge spread over tags), several that agree are one;
    a response cut off inside ``<think>`` commits to nothing;
-3. without tags or boxes, the conclusion the response ends on: what follows the last "the answer
-   is" / "Answer:" / "Final answer:" in its tail, else the tail itself, marked uncommitted so graders
-   only take what clearly stands out there (the last number, an introduced option letter).
-Lead-ins such as "The answer is" are stripped from the answer itself.
+2. inside it ``\\boxed{…}`` is unwrapped (Orsta writes ``<answer>\\boxed{12}</answer>``); several
+   boxes with different contents there are, again, a hedge;
+3. without tags: the last box; else what follows the last "the answer is" / "Answer:" / "Final
+   answer:" / "Therefore," in the tail; two different boxes or stated answers are a hedge unless the
+   later one is told as a correction ("first \\boxed{6}, recounting gives \\boxed{7}"); else a short
+   reply as a whole ("There are 4 cats."); else the sentence a long reply ends on, marked uncommitted
+   so graders only take what clearly stands out there (the last number, an introduced option letter).
+A program is not an answer. Lead-ins such as "The answer is" are stripped from the answer itself.
 """
 
 from __future__ import annotations
