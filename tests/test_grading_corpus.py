@@ -1,6 +1,6 @@
 """The graders against a strict judge: a labelled corpus of realistic VLM-RL responses.
 
-``tests/data/grading/*.jsonl`` holds 1,708 hand-written cases (OCR, counting, boxes, multiple choice and
+``tests/data/grading/*.jsonl`` holds 1,992 hand-written cases (OCR, counting, boxes, multiple choice and
 yes/no, math with units, MathVista/ChartQA-style reasoning, Orsta outputs with verifier hints, and
 reward hacks), each labelled with the verdict of a careful human judge and the rule behind it
 (``note``). The ``heldout_*`` files were written later by people who had not read the graders; where
