@@ -238,6 +238,11 @@ def test_score_is_correct_and_partial_is_separate(grader):
         ("3.1416", "3.14"),  # a truth with decimals is a rounded value
         ("２４", "24"),  # fullwidth digits
         ("There are 3 + 4 = 7 apples", "7"),
+        ("-(-5)", "5"),  # negations and nesting go to math-verify, not to a number in them
+        ("5!", "120"),
+        ("2(3+1)", "8"),
+        ("16 (48 - 32)", "16"),  # the value, then how it was found
+        ("\\frac{1}{\\frac{1}{2}}", "2"),
     ],
 )
 def test_math_equivalent(answer, truth):
@@ -270,6 +275,12 @@ def test_math_equivalent(answer, truth):
         ("B and D", "B"),
         ("A. red B. blue C. green", "B"),  # a copied option list
         ("Yes and no", "Yes"),
+        ("-(-5)", "-5"),
+        ("-\\frac{3}{4}", "\\frac{3}{4}"),
+        ("\\frac{1}{\\frac{2}{4}}", "\\frac{1}{2}"),
+        ("16 (48 - 32)", "32"),
+        ("3 (or 4)", "3"),
+        ("-x", "x"),  # a one-letter truth is a variable, not a word
     ],
 )
 def test_math_not_equivalent(answer, truth):

@@ -183,10 +183,11 @@ _LETTER_TRUTH = re.compile(r"^\s*(?:\(?[A-Z]\)?\.?|\(?[A-Z]\)?[.:)]\s+\S.*|\([A-
 _YES_NO_TRUTH = re.compile(r"^\s*(?:yes|no)\s*\.?\s*$", re.IGNORECASE)
 _ALTERNATIVES = re.compile(r"\b(?:or|to|and|between|either)\b|,|;|\\pm|±|\\cup|∪|\\lor", re.IGNORECASE)
 # What only a formula has: LaTeX commands, fractions, powers, roots, operators.
-_EXPRESSION = re.compile(r"\\[A-Za-z]+|[/^*+√π=]|\bsqrt\b|\bpi\b|\d\s*-\s*\d")
+_EXPRESSION = re.compile(r"\\[A-Za-z]+|[/^*+√π=()!|]|\bsqrt\b|\bpi\b|\d\s*-\s*\d")
 _WORD = re.compile(r"[A-Za-z]{3,}")
 _WORD_OF_TWO = re.compile(r"[A-Za-z]{2,}")
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_WITH_DERIVATION = re.compile(r"^\s*([^()]*\d[^()]*?)\s+\(([^()]*)\)\s*\.?\s*$")
 _NEGATED = re.compile(r",?\s*\b(?:not|rather\s+than|instead\s+of)\s+[^\s,;]+", re.IGNORECASE)
 _RHS = re.compile(r"(?:=|≈|\\approx)([^=≈]*)$")
 
@@ -248,6 +249,10 @@ def _quantity_verdict(gold: str, gold_q: Quantity, region: str, answer: FinalAns
             alternatives = _OFFERS_ALTERNATIVES.search(_LATEX_COMMAND.sub(" ", region)) or any_hedged(cleaned, found)
             return False if alternatives else None
         return False
+    if (m := _WITH_DERIVATION.match(cleaned)) and (said := single_quantity(m.group(1))) is not None:
+        if _OFFERS_ALTERNATIVES.search(m.group(2)):
+            return False  # "3 (or 4)"
+        return same_quantity(gold_q, said, gold)  # "16 (48 - 32)": the value, then how it was found
     if len({q.value for q in found}) > 1 and _ALTERNATIVES.search(region):
         return False  # "x=2 or x=3", "3, 4": a hedge on a single value
     if rhs := _RHS.search(region):  # "3 + 4 = 7": the value it ends on

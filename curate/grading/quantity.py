@@ -246,7 +246,7 @@ def _compound(text: str, found: list[Quantity]) -> Quantity | None:
     return Quantity(total, _BASE_UNITS[dimension], found[0].start, found[-1].end)
 
 
-_OPERATOR = re.compile(r"[+*/^=<>\\{}()\[\]|]|(?<![A-Za-z])-(?![A-Za-z])")
+_OPERATOR = re.compile(r"[+*/^=<>\\{}()\[\]|!]|(?<![A-Za-z])-(?![A-Za-z])")
 
 
 def _has_operator(rest: str) -> bool:
