@@ -120,11 +120,11 @@ def _balanced_group(text: str, i: int) -> tuple[str, int] | None:
     return None
 
 
-def boxed_contents(text: str) -> list[str]:
-    """The contents of the last few brace-balanced ``\\boxed{…}`` / ``\\fbox{…}`` in ``text``, in
-    reading order. Only ``_MAX_GROUPS`` occurrences are tried, so a million unbalanced ``\\boxed{``
-    cost what a few do."""
-    found: list[str] = []
+def boxed_groups(text: str) -> list[tuple[int, str]]:
+    """``(position, content)`` of the last few brace-balanced ``\\boxed{…}`` / ``\\fbox{…}`` in ``text``,
+    in reading order. Only ``_MAX_GROUPS`` occurrences are tried, so a million unbalanced
+    ``\\boxed{`` cost what a few do."""
+    found: list[tuple[int, str]] = []
     hi = len(text)
     for _ in range(_MAX_GROUPS):
         pos, cmd = max((text.rfind(c, 0, hi), c) for c in _BOXED_COMMANDS)
@@ -132,9 +132,14 @@ def boxed_contents(text: str) -> list[str]:
             break
         group = _balanced_group(text, pos + len(cmd))
         if group is not None:
-            found.append(group[0].strip())
+            found.append((pos, group[0].strip()))
         hi = pos
     return found[::-1]
+
+
+def boxed_contents(text: str) -> list[str]:
+    """The contents of the last few balanced boxes in ``text``, in reading order."""
+    return [content for _, content in boxed_groups(text)]
 
 
 def last_boxed(text: str) -> str | None:
@@ -216,15 +221,14 @@ def _free_text_answer(response: str) -> FinalAnswer:
     else the sentence a long one ends on (uncommitted). Two different boxes or stated answers are a
     hedge unless the later one is told as a correction ("Correcting, the sum is \\boxed{12}")."""
     window = response[-(MAX_ANSWER_CHARS + TAIL_CHARS) :]
-    boxes = list(_BOXED_AT.finditer(window))
-    if boxes:
-        contents = boxed_contents(window)
-        if not contents:
+    if _BOXED_AT.search(window):
+        groups = boxed_groups(window)
+        if not groups:
             return FinalAnswer(None, True)
-        after = window[boxes[-1].end() :][:200]
-        if _ALTERNATIVE_AFTER.search(after) or not _settled(window, boxes, contents):
+        after = window[window.find("{", groups[-1][0]) + 1 :][:200]  # the last box's content onward
+        if _ALTERNATIVE_AFTER.search(after) or not _settled(window, groups):
             return FinalAnswer(None, True, True)
-        return _committed(contents[-1], False)
+        return _committed(groups[-1][1], False)
     tail = response[-TAIL_CHARS:]
     lines = [m.group(1).strip() for m in _ANSWER_LINE.finditer(tail)]
     if len(lines) > 1 and any(not _same(line, lines[-1]) for line in lines):
@@ -247,11 +251,10 @@ def _free_text_answer(response: str) -> FinalAnswer:
     return FinalAnswer(strip_lead_in(last_sentence(tail)), False)
 
 
-def _settled(window: str, boxes: list[re.Match[str]], contents: list[str]) -> bool:
+def _settled(window: str, groups: list[tuple[int, str]]) -> bool:
     """The boxes agree, or each change of value is told as a correction."""
-    starts = [m.start() for m in boxes][-len(contents) :]
-    for i in range(1, len(contents)):
-        if not _same(contents[i - 1], contents[i]) and not _CORRECTION.search(window, starts[i - 1], starts[i]):
+    for (start, before), (end, after) in zip(groups, groups[1:]):
+        if not _same(before, after) and not _CORRECTION.search(window, start, end):
             return False
     return True
 

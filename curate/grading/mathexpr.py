@@ -31,7 +31,7 @@ import logging
 import re
 import unicodedata
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
@@ -158,20 +158,19 @@ def _with_fraction(values: list[Any]) -> list[Any]:
     return out
 
 
-def _symbolic_equal(gold: str, answer: str, tagged: bool) -> tuple[bool | None, str | None]:
-    """``(verdict, what was read from the answer)``; verdict None when a side does not parse."""
+def _symbolic_equal(gold: str, answer: str, tagged: bool) -> bool | None:
+    """math-verify's verdict; None when a side does not parse."""
     _, verify = _math_verify()
     gold_pct, answer_pct = bool(_PERCENT.search(gold)), bool(_PERCENT.search(answer))
     gold_values = _parse(_PERCENT.sub("", gold), True)
     answer_values = _parse(_PERCENT.sub("", answer), tagged)
-    read = next((v for v in reversed(answer_values) if isinstance(v, str)), None)
     if not gold_values or not answer_values:
-        return None, read
+        return None
     if gold_pct and not answer_pct:
         gold_values = _with_fraction(gold_values)
     elif answer_pct and not gold_pct:
         answer_values = _with_fraction(answer_values)
-    return bool(verify(gold_values, answer_values, timeout_seconds=None)), read
+    return bool(verify(gold_values, answer_values, timeout_seconds=None))
 
 
 def _canonical(text: str) -> str:
@@ -213,7 +212,7 @@ def _symbolic(gold: str, region: str, committed: bool, gold_q: Quantity | None =
     _math_verify()
 
     def judge() -> bool | None:
-        verdict = _symbolic_equal(gold, region, committed)[0]
+        verdict = _symbolic_equal(gold, region, committed)
         return verdict or _rounds_to_truth(gold, gold_q, region, committed) if verdict is not None else None
 
     try:
@@ -278,27 +277,39 @@ def value_list(gold: str) -> list[Fraction] | None:
     return [q.value for q in values] if all(q is not None for q in values) else None
 
 
+@dataclass(frozen=True)
+class _Truth:
+    shape: str
+    """ "letter", "yes_no", "quantity", "values" (a list), "words" or "expression" """
+    quantity: Quantity | None = None
+    values: list[Fraction] | None = None
+
+
+def _read_truth(gold: str) -> _Truth:
+    if _LETTER_TRUTH.match(gold):
+        return _Truth("letter")
+    if _YES_NO_TRUTH.match(gold):
+        return _Truth("yes_no")
+    if (quantity := single_quantity(gold)) is not None:
+        return _Truth("quantity", quantity=quantity)
+    if (values := value_list(gold)) is not None:
+        return _Truth("values", values=values)
+    if _WORDS_ONLY.fullmatch(gold.strip().rstrip(".")) and _WORD_OF_TWO.search(gold):  # "x" is a variable
+        return _Truth("words")
+    return _Truth("expression")
+
+
 def truth_shape(gold: str) -> str:
     """How a truth is read: "letter", "yes_no", "quantity", "values" (a list), "words" or "expression"."""
-    gold = normalize_unicode(gold)[:MAX_MATH_CHARS]
-    if _LETTER_TRUTH.match(gold):
-        return "letter"
-    if _YES_NO_TRUTH.match(gold):
-        return "yes_no"
-    if single_quantity(gold) is not None:
-        return "quantity"
-    if value_list(gold) is not None:
-        return "values"
-    if _WORDS_ONLY.fullmatch(gold.strip().rstrip(".")) and _WORD_OF_TWO.search(gold):  # "x" is a variable
-        return "words"
-    return "expression"
+    return _read_truth(normalize_unicode(gold)[:MAX_MATH_CHARS]).shape
 
 
 def grade_math(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Verdict:
     gold = normalize_unicode(answer_text(ground_truth))[:MAX_MATH_CHARS]
     if answer.text is None or not answer.text.strip() or not gold:
         return exact(False, None)
-    shape = truth_shape(gold)
+    truth = _read_truth(gold)
+    shape = truth.shape
     if shape == "letter":
         return replace(grade_multiple_choice(answer, ground_truth, ctx), grader="multiple_choice")
     if shape == "yes_no":
@@ -310,9 +321,9 @@ def grade_math(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Ver
         if answer.committed:
             return exact(False, None)
         region = region[-MAX_MATH_CHARS:]
-    gold_q = single_quantity(gold) if shape == "quantity" else None
-    if shape == "values" and answer.committed:
-        gold_values = value_list(gold)
+    gold_q = truth.quantity
+    if truth.values is not None and answer.committed:
+        gold_values = truth.values
         said_values = [q.value for q in quantities(clean_latex(_NEGATED.sub("", region)))]
         if _WORD.search(_LATEX_COMMAND.sub(" ", region)) or sorted(said_values) == sorted(gold_values):
             return exact(sorted(said_values) == sorted(gold_values), region)  # "x = 3 and x = 2" for "2, 3"
