@@ -140,27 +140,29 @@ def pack_responses(
     input_ids = torch.as_tensor(prompt_inputs["input_ids"])
     if input_ids.ndim != 2 or input_ids.shape[0] != len(responses):
         raise ValueError(f"input_ids {tuple(input_ids.shape)} does not match {len(responses)} responses")
+    # Everything is built where the prompt batch lives (a processor's batch moved to the model's GPU).
+    device = input_ids.device
     mask = prompt_inputs.get("attention_mask")
-    mask = torch.ones_like(input_ids) if mask is None else torch.as_tensor(mask)
+    mask = torch.ones_like(input_ids) if mask is None else torch.as_tensor(mask, device=device)
     type_ids = prompt_inputs.get("mm_token_type_ids")
+    if type_ids is not None:
+        type_ids = torch.as_tensor(type_ids, device=device)
     rows: dict[str, list[Tensor]] = {k: [] for k in _TOKEN_KEYS}
     lengths = []
     for b, response in enumerate(responses):
         if len(response) == 0:
             raise ValueError(f"response {b} is empty")
-        resp = torch.as_tensor(list(response), dtype=input_ids.dtype)
+        resp = torch.as_tensor(list(response), dtype=input_ids.dtype, device=device)
         keep = mask[b].bool()
         rows["input_ids"].append(torch.cat([input_ids[b][keep], resp]))
         if type_ids is not None:
-            prompt_types = torch.as_tensor(type_ids)[b][keep]
-            rows["mm_token_type_ids"].append(
-                torch.cat([prompt_types, torch.zeros_like(resp).to(prompt_types.dtype)])
-            )
+            prompt_types = type_ids[b][keep]
+            rows["mm_token_type_ids"].append(torch.cat([prompt_types, torch.zeros_like(resp, dtype=prompt_types.dtype)]))
         lengths.append(len(response))
     width = max(len(r) for r in rows["input_ids"])
 
     def pad(seqs: list[Tensor], value: int) -> Tensor:
-        out = torch.full((len(seqs), width), value, dtype=seqs[0].dtype)
+        out = torch.full((len(seqs), width), value, dtype=seqs[0].dtype, device=device)
         for b, s in enumerate(seqs):
             if padding_side == "left":
                 out[b, width - len(s) :] = s

@@ -20,19 +20,20 @@ non-visual positions in the query's context); ρ(l, t) = S_img / S_txt; ρ_t = e
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
-from curate.attention_probe import ProbeResult, decoder_layers, pack_responses, probe_attention
+from curate.attention_probe import ProbeResult, decoder_layers, pack_responses, probe_attention, visual_token_ids
 from curate.config import CmabConfig, CmabThresholds, PromptConfig
 from curate.engines.base import GenerationEngine, GenerationRequest, SamplingParams
 from curate.grading import GradingOptions, grade
 from curate.images import content_id
 from curate.masks import derived_seed
-from curate.prompts import build_messages
+from curate.prompts import build_messages, without_placeholder
 
 if TYPE_CHECKING:
     from curate.engines.transformers_engine import TransformersEngine
@@ -183,11 +184,14 @@ class CmabScorer:
         # Token ids come with log-probabilities; the probe needs the exact generated ids.
         self.sampling = SamplingParams(sampling.temperature, sampling.top_p, sampling.max_tokens, sampling.stop,
                                        logprobs=True)
-        self.prompt = prompt
+        # The variant's own layout (code: question before the image, as its thresholds assume),
+        # whatever the PISM prompt is.
+        self.prompt = dataclasses.replace(prompt, image_position=cfg.prompt_layout(prompt))
         self.probe_batch = probe_batch
         self.grading = grading
         self.num_layers = len(decoder_layers(probe_engine.model))
         self.layers = cmab_layers(cfg.variant, self.num_layers, cfg.layer)
+        self.vision_ids = frozenset(visual_token_ids(probe_engine.model))
 
     def score(self, samples: Sequence["Sample"]) -> list[CmabResult | str]:
         """One result per sample: a ``CmabResult``, or an error message."""
@@ -195,7 +199,9 @@ class CmabScorer:
         requests: list[tuple[int, GenerationRequest]] = []
         for i, s in enumerate(samples):
             try:
-                messages = build_messages(s.question, len(s.images), self.prompt)
+                # One image: its place is the variant's layout, not the dataset's placeholder.
+                question = without_placeholder(s.question) if len(s.images) == 1 else s.question
+                messages = build_messages(question, len(s.images), self.prompt)
             except ValueError as err:
                 out[i] = str(err)
                 continue
@@ -218,6 +224,12 @@ class CmabScorer:
                 continue
             chosen = good[:1] if self.cfg.response == "first_correct" else good
             ids = [c.token_ids if c.token_ids else self._tokenize(c.text) for c in chosen]
+            vision = sorted({t for response in ids for t in response if t in self.vision_ids})
+            if vision:
+                # A placeholder id in the response would be counted as image attention (and the
+                # model's forward would look for image features that do not exist): not probeable.
+                out[i] = f"a correct response contains vision token id(s) {vision}; the probe cannot score it"
+                continue
             to_probe.append((i, request, ids))
         for start in range(0, len(to_probe), self.probe_batch):
             self._probe(to_probe[start:start + self.probe_batch], correct_counts, out)
@@ -235,9 +247,10 @@ class CmabScorer:
                 encoded.append(prompt)
                 responses.append(response)
                 owners.append(i)
+        # collate puts the batch on the probe model's device; pack_responses builds the response
+        # ids there too.
         inputs = self.probe_engine.collate(encoded)
         packed, lengths = pack_responses(inputs, responses, self.probe_engine.pad_token_id)
-        packed = {k: v.to(self.probe_engine.device) if isinstance(v, torch.Tensor) else v for k, v in packed.items()}
         options = cmab_probe_options(self.cfg.variant, self.num_layers, self.cfg.layer)
         with torch.inference_mode():
             probed = probe_attention(self.probe_engine.model, packed, lengths, chunk=self.cfg.probe_chunk, **options)

@@ -126,8 +126,7 @@ class PromptConfig:
     # How the question is put to the model; {question} is replaced by the sample's question.
     template: str = "{question}"
     # Where the images go when the question has no <image> placeholders: first (Qwen's convention)
-    # or last (after the text: the released CMAB code's layout, which its thresholds assume, since
-    # its "text" span is everything before the first image token).
+    # or last (after the text). CMAB uses its variant's layout instead (cmab.image_position).
     image_position: str = "first"
 
 
@@ -203,6 +202,17 @@ class CmabConfig:
     # Query rows per chunk in the probe (bounds its memory).
     probe_chunk: int = 256
     seed: int = 0
+    # Where CMAB's prompts put the images: auto (the variant's layout: code → last, the released
+    # code's question-before-image layout its "text before the image" span and thresholds assume;
+    # paper → prompt.image_position) | first | last. A one-image question's <image> placeholder is
+    # taken out so that this layout holds; several placeholders keep their places.
+    image_position: str = "auto"
+
+    def prompt_layout(self, prompt: "PromptConfig") -> str:
+        """The image position CMAB's prompts use (``auto`` resolved for this variant)."""
+        if self.image_position != "auto":
+            return self.image_position
+        return "last" if self.variant == "code" else prompt.image_position
 
 
 @dataclass
@@ -285,6 +295,7 @@ class CurateConfig:
         c = self.cmab
         _choice("cmab.variant", c.variant, ["code", "paper"])
         _choice("cmab.response", c.response, ["first_correct", "mean_correct"])
+        _choice("cmab.image_position", c.image_position, ["auto", "first", "last"])
         _check("cmab.k", c.k > 0, "must be positive")
         _check(f"cmab.thresholds.{c.variant}", c.variant in c.thresholds, "missing for the chosen variant")
         for name, t in c.thresholds.items():

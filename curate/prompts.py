@@ -42,3 +42,12 @@ def build_messages(question: str, num_images: int, cfg: PromptConfig) -> list[di
         messages.append({"role": "system", "content": cfg.system_prompt})
     messages.append({"role": "user", "content": parts})
     return messages
+
+
+def without_placeholder(question: str) -> str:
+    """A one-image question with its lone ``<image>`` placeholder taken out, so that the prompt
+    layout (``image_position``) decides where the image goes; other questions are returned as is."""
+    if question.count(IMAGE_PLACEHOLDER) != 1:
+        return question
+    before, after = question.split(IMAGE_PLACEHOLDER)
+    return " ".join(part for part in (before.strip(), after.strip()) if part)

@@ -100,6 +100,9 @@ def begin(cfg: CurateConfig, out: Path, shards: Path) -> dict[str, Any]:
         "engine": cfg.engine.backend,
         "hardmode_version": versions.get("hardmode"),
     }
+    if cfg.cmab.enabled:
+        # What CMAB's ρ̄ and its thresholds depend on beyond the config's literal values.
+        record["cmab"] = {"variant": cfg.cmab.variant, "image_position": cfg.cmab.prompt_layout(cfg.prompt)}
     out.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps(record, indent=2, default=str))
     return record

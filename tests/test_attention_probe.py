@@ -21,6 +21,7 @@ from transformers import (
 
 import curate.attention_probe as probe_module
 from curate.attention_probe import ProbeError, decoder_layers, pack_responses, probe_attention, save_heatmap
+from support.devices import default_device_elsewhere
 
 IMAGE, VIDEO, VSTART, VEND, PAD = 290, 291, 292, 293, 0
 PATCH_DIM = 3 * 2 * 14 * 14  # channels × temporal patch × patch²
@@ -338,6 +339,20 @@ def test_pack_responses_keeps_prompts_and_marks_the_response_as_text():
             )
     with pytest.raises(ValueError, match="empty"):
         pack_responses(prompt_batch(prompts, pixels, grids), [[1], [], [2]], PAD)
+
+
+@pytest.mark.parametrize("response_attention", ["none", "heads"])
+def test_pack_and_probe_build_tensors_where_the_batch_lives(eager_model, response_attention):
+    """A tensor built on the default device instead of the batch's fails on a GPU; here it lands on
+    ``meta`` and fails the same way (tests/support/devices.py)."""
+    prompts, pixels, grids = make_prompts()
+    expected = probe_attention(eager_model, *pack_responses(prompt_batch(prompts, pixels, grids), make_responses(),
+                                                            PAD), response_attention=response_attention)
+    with default_device_elsewhere(packages=("curate.attention_probe",)):
+        inputs, lengths = pack_responses(prompt_batch(prompts, pixels, grids), make_responses(), PAD)
+        got = probe_attention(eager_model, inputs, lengths, response_attention=response_attention, verify=True)
+    for a, b in zip(got, expected):
+        assert torch.equal(a.image_mass, b.image_mass) and torch.equal(a.text_mass, b.text_mass)
 
 
 def test_bad_arguments_fail_clearly(eager_model):
