@@ -62,6 +62,49 @@ def _images_only_processor(path: str) -> "ProcessorMixin":
     return images_only(processor_class).from_pretrained(path)
 
 
+# transformers' Qwen2-VL image processor defaults, for a checkpoint whose configs name no bounds.
+DEFAULT_MIN_PIXELS = 56 * 56
+DEFAULT_MAX_PIXELS = 28 * 28 * 1280
+
+
+def _checkpoint_pixel_bounds(path: str) -> tuple[int, int]:
+    """(min, max) image pixels a checkpoint's image processor config declares."""
+    from transformers.utils import cached_file
+
+    for filename, section in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        resolved = cached_file(path, filename, _raise_exceptions_for_missing_entries=False,
+                               _raise_exceptions_for_connection_errors=False)
+        if not resolved:
+            continue
+        with open(resolved, encoding="utf-8") as f:
+            config = json.load(f)
+        config = config.get(section) or {} if section else config
+        size = config.get("size") or {}
+        low = config.get("min_pixels", size.get("shortest_edge"))
+        high = config.get("max_pixels", size.get("longest_edge"))
+        if low is not None or high is not None:
+            return (int(low) if low is not None else DEFAULT_MIN_PIXELS,
+                    int(high) if high is not None else DEFAULT_MAX_PIXELS)
+    return DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS
+
+
+def pixel_bounds(path: str, min_pixels: int | None, max_pixels: int | None) -> dict[str, int] | None:
+    """Both image pixel bounds for a processor call, the missing one from the checkpoint.
+
+    transformers 5.9's Qwen2-VL image processors apply call-time ``min_pixels``/``max_pixels`` only when
+    BOTH are given: ``max_pixels`` alone is silently ignored (15,301 image tokens instead of 1,564 on a
+    Qwen2.5-VL-7B image). vLLM passes ``mm_processor_kwargs`` at call time, so they always carry both.
+    """
+    if min_pixels is None and max_pixels is None:
+        return None
+    default_low, default_high = _checkpoint_pixel_bounds(path)
+    low = default_low if min_pixels is None else min_pixels
+    high = default_high if max_pixels is None else max_pixels
+    if low > high:
+        raise ValueError(f"min_pixels ({low}) must not exceed max_pixels ({high})")
+    return {"min_pixels": low, "max_pixels": high}
+
+
 def _cap_pixels(processor: "ProcessorMixin", min_pixels: int | None, max_pixels: int | None) -> None:
     """Set the image pixel budget on this instance only (never through the class-wide default ``size``)."""
     from transformers.image_utils import SizeDict

@@ -43,6 +43,13 @@ def test_pixel_budget_goes_to_the_multimodal_processor():
     assert "mm_processor_kwargs" not in llm_kwargs(engine_cfg(), "m", on_cpu=False)
 
 
+def test_a_single_pixel_bound_is_sent_with_the_checkpoints_other_one(tmp_path):
+    """vLLM hands these to the processor at call time, where transformers ignores a bound alone."""
+    (tmp_path / "preprocessor_config.json").write_text('{"min_pixels": 3136, "max_pixels": 12845056}')
+    kwargs = llm_kwargs(engine_cfg("engine.max_pixels=1254400"), str(tmp_path), on_cpu=False)
+    assert kwargs["mm_processor_kwargs"] == {"min_pixels": 3136, "max_pixels": 1254400}
+
+
 def test_extra_keys_win_over_derived_ones():
     cfg = engine_cfg("engine.vllm.extra.limit_mm_per_prompt={image: 2, video: 1}", "engine.vllm.extra.seed=3")
     kwargs = llm_kwargs(cfg, "m", on_cpu=False)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from curate.modeling import load_model, load_processor, resolve_model_path
+from curate.modeling import DEFAULT_MAX_PIXELS, load_model, load_processor, pixel_bounds, resolve_model_path
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,37 @@ def test_pixel_budget_is_per_instance(toy_dir):
     assert dict(Qwen2VLImageProcessorPil.size) == class_default
     with pytest.raises(ValueError, match="min_pixels"):
         load_processor(str(toy_dir), min_pixels=200 * 200, max_pixels=100 * 100)
+
+
+def test_call_time_pixel_caps_need_both_bounds(toy_dir):
+    """The trap vLLM's mm_processor_kwargs fall into: transformers applies call-time bounds only in
+    pairs, so max_pixels alone changes nothing; pixel_bounds always gives both."""
+    processor = load_processor(str(toy_dir))
+    image = Image.new("RGB", (448, 448), (200, 30, 30))
+
+    def tokens(**kwargs) -> int:
+        grid = processor.image_processor(images=[image], return_tensors="pt", **kwargs)["image_grid_thw"]
+        return int(grid.prod()) // 4
+
+    cap = 8 * 28 * 28  # at most 8 merged tokens
+    assert tokens(max_pixels=cap) == tokens() == 16  # ignored alone
+    bounds = pixel_bounds(str(toy_dir), None, cap)
+    assert bounds == {"min_pixels": 3136, "max_pixels": cap}  # the checkpoint's own minimum
+    assert tokens(**bounds) <= 8
+
+
+def test_pixel_bounds_fill_the_missing_bound_from_the_checkpoint(toy_dir, tmp_path):
+    assert pixel_bounds(str(toy_dir), None, None) is None
+    assert pixel_bounds(str(toy_dir), 6272, None) == {"min_pixels": 6272, "max_pixels": 12544}
+    hub_style = tmp_path / "hub_style"
+    hub_style.mkdir()
+    (hub_style / "preprocessor_config.json").write_text(json.dumps({"min_pixels": 3136, "max_pixels": 12845056}))
+    assert pixel_bounds(str(hub_style), None, 1254400) == {"min_pixels": 3136, "max_pixels": 1254400}
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert pixel_bounds(str(bare), 100, None) == {"min_pixels": 100, "max_pixels": DEFAULT_MAX_PIXELS}
+    with pytest.raises(ValueError, match="must not exceed"):
+        pixel_bounds(str(toy_dir), 20000, None)
 
 
 def test_images_only_processor_for_any_qwen_vl_checkpoint(toy_dir, tmp_path, monkeypatch):

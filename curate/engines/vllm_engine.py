@@ -34,6 +34,7 @@ from curate.engines.base import (
     GenerationResult,
     SamplingParams,
 )
+from curate.modeling import pixel_bounds
 
 if TYPE_CHECKING:
     import vllm
@@ -65,9 +66,7 @@ def llm_kwargs(cfg: "EngineConfig", model_path: str, *, on_cpu: bool) -> dict[st
         # Curation sends images only: no memory is profiled or reserved for videos.
         "limit_mm_per_prompt": {"video": 0},
     }
-    pixels = {
-        k: p for k, p in (("min_pixels", cfg.min_pixels), ("max_pixels", cfg.max_pixels)) if p is not None
-    }
+    pixels = pixel_bounds(model_path, cfg.min_pixels, cfg.max_pixels)  # both bounds, or none applies
     if pixels:
         kwargs["mm_processor_kwargs"] = pixels
     if on_cpu:
