@@ -35,6 +35,7 @@ from pathlib import Path
 
 from rl.train import (
     EXTERNAL_MODULES,
+    VERL_FIXES,
     TrainPlan,
     add_recipe_arguments,
     as_overrides,
@@ -70,9 +71,8 @@ def plan_sft(
     env = file_logger_env(environ)
     if not environ.get("RAY_ADDRESS"):
         env["RAY_ADDRESS"] = "local"
-    modules = environ_modules(environ) + hardmode.verl_modules
-    if modules:
-        env[EXTERNAL_MODULES] = ",".join(dict.fromkeys(modules))
+    modules = [VERL_FIXES, *environ_modules(environ), *hardmode.verl_modules]
+    env[EXTERNAL_MODULES] = ",".join(dict.fromkeys(modules))
     return TrainPlan(
         overrides=as_overrides(recipe, verl_cli),
         env=env,

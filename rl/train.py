@@ -62,6 +62,8 @@ MISSING = "???"
 EXTERNAL_MODULES = "VERL_USE_EXTERNAL_MODULES"  # verl imports these modules inside `import verl`
 # verl 0.9.1 ignores data.sampler.class_path; this module's hook makes it build that sampler again.
 SAMPLER_HOOK = "rl.sampler"
+# A verl 0.9.1 bug fix every run needs on every platform (mRoPE position ids of equal-length batches).
+VERL_FIXES = "rl.verl_fixes"
 TOY_MODEL = "toy"  # actor_rollout_ref.model.path value: the project's tiny trained model (curate.toy.cache)
 METRICS_ROOT = "outputs/rl"  # where verl's file logger writes <project>/<experiment>.jsonl by default
 _UNQUOTED = re.compile(
@@ -79,7 +81,7 @@ class HardmodeSection:
     cpu: bool = False
     # Modules verl imports in every process (VERL_USE_EXTERNAL_MODULES), e.g. plugins that register
     # with verl's registries. rl.cpu.plugin (hardmode.cpu) and rl.sampler (data.sampler.class_path)
-    # are added when needed; so are the ones already in the environment.
+    # are added when needed, rl.verl_fixes always; so are the ones already in the environment.
     verl_modules: list[str] = field(default_factory=list)
 
 
@@ -268,7 +270,7 @@ def plan_training(
     env = file_logger_env(environ)
     if local_cluster:
         implied["ray_kwargs.ray_init.address"] = (True, "local")
-    hooks = environ_modules(environ) + hardmode.verl_modules
+    hooks = [VERL_FIXES, *environ_modules(environ), *hardmode.verl_modules]
     if hardmode.cpu:
         from rl.cpu import cpu_env, cpu_overrides
 
@@ -279,8 +281,7 @@ def plan_training(
         env.update(cpu)
     if "data.sampler.class_path" in recipe or "data.sampler.class_path" in cli_keys:
         hooks.append(SAMPLER_HOOK)
-    if hooks:
-        env[EXTERNAL_MODULES] = ",".join(dict.fromkeys(hooks))
+    env[EXTERNAL_MODULES] = ",".join(dict.fromkeys(hooks))
     # The workers' environment too: on a cluster they are not children of this process.
     for name, value in env.items():
         implied[f"ray_kwargs.ray_init.runtime_env.env_vars.{name}"] = (True, value)

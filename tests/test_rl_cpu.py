@@ -193,7 +193,28 @@ def test_overrides_are_not_applied_without_the_cpu_platform(tmp_path):
     assert proc.stdout.strip() == "False"
 
 
-# ---- overrides: mrope position ids from TransferQueue -------------------------------------------------
+def test_position_ids_fix_reaches_verl_workers_on_any_platform(tmp_path):
+    """No CPU platform selected (as on a GPU node): the module verl loads still replaces the function
+    that verl's FSDP engine workers and engine base imported by name."""
+    code = textwrap.dedent("""
+        import verl
+        import verl.workers.engine.base as base
+        import verl.workers.engine_workers as workers
+        import rl.verl_fixes as fixes
+        print(base.maybe_fix_3d_position_ids is fixes.maybe_fix_3d_position_ids,
+              workers.maybe_fix_3d_position_ids is fixes.maybe_fix_3d_position_ids)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    env["VERL_USE_EXTERNAL_MODULES"] = "rl.verl_fixes"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "True True"
+
+
+# ---- rl.verl_fixes (every platform): mrope position ids from TransferQueue -------------------------------------------------
 
 
 def _packed_like_transfer_queue(lengths: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -207,7 +228,7 @@ def test_position_ids_survive_the_fix_and_verl_minibatch_selection(lengths):
     from tensordict import TensorDict
     from verl.utils.tensordict_utils import index_select_tensor_dict
 
-    from rl.cpu.overrides import maybe_fix_3d_position_ids
+    from rl.verl_fixes import maybe_fix_3d_position_ids
 
     packed, rows = _packed_like_transfer_queue(lengths)
     data = TensorDict({"position_ids": packed}, batch_size=[len(rows)])
@@ -223,7 +244,7 @@ def test_verl_own_fix_breaks_equal_length_batches():
     """The bug the override fixes: verl forces ragged dim 2 onto a tensor packed ragged on dim 1."""
     from tensordict import TensorDict
 
-    from rl.cpu.overrides import _fix_3d_position_ids as verl_fix
+    from rl.verl_fixes import _verl_fix_3d_position_ids as verl_fix
 
     packed, _ = _packed_like_transfer_queue([5, 5, 5])
     data = TensorDict({"position_ids": packed}, batch_size=[3])

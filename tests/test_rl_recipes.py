@@ -119,6 +119,14 @@ def test_grpo_recipe_has_the_papers_settings():
     assert actor.ppo_mini_batch_size <= cfg.data.train_batch_size
 
 
+def test_gpu_recipes_load_the_verl_fix_in_every_worker():
+    """The position-ids fix is not a CPU matter: the GPU recipes' workers load it too."""
+    plan, cfg = _compose(GRPO)
+    assert "rl.verl_fixes" in plan.env["VERL_USE_EXTERNAL_MODULES"].split(",")
+    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == plan.env["VERL_USE_EXTERNAL_MODULES"]
+    assert "rl.verl_fixes" in plan_sft(SFT, _placeholders(SFT), environ=NO_RAY).env["VERL_USE_EXTERNAL_MODULES"]
+
+
 def test_multi_node_is_one_override():
     _, cfg = _compose(GRPO, _placeholders(GRPO) + ["trainer.nnodes=4"])
     assert cfg.trainer.nnodes == 4 and cfg.actor_rollout_ref.rollout.n_gpus_per_node == 8
@@ -201,7 +209,7 @@ def test_sft_private_cluster_unless_one_is_given():
         [*_placeholders(SFT), "hardmode.verl_modules=[b.mod]"],
         environ={"VERL_USE_EXTERNAL_MODULES": "a.mod,b.mod"},
     )
-    assert hooked.env["VERL_USE_EXTERNAL_MODULES"] == "a.mod,b.mod"
+    assert hooked.env["VERL_USE_EXTERNAL_MODULES"] == "rl.verl_fixes,a.mod,b.mod"
 
 
 def test_sft_dry_run_prints_verls_sft_command(tmp_path):
@@ -222,9 +230,10 @@ def test_sft_dry_run_prints_verls_sft_command(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     command, config = proc.stdout.split("\n", 1)
     words = shlex.split(command)
-    assert words[:5] == [
+    assert words[:6] == [
         "RAY_ADDRESS=local",
         "VERL_FILE_LOGGER_ROOT=outputs/rl",
+        "VERL_USE_EXTERNAL_MODULES=rl.verl_fixes",
         "python",
         "-m",
         VERL_SFT_ENTRY,

@@ -98,7 +98,7 @@ def test_precedence_cpu_defaults_then_recipe_then_command_line(tmp_path):
     assert "trainer.total_epochs" in keys and plan.overrides.count("trainer.total_epochs=5") == 1
     assert plan.overrides[-2:] == ["trainer.total_epochs=5", "+trainer.extra_key=1"]  # verbatim, last
     assert "trainer.total_epochs=2" not in plan.overrides  # each key set once
-    assert plan.env["VERL_USE_EXTERNAL_MODULES"] == "rl.cpu.plugin"
+    assert plan.env["VERL_USE_EXTERNAL_MODULES"] == "rl.cpu.plugin,rl.verl_fixes"
     assert "VERL_FILE_LOGGER_ROOT" not in plan_training(recipe, environ={"VERL_FILE_LOGGER_PATH": "m"}).env
     cfg = verl_config(TrainPlan(overrides=plan.overrides[:-1], env=plan.env))
     assert cfg.trainer.total_epochs == 5 and cfg.ray_kwargs.ray_init.num_gpus == 1
@@ -134,20 +134,21 @@ def test_verl_plugin_modules_are_merged_in_order(tmp_path):
         """,
     )
     plan = plan_training(recipe, environ={"VERL_USE_EXTERNAL_MODULES": "site.hook,my.plugin"})
-    modules = "rl.cpu.plugin,site.hook,my.plugin,rl.sampler"  # CPU plugin first: it checks versions
+    modules = "rl.cpu.plugin,rl.verl_fixes,site.hook,my.plugin,rl.sampler"  # CPU plugin first: it checks versions
     assert plan.env["VERL_USE_EXTERNAL_MODULES"] == modules
     cfg = verl_config(plan)
     assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == modules
     plain = _recipe(tmp_path, "actor_rollout_ref:\n  rollout:\n    name: vllm\n")
     with_sampler = plan_training(plain, ["+data.sampler.class_path=pkg://rl.sampler"], environ=NO_RAY)
-    assert with_sampler.env["VERL_USE_EXTERNAL_MODULES"] == "rl.sampler"
+    assert with_sampler.env["VERL_USE_EXTERNAL_MODULES"] == "rl.verl_fixes,rl.sampler"
 
 
 def test_gpu_recipe_gets_no_cpu_settings(tmp_path):
     plan = plan_training(
         _recipe(tmp_path, "actor_rollout_ref:\n  rollout:\n    name: vllm\n"), environ=NO_RAY
     )
-    assert plan.env == {"VERL_FILE_LOGGER_ROOT": "outputs/rl"}  # metrics under outputs/, not in the cwd
+    # metrics under outputs/, not in the cwd; the verl fix every platform needs
+    assert plan.env == {"VERL_FILE_LOGGER_ROOT": "outputs/rl", "VERL_USE_EXTERNAL_MODULES": "rl.verl_fixes"}
     assert not any("rl.cpu" in o or "VERL_PLATFORM" in o for o in plan.overrides)
     assert _keys(plan)["actor_rollout_ref.rollout.name"] == "vllm"
 
@@ -226,7 +227,7 @@ def test_command_line_dry_run_prints_the_verl_command_and_config(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     command, config = proc.stdout.split("\n", 1)
-    assert f"VERL_PLATFORM=cpu VERL_USE_EXTERNAL_MODULES=rl.cpu.plugin python -m {VERL_ENTRY}" in command
+    assert f"VERL_PLATFORM=cpu VERL_USE_EXTERNAL_MODULES=rl.cpu.plugin,rl.verl_fixes python -m {VERL_ENTRY}" in command
     assert "VERL_FILE_LOGGER_ROOT=outputs/rl" in command
     assert "data.train_files=/data/t.parquet" in command
     assert "adv_estimator: grpo" in config and "name: hf" in config

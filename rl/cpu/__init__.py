@@ -20,9 +20,10 @@ no rollout engine without vLLM/SGLang                          ``rl.cpu.hf_rollo
                                                                weight-sync adapter)
 reference model: CPUOffloadPolicy(pin_memory=True) fails       ``rl.cpu.overrides`` (unpinned policy)
 images need qwen_vl_utils, which needs torchvision             ``rl.cpu.dataset`` via ``data.custom_cls``
-Qwen2.5-VL position ids crash when all sequences of a batch    ``rl.cpu.overrides`` (rebuilt ragged on the
-have the same length ("split_with_sizes expects ...")          sequence dim)
 ============================================================  ==============================================
+
+The Qwen2.5-VL position-ids crash of batches whose sequences all have the same length ("split_with_sizes
+expects ...") is not a CPU matter: ``rl.verl_fixes`` fixes it on every platform.
 
 Two more facts a CPU recipe must respect (``configs/rl/toy_cpu.yaml``): verl's FSDP engine computes in
 bf16 unless ``fsdp_config.mixed_precision`` says otherwise (``fsdp_config.dtype`` is not read), and
