@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from curate.grading.verdict import GradingOptions
+from curate.modeling import TOY_MODEL
 
 __all__ = [
     "ConfigError",
@@ -105,6 +106,9 @@ class EngineConfig:
     max_model_len: int = 4096
     # Requests per engine call (transformers: one left-padded generate batch).
     batch_size: int = 32
+    # Load the model only from a local directory (engine.model must be one): cluster recipes set it,
+    # since every scoring actor loads the checkpoint at once and compute nodes are often offline.
+    local_files_only: bool = False
     # Cap on image pixels given to the processor (method.md §3: 1,254,400 for Qwen2.5-VL-7B runs).
     max_pixels: Optional[int] = None
     min_pixels: Optional[int] = None
@@ -239,10 +243,11 @@ class RayConfig:
     num_cpus: float = 1.0
     # Rows per map_batches call into a scoring actor.
     batch_size: int = 16
-    # A crashed scoring actor is restarted (-1: always; a finite budget can leave Ray Data's pool
-    # with a dead actor and the run waiting forever). A batch is retried max_task_retries times, then
-    # set aside and its rows retried one per batch; a row that still crashes becomes an error row.
-    max_restarts: int = -1
+    # A crashed scoring actor is restarted at most max_restarts times (-1: always, which can loop
+    # forever on a GPU whose memory a dead engine still holds). A batch is retried max_task_retries
+    # times, then set aside and its rows retried one per batch in a fresh pool; a row that still
+    # crashes becomes an error row.
+    max_restarts: int = 3
     max_task_retries: int = 2
     # Seconds between progress log lines.
     log_every_s: float = 30.0
@@ -275,6 +280,10 @@ class CurateConfig:
         _check("engine.batch_size", self.engine.batch_size > 0, "must be positive")
         _check("engine.max_model_len", self.engine.max_model_len > 0, "must be positive")
         _check("engine.openai.concurrency", self.engine.openai.concurrency > 0, "must be positive")
+        self._check_model()
+        tp = self.engine.vllm.tensor_parallel_size
+        _check("engine.vllm.tensor_parallel_size", tp >= 1, "must be >= 1")
+
         _check("sampling.temperature", self.sampling.temperature >= 0, "must be >= 0")
         _check("sampling.top_p", 0 < self.sampling.top_p <= 1, "must be in (0, 1]")
         _check("sampling.max_tokens", self.sampling.max_tokens > 0, "must be positive")
@@ -306,10 +315,30 @@ class CurateConfig:
         _check("ray.min_actors", 1 <= r.min_actors <= r.max_actors, "must satisfy 1 <= min_actors <= max_actors")
         _check("ray.batch_size", r.batch_size > 0, "must be positive")
         _check("ray.num_gpus", r.num_gpus >= 0, "must be >= 0")
+        _check("ray.num_gpus", r.num_gpus <= 1 or float(r.num_gpus).is_integer(),
+               "must be a whole number above 1 (Ray cannot split several GPUs)")
+        _check("ray.num_cpus", r.num_cpus > 0, "must be positive")
+        _check("ray.max_restarts", r.max_restarts >= -1, "must be >= -1 (-1: always restart)")
         _check("ray.max_task_retries", r.max_task_retries >= 0,
                "must be >= 0 (a batch that always crashes its actor would otherwise be retried forever)")
         _check("output.rows_per_shard", self.output.rows_per_shard > 0, "must be positive")
         return self
+
+
+    def _check_model(self) -> None:
+        e = self.engine
+        if e.backend == "openai":
+            return
+        _check("engine.model", not (e.model == TOY_MODEL and self.ray.num_gpus > 0),
+               f"'toy' is the offline CPU demo model, and this run gives each scoring actor "
+               f"ray.num_gpus={self.ray.num_gpus:g}: pass engine.model=<a local checkpoint directory>")
+        if e.local_files_only and not (Path(e.model) / "config.json").is_file():
+            name = e.model if e.model.count("/") == 1 and not Path(e.model).exists() else "ORG/NAME"
+            _check("engine.model", False,
+                   f"{e.model!r} is not a local model directory (no config.json) and engine.local_files_only "
+                   "is set: every scoring actor loads the checkpoint at once, from a path all nodes can "
+                   f"read. Download it once (hf download {name} --local-dir /shared/models/{name.split('/')[-1]}) "
+                   "and pass engine.model=/shared/models/...")
 
 
 T = TypeVar("T")

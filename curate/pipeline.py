@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 
 from curate import run_record, schema
 from curate.config import ConfigError, CurateConfig, load_config, to_yaml
+from curate.placement import check_cluster, cluster_nodes
 from curate.run_record import ANNOTATED_DIR, RUN_METADATA_KEY
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,12 @@ class ScoringActor:
     def __init__(self, cfg: CurateConfig, counter: Any = None, run_metadata: bytes = b""):
         from curate.scorer import Scorer
 
+        if cfg.engine.backend == "vllm":
+            # vLLM's engine core runs in this process, not in a child: a child outlives an actor
+            # killed by Ray or the OOM killer (vLLM 0.24 has no parent-death watch for it) and keeps
+            # the GPU memory every restart of this actor then fails to get. Tensor-parallel workers
+            # watch their parent, which is then this actor.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.scorer = Scorer(cfg)
         self.counter = counter
         self.run_metadata = run_metadata
@@ -169,11 +176,7 @@ def connect(cfg: CurateConfig) -> None:
                          include_dashboard=False)
     resources = ray.cluster_resources()
     log.info("ray: %s", {k: v for k, v in resources.items() if not k.startswith("node:")})
-    gpus_needed = cfg.ray.min_actors * cfg.ray.num_gpus
-    if resources.get("GPU", 0) < gpus_needed:
-        raise ConfigError(
-            f"config key 'ray.num_gpus': {cfg.ray.min_actors} actor(s) × {cfg.ray.num_gpus} GPU need {gpus_needed} "
-            f"GPUs, the cluster has {resources.get('GPU', 0):g}; set ray.num_gpus=0 on a CPU cluster")
+    check_cluster(cfg, cluster_nodes(ray.nodes()))
     if resources.get("CPU", 0) < cpus_needed(cfg):
         raise ConfigError(
             f"config key 'ray.min_actors': {cfg.ray.min_actors} actor(s) × {cfg.ray.num_cpus} CPU plus 2 for reading, "

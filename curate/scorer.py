@@ -25,6 +25,8 @@ from curate.pism import PismResult, PismScorer, Sample
 
 log = logging.getLogger(__name__)
 
+PROBE_BATCH = 8  # responses per teacher-forced probe forward
+
 
 def sampling_params(cfg: CurateConfig) -> SamplingParams:
     s = cfg.sampling
@@ -57,6 +59,8 @@ class Scorer:
 
     def __init__(self, cfg: CurateConfig, engine: GenerationEngine | None = None):
         self.cfg = cfg
+        if engine is None and cfg.cmab.enabled and cfg.engine.backend == "vllm":
+            _check_probe_fits(cfg)
         self.engine = engine if engine is not None else create_engine(cfg.engine)
         self.pism = (PismScorer(self.engine, cfg.pism, sampling_params(cfg), cfg.prompt, grading_options(cfg))
                      if cfg.pism.enabled else None)
@@ -69,7 +73,7 @@ class Scorer:
             probe = self.engine if isinstance(self.engine, TransformersEngine) else TransformersEngine.from_config(
                 dataclasses.replace(cfg.engine, backend="transformers"))
             self.cmab = CmabScorer(self.engine, probe, cfg.cmab, sampling_params(cfg), cfg.prompt,
-                                   grading=grading_options(cfg))
+                                   probe_batch=PROBE_BATCH, grading=grading_options(cfg))
 
     def close(self) -> None:
         if self.cmab is not None and self.cmab.probe_engine is not self.engine:
@@ -115,6 +119,25 @@ class Scorer:
         status = [schema.STATUS_OK if e is None else schema.STATUS_ERROR for e in errors]
         out = _set(out, pa.field(schema.STATUS, pa.string()), pa.array(status, pa.string()))
         return _set(out, pa.field(schema.ERROR, pa.string()), pa.array(errors, pa.string()))
+
+
+def _check_probe_fits(cfg: CurateConfig) -> None:
+    """Before vLLM takes its share of the GPU: refuse a share that leaves the probe too little."""
+    import torch
+
+    from curate.modeling import resolve_model_path
+    from curate.placement import check_probe_memory, probe_memory_bytes
+
+    if not torch.cuda.is_available() or cfg.engine.device == "cpu":
+        return
+    path = resolve_model_path(cfg.engine.model)
+    try:
+        need = probe_memory_bytes(cfg, path, PROBE_BATCH)
+    except (OSError, KeyError, ValueError) as err:  # a hub id, or a config without the sizes
+        log.warning("cannot size the CMAB probe's GPU memory for %s (%s); not checked", path, err)
+        return
+    _, total = torch.cuda.mem_get_info()
+    check_probe_memory(cfg, total, need)
 
 
 def _sample(row: dict[str, Any]) -> Sample:
