@@ -129,6 +129,13 @@ class ScoringActor:
             context = ray.get_runtime_context()
             counter.register.remote(context.get_actor_id(), context.current_actor)
 
+    def __del__(self) -> None:
+        # Ray Data drops this object when it lets its actor go (MapWorker.__ray_shutdown__): the
+        # engines shut down cleanly then. A killed actor takes its in-process engine with it.
+        scorer = getattr(self, "scorer", None)
+        if scorer is not None:
+            scorer.close()
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = self.scorer.score_table(batch)
         if self.counter is not None:
