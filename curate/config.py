@@ -279,6 +279,9 @@ class CurateConfig:
         _choice("engine.device", self.engine.device, ["auto", "cpu", "cuda"])
         _check("engine.batch_size", self.engine.batch_size > 0, "must be positive")
         _check("engine.max_model_len", self.engine.max_model_len > 0, "must be positive")
+        for key in ("min_pixels", "max_pixels"):
+            value = getattr(self.engine, key)
+            _check(f"engine.{key}", value is None or value > 0, "must be positive or null")
         _check("engine.openai.concurrency", self.engine.openai.concurrency > 0, "must be positive")
         self._check_model()
         tp = self.engine.vllm.tensor_parallel_size
@@ -339,6 +342,10 @@ class CurateConfig:
                    "is set: every scoring actor loads the checkpoint at once, from a path all nodes can "
                    f"read. Download it once (hf download {name} --local-dir /shared/models/{name.split('/')[-1]}) "
                    "and pass engine.model=/shared/models/...")
+        looks_local = e.model.startswith(("/", "./", "../", "~")) or e.model.count("/") > 1
+        _check("engine.model", e.model == TOY_MODEL or not looks_local or Path(e.model).expanduser().exists(),
+               f"{e.model!r} does not exist (a local checkpoint directory, or a hub id such as "
+               "Qwen/Qwen2.5-VL-7B-Instruct)")
 
 
 T = TypeVar("T")

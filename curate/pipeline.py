@@ -328,6 +328,10 @@ def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
 
     from curate.modeling import resolve_model_path
 
+    if cfg.data.format != "toy":
+        from curate.io import open_corpus
+
+        open_corpus(cfg.data)  # a missing or unreadable input fails here, before Ray starts
     out = Path(cfg.output.path).resolve()
     out.mkdir(parents=True, exist_ok=True)
     connect(cfg)

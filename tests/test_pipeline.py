@@ -152,3 +152,14 @@ def test_resume_after_sigkill_completes_without_duplicates(corpus, reference, tm
     left = re.search(r"stage 2: scoring (\d+) of (\d+) rows", second.stderr)
     assert left and 0 < int(left.group(1)) < int(left.group(2)) == len(reference), second.stderr[-3000:]
     _assert_matches(_annotated(tmp_path), reference)
+
+
+def test_a_missing_input_fails_before_ray_starts(tmp_path):
+    from curate.config import ConfigError
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cfg = load_config(overrides=[f"data.path={tmp_path / 'nothing.parquet'}", f"output.path={tmp_path / 'out'}"])
+    with pytest.raises((ConfigError, FileNotFoundError), match="nothing.parquet"):
+        run(cfg)
+    assert not ray.is_initialized()

@@ -48,8 +48,8 @@ def test_actors_are_counted_node_by_node_not_in_sums():
     # The cluster has 16 CPUs and 2 GPUs, enough in sums for two 4-CPU 1-GPU actors; no node holds both.
     with pytest.raises(ConfigError, match=r"ray.min_actors.*a: 4 CPU, 2 GPU → 1, b: 12 CPU, 0 GPU → 0"):
         check_cluster(cfg("ray.min_actors=2", "ray.max_actors=2", "ray.num_cpus=4", "ray.num_gpus=1",
-                          "engine.model=/m"), nodes)
-    check_cluster(cfg("ray.num_cpus=4", "ray.num_gpus=1", "engine.model=/m"), nodes)
+                          "engine.model=org/m"), nodes)
+    check_cluster(cfg("ray.num_cpus=4", "ray.num_gpus=1", "engine.model=org/m"), nodes)
 
 
 def test_ray_nodes_become_resources():
@@ -72,9 +72,9 @@ def test_tensor_parallel_needs_that_many_gpus_per_actor():
     nodes = [NodeResources("a", cpus=32, gpus=8)]
     with pytest.raises(ConfigError, match="engine.vllm.tensor_parallel_size.*ray.num_gpus=2"):
         check_cluster(cfg("engine.backend=vllm", "engine.vllm.tensor_parallel_size=2", "ray.num_gpus=1",
-                          "engine.model=/m"), nodes)
+                          "engine.model=org/m"), nodes)
     check_cluster(cfg("engine.backend=vllm", "engine.vllm.tensor_parallel_size=2", "ray.num_gpus=2",
-                      "engine.model=/m"), nodes)
+                      "engine.model=org/m"), nodes)
 
 
 def test_probe_memory_of_the_7b(model_7b):
@@ -124,11 +124,18 @@ def test_cluster_recipes_need_a_local_model(model_7b):
 
 
 @pytest.mark.parametrize("override, key", [("ray.num_cpus=-1", "ray.num_cpus"), ("ray.num_gpus=1.5", "ray.num_gpus"),
+                                           ("engine.max_pixels=-5", "engine.max_pixels"),
                                            ("ray.max_restarts=-2", "ray.max_restarts"),
                                            ("engine.vllm.tensor_parallel_size=0", "engine.vllm.tensor_parallel_size")])
 def test_resource_keys_are_checked(override, key):
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
-        cfg(override, "engine.model=/m")
+        cfg(override, "engine.model=org/m")
+
+
+def test_a_missing_local_model_fails_at_load_not_in_the_actors():
+    with pytest.raises(ConfigError, match="config key 'engine.model': '/no/such/model' does not exist"):
+        cfg("engine.model=/no/such/model")
+    assert cfg("engine.model=Qwen/Qwen2.5-VL-7B-Instruct").engine.model == "Qwen/Qwen2.5-VL-7B-Instruct"
 
 
 def test_restarts_are_bounded_by_default():
@@ -142,5 +149,5 @@ def test_vllm_actors_keep_the_engine_in_their_process(monkeypatch):
 
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
     monkeypatch.setattr(curate.scorer, "Scorer", lambda c: None)
-    ScoringActor(cfg("engine.backend=vllm", "engine.model=/m"))
+    ScoringActor(cfg("engine.backend=vllm", "engine.model=org/m"))
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
