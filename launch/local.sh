@@ -42,7 +42,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv=${HARDMODE_VENV:-$root/.venv}
+venv=${HARDMODE_VENV:-$root/.venv-gpu}  # the GPU environment (make env-gpu) where there is one
+[[ -n "${HARDMODE_VENV:-}" || -x "$venv/bin/ray" ]] || venv=$root/.venv
 # The project's environment first, so that `ray`, and `python` in jobs and workers, are its own.
 if [[ -x "$venv/bin/ray" ]]; then
   PATH="$venv/bin:$PATH"

@@ -10,7 +10,7 @@
 #   launch/ssh_cluster.sh --dry-run ...                                          # print the commands only
 #
 # Each host runs launch/local.sh from the project checkout at --remote-dir (default: this checkout's
-# path), which must exist on every host with its environment (.venv, or the Ray on its PATH): a shared
+# path), which must exist on every host with its environment (.venv-gpu, else .venv, or the Ray on its PATH): a shared
 # filesystem, or a copy plus `bash launch/bootstrap.sh` on each host. local.sh starts exactly one Ray
 # node per host and stops exactly that node (no `ray stop`). The command's inputs and outputs, and
 # HARDMODE_CACHE (the toy model cache), must be on storage every host sees.
@@ -34,7 +34,8 @@ set -euo pipefail
 die() { echo "ssh_cluster.sh: $*" >&2; exit 2; }
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv=${HARDMODE_VENV:-$root/.venv}
+venv=${HARDMODE_VENV:-$root/.venv-gpu}  # the GPU environment (make env-gpu) where there is one
+[[ -n "${HARDMODE_VENV:-}" || -x "$venv/bin/ray" ]] || venv=$root/.venv
 if [[ -x "$venv/bin/ray" ]]; then
   PATH="$venv/bin:$PATH"
   export PATH
