@@ -24,9 +24,9 @@ constructor signature ``(data_source, data_config)`` and falls back to verl's ow
     +data.sampler.class_path=pkg://rl.sampler +data.sampler.class_name=DifficultySampler
     +data.sampler.mode=curriculum +data.sampler.key=pism_bucket
 
-The variable must reach verl's TaskRunner, a Ray actor, which builds the dataloader:
-``+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES=rl.sampler`` (on CPU
-``'rl.cpu.plugin,rl.sampler'``, quoted for Hydra; ``tests/test_sampler_grpo.py`` runs it). The sampler's
+The variable must reach verl's TaskRunner, a Ray actor, which builds the dataloader: ``python -m rl
+train`` sets it there (with the modules every run needs) whenever ``data.sampler.class_path`` is given;
+``tests/test_sampler_grpo.py`` runs it. The sampler's
 own keys sit beside ``class_path`` under ``data.sampler`` (:class:`DifficultySamplerConfig`); the seed
 defaults to ``data.seed``. ``data.shuffle`` is ignored when a sampler is given.
 """

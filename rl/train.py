@@ -53,6 +53,7 @@ __all__ = [
     "plan_training",
     "run",
     "split_cli",
+    "take_worker_modules",
     "verl_config",
 ]
 
@@ -65,6 +66,7 @@ SAMPLER_HOOK = "rl.sampler"
 # A verl 0.9.1 bug fix every run needs on every platform (mRoPE position ids of equal-length batches).
 VERL_FIXES = "rl.verl_fixes"
 TOY_MODEL = "toy"  # actor_rollout_ref.model.path value: the project's tiny trained model (curate.toy.cache)
+WORKER_MODULES_KEY = f"ray_kwargs.ray_init.runtime_env.env_vars.{EXTERNAL_MODULES}"
 METRICS_ROOT = "outputs/rl"  # where verl's file logger writes <project>/<experiment>.jsonl by default
 _UNQUOTED = re.compile(
     r"[A-Za-z_/.][A-Za-z0-9_.\-/:]*|\$\{[^{}'\\]+\}"
@@ -222,7 +224,26 @@ def file_logger_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 def environ_modules(environ: Mapping[str, str]) -> list[str]:
     """The verl plugin modules the caller's environment already names."""
-    return [m for m in environ.get(EXTERNAL_MODULES, "").split(",") if m]
+    return _module_list(environ.get(EXTERNAL_MODULES, ""))
+
+
+def _module_list(value: Any) -> list[str]:
+    """``'a.mod,b.mod'`` (Hydra-quoted or not, or a list) as module names."""
+    items = value if isinstance(value, (list, tuple)) else str(value).strip("'\"").split(",")
+    return [m.strip() for m in items if str(m).strip()]
+
+
+def take_worker_modules(recipe: dict[str, tuple[bool, Any]], verl_cli: list[str]) -> list[str]:
+    """Modules the recipe or command line name for the workers' ``VERL_USE_EXTERNAL_MODULES``.
+
+    They are removed from both and joined to the modules every run needs, so that naming a plugin
+    there adds it instead of silently dropping the verl fix (or the CPU plugin) the run depends on.
+    """
+    modules = _module_list(recipe.pop(WORKER_MODULES_KEY, (False, ""))[1])
+    for override in [o for o in verl_cli if override_key(o) == WORKER_MODULES_KEY]:
+        verl_cli.remove(override)
+        modules += _module_list(override.split("=", 1)[1])
+    return modules
 
 
 def check_given(merged: Mapping[str, tuple[bool, Any]], cli_keys: set[str]) -> None:
@@ -262,6 +283,7 @@ def plan_training(
     """Compose a recipe and command-line overrides into the verl command to run (nothing is started)."""
     environ = os.environ if environ is None else environ
     hardmode, recipe, verl_cli = compose(recipe_path, cli_overrides)
+    named_modules = take_worker_modules(recipe, verl_cli)
     cli_keys = {override_key(o) for o in verl_cli}
     ray_address_given = "ray_kwargs.ray_init.address" in recipe or "ray_kwargs.ray_init.address" in cli_keys
     local_cluster = not environ.get("RAY_ADDRESS") and not ray_address_given
@@ -270,7 +292,7 @@ def plan_training(
     env = file_logger_env(environ)
     if local_cluster:
         implied["ray_kwargs.ray_init.address"] = (True, "local")
-    hooks = [VERL_FIXES, *environ_modules(environ), *hardmode.verl_modules]
+    hooks = [VERL_FIXES, *environ_modules(environ), *hardmode.verl_modules, *named_modules]
     if hardmode.cpu:
         from rl.cpu import cpu_env, cpu_overrides
 

@@ -117,8 +117,10 @@ def test_replay_engine_generates_each_request_once():
 
 def test_curate_and_grpo_commands_compose(tmp_path):
     """The curate run's overrides pass the config schema (what the skipped stage still checks)."""
+    model = tmp_path / "tiny"  # a local model path must exist: the config checks it at load
+    model.mkdir()
     for vllm in (False, True):
-        overrides = gc.curate_overrides("/models/tiny", tmp_path / "out", 8, vllm)
+        overrides = gc.curate_overrides(str(model), tmp_path / "out", 8, vllm)
         gc.check_curate_config(overrides)
         assert "ray.num_gpus=1" in overrides
     overrides = gc.grpo_overrides("/m", tmp_path / "t.parquet", tmp_path / "v.parquet", tmp_path / "c")

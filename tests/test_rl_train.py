@@ -143,6 +143,17 @@ def test_verl_plugin_modules_are_merged_in_order(tmp_path):
     assert with_sampler.env["VERL_USE_EXTERNAL_MODULES"] == "rl.verl_fixes,rl.sampler"
 
 
+def test_workers_modules_named_on_the_command_line_join_the_needed_ones(tmp_path):
+    """Naming the workers' plugin list adds to it: the verl fix and the CPU plugin stay loaded."""
+    recipe = _recipe(tmp_path, "hardmode:\n  cpu: true\n")
+    key = "ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES"
+    plan = plan_training(recipe, [f"+{key}='rl.cpu.plugin,rl.sampler'"], environ=NO_RAY)
+    modules = "rl.cpu.plugin,rl.verl_fixes,rl.sampler"
+    assert plan.env["VERL_USE_EXTERNAL_MODULES"] == modules
+    assert [o for o in plan.overrides if key in o] == [f"+{key}='{modules}'"]  # once, quoted for Hydra
+    assert verl_config(plan).ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == modules
+
+
 def test_gpu_recipe_gets_no_cpu_settings(tmp_path):
     plan = plan_training(
         _recipe(tmp_path, "actor_rollout_ref:\n  rollout:\n    name: vllm\n"), environ=NO_RAY

@@ -59,7 +59,6 @@ def test_curriculum_sampler_decides_what_verl_trains_on_first(tmp_path):
         "+data.sampler.class_name=DifficultySampler",
         "+data.sampler.mode=curriculum",
         "+data.sampler.order=[hard,easy]",
-        "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES='rl.cpu.plugin,rl.sampler'",
     ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(
