@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from curate.grading.verdict import GradingOptions
+from curate.images import ImageOptions
 from curate.modeling import TOY_MODEL
 
 __all__ = [
@@ -61,6 +62,12 @@ class DataConfig:
     image_root: Optional[str] = None
     # Read at most this many rows (None: all).
     limit: Optional[int] = None
+    # A source value nested deeper than this (lists/dicts), or a text field longer than this many
+    # characters, makes its row an error instead of exhausting the reader.
+    max_depth: int = 32
+    max_text_chars: int = 1_000_000
+    # Per-image limits and alpha flattening (curate.images.ImageOptions).
+    images: ImageOptions = field(default_factory=ImageOptions)
     toy: ToyCorpusConfig = field(default_factory=ToyCorpusConfig)
 
 
@@ -274,6 +281,18 @@ class CurateConfig:
         _check("data.path", self.data.format == "toy" or bool(self.data.path),
                "is required unless data.format=toy")
         _check("data.limit", self.data.limit is None or self.data.limit > 0, "must be positive or null")
+        _check("data.max_depth", self.data.max_depth >= 2, "must be >= 2 (a row is a dict of values)")
+        _check("data.max_text_chars", self.data.max_text_chars > 0, "must be positive")
+        im = self.data.images
+        _check("data.images.max_pixels", im.max_pixels > 0, "must be positive")
+        _check("data.images.max_bytes", im.max_bytes > 0, "must be positive")
+        _check("data.images.max_aspect_ratio", im.max_aspect_ratio >= 1, "must be >= 1")
+        try:
+            from PIL import ImageColor
+
+            ImageColor.getrgb(im.background)
+        except ValueError:
+            _check("data.images.background", False, f"{im.background!r} is not a colour (a name or #rrggbb)")
         _choice("engine.backend", self.engine.backend, ["transformers", "vllm", "openai"])
         _choice("engine.dtype", self.engine.dtype, ["auto", "float32", "bfloat16", "float16"])
         _choice("engine.device", self.engine.device, ["auto", "cpu", "cuda"])

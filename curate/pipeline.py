@@ -30,6 +30,7 @@ samples keep one engine busy), then Ray Data writes the shards. Guarantees:
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import hashlib
 import json
@@ -47,6 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import run_record, schema
+from curate.shards import WRITE_OPTIONS, drop_damaged, shard_ids
 from curate.config import ConfigError, CurateConfig, load_config, to_yaml
 from curate.placement import check_cluster, cluster_nodes
 from curate.run_record import ANNOTATED_DIR, RUN_METADATA_KEY
@@ -202,6 +204,8 @@ def ingest(cfg: CurateConfig, out: Path) -> int:
         corpus = open_corpus(cfg.data)
         source["files"] = [(f.path, os.path.getsize(f.path), os.path.getmtime(f.path)) for f in corpus.files]
     fingerprint = hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if marker.exists() and drop_damaged(target):
+        marker.unlink()  # stage 1's output is damaged on disk: read the input again
     if marker.exists():
         done = json.loads(marker.read_text())
         if done.get("fingerprint") == fingerprint:
@@ -223,30 +227,18 @@ def ingest(cfg: CurateConfig, out: Path) -> int:
             table = table.slice(0, cfg.data.limit)
         step = cfg.output.rows_per_shard
         for n, start in enumerate(range(0, table.num_rows, step)):
-            pq.write_table(table.slice(start, step), target / f"part-{n:05d}.parquet")
+            pq.write_table(table.slice(start, step), target / f"part-{n:05d}.parquet", **WRITE_OPTIONS)
         rows = table.num_rows
     else:
         ds = corpus.to_ray_dataset(batch_rows=cfg.ray.batch_size * 4)
         if cfg.data.limit:
             ds = ds.limit(cfg.data.limit)
         ds.write_parquet(str(target), min_rows_per_file=cfg.output.rows_per_shard,
-                         max_rows_per_file=cfg.output.rows_per_shard)
+                         max_rows_per_file=cfg.output.rows_per_shard, **WRITE_OPTIONS)
         rows = pq.ParquetDataset(str(target)).read(columns=[schema.ID]).num_rows
     marker.write_text(json.dumps({"fingerprint": fingerprint, "rows": rows}))
     log.info("stage 1: %d rows in the canonical schema at %s (%.1f s)", rows, target, time.monotonic() - started)
     return rows
-
-
-def _ids(path: Path) -> list[str]:
-    """Ids in the readable shards under ``path``. A shard cut short by a killed run is passed over:
-    Ray Data's checkpoint recovery deletes it and rescored its rows in the next pass."""
-    ids: list[str] = []
-    for file in sorted(path.glob("*.parquet")) if path.exists() else []:
-        try:
-            ids += pq.read_table(file, columns=[schema.ID])[schema.ID].to_pylist()
-        except (pa.ArrowInvalid, OSError) as err:
-            log.warning("passing over an incomplete shard %s (%s)", file.name, err)
-    return ids
 
 
 def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, metadata: bytes,
@@ -282,7 +274,7 @@ def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, met
         num_gpus=r.num_gpus,
         **remote_args,
     )
-    ds.write_parquet(str(out / ANNOTATED_DIR), min_rows_per_file=cfg.output.rows_per_shard)
+    ds.write_parquet(str(out / ANNOTATED_DIR), min_rows_per_file=cfg.output.rows_per_shard, **WRITE_OPTIONS)
     _stop_actors(counter)
 
 
@@ -315,7 +307,7 @@ def _write_crash_rows(out: Path, missing: set[str], metadata: bytes) -> None:
                            pa.array([CRASH_ERROR] * rows.num_rows))
     rows = rows.select(annotated.names).cast(annotated.remove_metadata())
     rows = rows.replace_schema_metadata({RUN_METADATA_KEY: metadata})
-    pq.write_table(rows, out / ANNOTATED_DIR / f"crashed-{int(time.time())}.parquet")
+    pq.write_table(rows, out / ANNOTATED_DIR / f"crashed-{int(time.time())}.parquet", **WRITE_OPTIONS)
 
 
 def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
@@ -347,18 +339,19 @@ def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
     reporter = _ProgressLogger(counter, total, cfg.ray.log_every_s)
     reporter.start()
     try:
-        corpus_ids = set(_ids(out / CORPUS_DIR))
-        missing = corpus_ids - set(_ids(out / ANNOTATED_DIR))
+        drop_damaged(out / ANNOTATED_DIR, out / CHECKPOINT_DIR)
+        corpus_ids = set(shard_ids(out / CORPUS_DIR))
+        missing = corpus_ids - set(shard_ids(out / ANNOTATED_DIR))
         if missing:
             log.info("stage 2: scoring %d of %d rows (ids already written are skipped)", len(missing), total)
             _score_pass(cfg, out, cfg.ray.batch_size, counter, metadata, actor_cls)
-            missing = corpus_ids - set(_ids(out / ANNOTATED_DIR))
+            missing = corpus_ids - set(shard_ids(out / ANNOTATED_DIR))
         else:
             log.info("stage 2: every row is already in %s", out / ANNOTATED_DIR)
         while missing:
             log.warning("%d rows were in batches that failed; retrying them one per batch", len(missing))
             _score_pass(cfg, out, 1, counter, metadata, actor_cls, isolate=True)
-            before, missing = missing, corpus_ids - set(_ids(out / ANNOTATED_DIR))
+            before, missing = missing, corpus_ids - set(shard_ids(out / ANNOTATED_DIR))
             if missing == before:
                 break
         if missing:
@@ -366,12 +359,23 @@ def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
             _write_crash_rows(out, missing, metadata)
     finally:
         reporter.stopped.set()
-    written = _ids(out / ANNOTATED_DIR)
-    if len(written) != len(set(written)) or set(written) != corpus_ids:
-        raise RuntimeError(f"{out / ANNOTATED_DIR} does not hold every input id exactly once; please report this")
+    check_exactly_once(shard_ids(out / ANNOTATED_DIR), corpus_ids, out / ANNOTATED_DIR)
     summary = run_record.summarize(out / ANNOTATED_DIR, total, time.monotonic() - started)
     run_record.finish(out, meta, summary)
     return summary
+
+
+def check_exactly_once(written: list[str], expected: set[str], where: Path) -> None:
+    """Raise naming the ids written twice, missing or unexpected, if ``written`` is not ``expected``
+    exactly once each."""
+    counts = collections.Counter(written)
+    twice = sorted(i for i, n in counts.items() if n > 1)
+    missing = sorted(expected - counts.keys())
+    extra = sorted(counts.keys() - expected)
+    if twice or missing or extra:
+        said = [f"{what} {len(ids)} ({', '.join(map(repr, ids[:5]))}{', ...' if len(ids) > 5 else ''})"
+                for what, ids in (("written twice:", twice), ("missing:", missing), ("not in the input:", extra)) if ids]
+        raise RuntimeError(f"{where} does not hold every input id exactly once: {'; '.join(said)}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -57,6 +57,11 @@ CANONICAL_SCHEMA = pa.schema(
 )
 CANONICAL_COLUMNS = tuple(CANONICAL_SCHEMA.names)
 
+# Added by the reader after the canonical columns: what reading did to a usable row ("3-frame image:
+# the first frame is used"); null when nothing. A canonical file without it still reads.
+READ_NOTES = "read_notes"
+READ_NOTES_FIELD = pa.field(READ_NOTES, pa.string())
+
 # Added by every scoring run: which grader judged the row's answers and why (the task, a verifier hint
 # it overruled or followed, and for the reasoning tasks the truth's shape).
 GRADING_SCHEMA = pa.schema([pa.field("grader", pa.string())])
@@ -88,6 +93,12 @@ CMAB_SCHEMA = pa.schema(
 )
 
 BUCKETS = ("easy", "medium", "hard", "unsolved")
+
+# Column names hardmode writes: a source column named like one is passed through renamed
+# (``orig_<name>``), never read as a score (``curate select`` trusts only what a run produced).
+RESERVED_COLUMNS = frozenset(
+    [*CANONICAL_COLUMNS, READ_NOTES, *GRADING_SCHEMA.names, *PISM_SCHEMA.names, *CMAB_SCHEMA.names]
+)
 
 
 def empty_like(schema: pa.Schema, num_rows: int) -> pa.Table:

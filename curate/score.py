@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from curate import run_record, schema
 from curate.config import CurateConfig, load_config, to_yaml
+from curate.shards import WRITE_OPTIONS, drop_damaged
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def score_corpus(cfg: CurateConfig) -> dict[str, int]:
     shards = out / run_record.ANNOTATED_DIR
     record = run_record.begin(cfg, out, shards)
     shards.mkdir(exist_ok=True)
+    drop_damaged(shards)
     done = written_ids(shards)
     if done:
         log.info("resuming: %d ids already in %s are skipped", len(done), shards)
@@ -79,7 +81,7 @@ def score_corpus(cfg: CurateConfig) -> dict[str, int]:
     tables, total = read_corpus(cfg)
     scorer = Scorer(cfg)
     counts = {"rows": 0, "scored": 0, "errors": 0, "skipped": 0}
-    shard = len(list(shards.glob("part-*.parquet")))
+    shard = 1 + max((int(p.stem.split("-")[1]) for p in shards.glob("part-*.parquet")), default=-1)
     started = time.monotonic()
     try:
         with tqdm(total=total, unit="row", desc="scoring") as bar:
@@ -100,7 +102,8 @@ def score_corpus(cfg: CurateConfig) -> dict[str, int]:
                 counts["scored"] += scored.num_rows - errors
                 path = shards / f"part-{shard:05d}.parquet"
                 tmp = path.with_suffix(".tmp")
-                pq.write_table(scored.replace_schema_metadata({run_record.RUN_METADATA_KEY: metadata}), tmp)
+                pq.write_table(scored.replace_schema_metadata({run_record.RUN_METADATA_KEY: metadata}), tmp,
+                               **WRITE_OPTIONS)
                 os.replace(tmp, path)
                 shard += 1
     finally:

@@ -20,7 +20,7 @@ from curate.config import CurateConfig
 from curate.engines import GenerationEngine, SamplingParams, create_engine
 from curate.grading import GradingOptions, check_ground_truth, describe_grader
 from curate.grading.boxes import box_format_for_model
-from curate.images import decode_image
+from curate.images import ImageOptions, decode_image
 from curate.pism import PismResult, PismScorer, Sample
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class Scorer:
             if row[schema.STATUS] != schema.STATUS_OK:
                 continue
             try:
-                samples.append((i, _sample(row)))
+                samples.append((i, _sample(row, self.cfg.data.images)))
             except Exception as err:
                 errors[i] = f"score: {err}"
         if progress and len(rows) > len(samples):
@@ -140,12 +140,12 @@ def _check_probe_fits(cfg: CurateConfig) -> None:
     check_probe_memory(cfg, total, need)
 
 
-def _sample(row: dict[str, Any]) -> Sample:
+def _sample(row: dict[str, Any], image_options: ImageOptions) -> Sample:
     images = row[schema.IMAGES] or []
     decoded = []
     for j, data in enumerate(images):
         try:
-            decoded.append(decode_image(data))
+            decoded.append(decode_image(data, image_options))
         except ValueError as err:
             raise ValueError(f"image {j}: {err}") from None
     if not decoded:

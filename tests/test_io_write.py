@@ -226,7 +226,8 @@ def test_jsonl_exports_round_trip_with_image_files(tmp_path, writer):
         (s["id"], q, s["images"], s["ground_truth"], s["task"], s["verifier"], "ok")
         for s, q in zip(table.to_pylist(), WRITTEN_QUESTIONS)
     ]
-    assert [r["pism_bucket"] for r in got] == ["hard", "hard", "easy"]
+    # Exported scores come back as source columns, renamed: never mistaken for a new run's scores.
+    assert [r["orig_pism_bucket"] for r in got] == ["hard", "hard", "easy"]
 
 
 def test_error_rows_are_refused_unless_skipped(tmp_path):

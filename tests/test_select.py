@@ -135,7 +135,9 @@ def write_annotated(
                     "system_prompt": "Think, then answer.",
                     "template": "{question}",
                     "image_position": "first",
-                }
+                },
+                "pism": {"enabled": True},
+                "cmab": {"enabled": True},
             },
         }
     )
@@ -607,3 +609,14 @@ def test_a_score_the_dataset_lacks_is_named(tmp_path):
                 "subsets.grpo.balance.cap_per_task=3",
             )
         )
+
+
+def test_a_score_column_of_a_method_that_did_not_run_is_no_score(tmp_path):
+    """A run with CMAB off whose shards carry a ``cmab_bucket`` column (a source column of that name,
+    or a hand-made file): selecting by CMAB is refused, not decided on that column."""
+    record = {"fingerprint": "x", "config": {"pism": {"enabled": True}, "cmab": {"enabled": False}}}
+    run = write_annotated(tmp_path / "run", run_record=record)
+    _, scores, _ = plan(_cfg(run, None, "mid_hard_pism.yaml"))
+    assert "pism_bucket" in scores.columns and "cmab_bucket" not in scores.columns
+    with pytest.raises(ConfigError, match="no column 'cmab_bucket'"):
+        plan(_cfg(run, None, "mid_hard_pism.yaml", "subsets.grpo.rule.by=cmab"))

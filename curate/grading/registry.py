@@ -30,6 +30,8 @@ class Grader:
     """``(final answer, ground truth, context) -> Verdict``"""
     check_truth: Callable[[str], str | None]
     """``ground_truth -> problem`` (None when the grader can use it)"""
+    structured_truth: bool = False
+    """whether a source's ground truth may be a list/dict (boxes) rather than text or a number"""
 
 
 GRADERS: dict[str, Grader] = {
@@ -41,8 +43,8 @@ GRADERS: dict[str, Grader] = {
         Grader("counting", counting.grade_counting, counting.check_counting_truth),
         Grader("short_answer", text.grade_short_answer, text.check_short_answer_truth),
         Grader("ocr", ocr.grade_ocr, ocr.check_ocr_truth),
-        Grader("grounding", boxes.grade_grounding, boxes.check_boxes_truth),
-        Grader("detection", boxes.grade_detection, boxes.check_boxes_truth),
+        Grader("grounding", boxes.grade_grounding, boxes.check_boxes_truth, structured_truth=True),
+        Grader("detection", boxes.grade_detection, boxes.check_boxes_truth, structured_truth=True),
     )
 }
 

@@ -31,6 +31,26 @@ PROVENANCE = (FILE_COLUMN, ROW_COLUMN)
 _DETECT_RECORDS = 100
 
 
+# What turning stored values into Python objects can raise for one bad value.
+_UNDECODABLE = (UnicodeDecodeError, ValueError, RecursionError, pa.ArrowException)
+
+
+def _decode_row(row: pa.Table) -> dict[str, Any] | RowError:
+    """One row as a dict, or a ``RowError`` naming the columns that cannot be decoded (with the
+    values that can, so the row keeps its source id)."""
+    try:
+        return row.to_pylist()[0]
+    except _UNDECODABLE:
+        partial: dict[str, Any] = {}
+        bad: list[str] = []
+        for name in row.column_names:
+            try:
+                partial[name] = row.column(name).to_pylist()[0]
+            except _UNDECODABLE as err:
+                bad.append(f"{name} ({type(err).__name__}: {err})")
+        return RowError(f"cannot decode column(s) {'; '.join(bad)}", partial)
+
+
 class CorpusError(ValueError):
     """A corpus that cannot be opened at all (unreadable file, incompatible columns, ...)."""
 
@@ -85,7 +105,11 @@ class Container:
 
     def records(self, raw: pa.Table) -> list[dict[str, Any] | RowError]:
         """Raw rows as Python dicts (or the reason a row could not be parsed)."""
-        return raw.drop_columns(list(PROVENANCE)).to_pylist()
+        table = raw.drop_columns(list(PROVENANCE))
+        try:
+            return table.to_pylist()
+        except _UNDECODABLE:  # e.g. a string column holding invalid UTF-8: find the row(s)
+            return [_decode_row(table.slice(i, 1)) for i in range(table.num_rows)]
 
 
 def _contiguous_ranges(sizes: Sequence[int], rows_per_unit: int) -> list[tuple[int, int, tuple[int, ...]]]:
@@ -157,7 +181,7 @@ class JsonlContainer(Container):
                     break
                 try:
                     rec = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
                 if isinstance(rec, dict):
                     seen += 1
@@ -233,6 +257,9 @@ class JsonlContainer(Container):
                 continue
             except ValueError as err:
                 out.append(RowError(f"invalid JSON: {err}"))
+                continue
+            except RecursionError:
+                out.append(RowError("JSON nested too deeply to parse"))
                 continue
             out.append(
                 rec

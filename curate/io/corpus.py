@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate import schema as S
 from curate.config import ConfigError, DataConfig, PromptConfig
-from curate.grading import UnknownTaskError, check_ground_truth
-from curate.images import ImageError, decode_image
+from curate.grading import GRADERS, UnknownTaskError, check_ground_truth, resolve_grader
+from curate.images import ImageError, ImageOptions, normalize_image
 from curate.io.containers import (
     CONTAINERS,
     FILE_COLUMN,
@@ -41,8 +42,10 @@ from curate.io.readers import (
     Layout,
     RowError,
     SourceFile,
+    ValueLimits,
     describe_layouts,
     detect_layout,
+    printable,
 )
 from curate.prompts import PromptError, build_messages
 
@@ -67,12 +70,18 @@ def _text(value: Any, what: str) -> Optional[str]:
     raise RowError(f"{what} must be a string, got {type(value).__name__}")
 
 
-def ground_truth_text(value: Any) -> Optional[str]:
-    """Strings stay as they are; numbers, lists and dicts (box lists, ...) become JSON text."""
+def ground_truth_text(value: Any, structured: bool = True) -> Optional[str]:
+    """Strings stay as they are; numbers and, where the grader takes them (``structured``: box lists),
+    lists and dicts become JSON text. Anything else is the row's error: a list or dict where one
+    answer is expected would become a nonsense truth ("[3]" counted as 3, a dict's words as a colour)."""
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, (bytes, bytearray)):
-        raise RowError("ground truth must be text or JSON data, got bytes")
+    if isinstance(value, bool) or isinstance(value, (bytes, bytearray)):
+        raise RowError(f"ground truth must be text or a number, got {type(value).__name__}")
+    if isinstance(value, (list, dict)) and not structured:
+        raise RowError(f"ground truth must be text or a number for this task's grader, got a {type(value).__name__}")
+    if not isinstance(value, (int, float, list, dict)):
+        raise RowError(f"ground truth must be text, a number or JSON data, got {type(value).__name__}")
     try:
         return json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as err:
@@ -87,6 +96,36 @@ def _data_uri_bytes(ref: str) -> bytes:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as err:
         raise RowError(f"invalid base64 in data: URI: {err}") from None
+
+
+def _valid_text(value: Any) -> bool:
+    """None, or a string UTF-8 can carry."""
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def source_id(layout: Layout, rec: Mapping[str, Any] | RowError, file: SourceFile) -> Optional[str]:
+    """The id the source gives a row, or None (no id, or one that cannot be used as text). Only the
+    id's own values count: a row whose other values are bad keeps its id."""
+    values = rec.partial if isinstance(rec, RowError) else rec
+    if values is None:
+        return None
+    try:
+        return layout.source_id(values, file)
+    except RowError:
+        return None
+
+
+def row_id(layout: Layout, rec: Mapping[str, Any] | RowError, file: SourceFile, row: int) -> str:
+    """The source id, else ``<file key>:<row>`` (the id pre-pass renames those that collide)."""
+    return source_id(layout, rec, file) or f"{file.key}:{row}"
 
 
 def _passthrough_text(value: Any) -> Optional[str]:
@@ -108,7 +147,7 @@ class Normalizer:
     Every input row gives exactly one output row: a row that cannot be read keeps flowing with
     ``status="error"`` and ``error="read: <file>:<row>: <reason>"``. The only corpus-wide fact a
     row needs, whether its id was already used by an earlier row, is computed by ``open_corpus``
-    beforehand and carried in ``duplicates``, so batches can be normalised in any order, anywhere.
+    beforehand and carried in ``renamed``, so batches can be normalised in any order, anywhere.
     """
 
     layout: Layout
@@ -118,43 +157,59 @@ class Normalizer:
     passthrough_as_text: frozenset  # source columns passed through as text (non-strings as JSON)
     files: dict[str, SourceFile]  # by path
     # (path, row) of every row whose id an earlier row already has -> (its unique id, reason)
-    duplicates: dict[tuple[str, int], tuple[str, str]] = field(default_factory=dict)
+    # (path, row) of every row whose id must change -> (its unique id, the error or None): a reused
+    # id (an error), or a generated id another row already has as its source id (not an error)
+    renamed: dict[tuple[str, int], tuple[str, Optional[str]]] = field(default_factory=dict)
     validate_images: bool = True
+    limits: ValueLimits = field(default_factory=ValueLimits)
+    images: ImageOptions = field(default_factory=ImageOptions)
 
     def __call__(self, raw: pa.Table) -> pa.Table:
         records = CONTAINERS[self.container].records(raw)
         paths = raw.column(FILE_COLUMN).to_pylist()
         rows = raw.column(ROW_COLUMN).to_pylist()
-        canonical: dict[str, list] = {name: [] for name in S.CANONICAL_COLUMNS}
-        for rec, path, row in zip(records, paths, rows):
-            for name, value in self._row(rec, self.files[path], row).items():
+        canonical: dict[str, list] = {name: [] for name in (*S.CANONICAL_COLUMNS, S.READ_NOTES)}
+        usable: list[bool] = []
+        for k, (rec, path, row) in enumerate(zip(records, paths, rows)):
+            out, records[k] = self._row(rec, self.files[path], row)
+            usable.append(isinstance(records[k], dict))
+            for name, value in out.items():
                 canonical[name].append(value)
         columns: dict[str, Any] = {
-            name: pa.array(values, S.CANONICAL_SCHEMA.field(name).type) for name, values in canonical.items()
+            name: pa.array(values, self.schema.field(name).type) for name, values in canonical.items()
         }
+        unusable = pa.array([not u for u in usable])
         for source, target in self.passthrough.items():
             typ = self.schema.field(target).type
             if source in self.passthrough_as_text:
                 values = [_passthrough_text(r.get(source)) if isinstance(r, dict) else None for r in records]
                 columns[target] = pa.array(values, typ)
-            elif source in raw.column_names:
-                columns[target] = raw.column(source).cast(typ)
+            elif source in raw.column_names:  # values of rows that failed their checks are not carried
+                columns[target] = pc.if_else(unusable, pa.nulls(raw.num_rows, typ), raw.column(source).cast(typ))
             else:
                 columns[target] = pa.nulls(raw.num_rows, typ)
         return pa.table(columns, schema=self.schema)
 
-    def _row(self, rec: Mapping[str, Any] | RowError, file: SourceFile, row: int) -> dict[str, Any]:
-        out: dict[str, Any] = dict.fromkeys(S.CANONICAL_COLUMNS)
-        out[S.ID] = f"{file.key}:{row}"
+    def _row(
+        self, rec: Mapping[str, Any] | RowError, file: SourceFile, row: int
+    ) -> tuple[dict[str, Any], Mapping[str, Any] | RowError]:
+        """(the canonical row, the record, or the ``RowError`` that makes its values unusable)."""
+        out: dict[str, Any] = dict.fromkeys((*S.CANONICAL_COLUMNS, S.READ_NOTES))
+        out[S.ID] = row_id(self.layout, rec, file, row)
         out[S.DATA_SOURCE] = file.key
         out[S.STATUS] = S.STATUS_OK
         try:
             if isinstance(rec, RowError):
                 raise rec
+            try:
+                self.limits.check(rec)
+            except RowError as err:
+                rec = err
+                raise
+            self.layout.source_id(rec, file)  # an id of the wrong type is the row's error
             missing = [key for key in self.layout.required if key not in rec]
             if missing:
                 raise RowError(f"missing key(s) {missing}")
-            out[S.ID] = self.layout.source_id(rec, file) or out[S.ID]
             fields = self.layout.extract(rec, file)
             if fields.prior_error is not None:
                 self._copy_prior(out, fields)
@@ -166,12 +221,25 @@ class Normalizer:
         except Exception as err:  # noqa: BLE001 - a value no check foresaw must not stop the corpus
             out[S.STATUS] = S.STATUS_ERROR
             out[S.ERROR] = f"read: {file.path}:{row}: unexpected {type(err).__name__}: {err}"
-        duplicate = self.duplicates.get((file.path, row))
-        if duplicate is not None:  # a later row reusing an id: kept as an error under a unique id
-            out[S.ID], reason = duplicate
-            out[S.STATUS] = S.STATUS_ERROR
-            out[S.ERROR] = f"read: {file.path}:{row}: {reason}"
-        return out
+        renamed = self.renamed.get((file.path, row))
+        if renamed is not None:
+            out[S.ID], reason = renamed
+            if reason is not None:  # a later row reusing an id: kept as an error under a unique id
+                out[S.STATUS] = S.STATUS_ERROR
+                out[S.ERROR] = f"read: {file.path}:{row}: {reason}"
+        if out[S.STATUS] == S.STATUS_ERROR:
+            out[S.ERROR] = printable(out[S.ERROR])
+            out[S.READ_NOTES] = None
+            # Values of an error row are kept only where they are valid text (a lone surrogate in
+            # the question must not fail the batch that carries the row's error).
+            for name in (S.DATA_SOURCE, S.TASK, S.QUESTION, S.GROUND_TRUTH, S.VERIFIER):
+                if not _valid_text(out[name]):
+                    out[name] = None
+            if not (isinstance(out[S.IMAGES], list) and all(isinstance(b, bytes) for b in out[S.IMAGES])):
+                out[S.IMAGES] = None
+            if not (isinstance(out[S.IMAGE_PATHS], list) and all(_valid_text(p) for p in out[S.IMAGE_PATHS])):
+                out[S.IMAGE_PATHS] = None
+        return out, rec
 
     @staticmethod
     def _copy_prior(out: dict[str, Any], fields: Fields) -> None:
@@ -195,14 +263,15 @@ class Normalizer:
         out[S.VERIFIER] = _text(fields.verifier, "verifier") or None
         out[S.TASK] = _text(fields.task, "task")
         out[S.QUESTION] = _text(fields.question, "question")
-        out[S.GROUND_TRUTH] = ground_truth_text(fields.ground_truth)
         if not out[S.QUESTION] or not out[S.QUESTION].strip():
             raise RowError("missing question")
-        if not out[S.GROUND_TRUTH] or not out[S.GROUND_TRUTH].strip():
-            raise RowError("missing ground truth")
         if not out[S.TASK]:
             raise RowError("missing task")
         try:  # a task no grader serves, or an answer its grader cannot use, is a data error
+            grader = GRADERS[resolve_grader(out[S.TASK], out[S.VERIFIER])]
+            out[S.GROUND_TRUTH] = ground_truth_text(fields.ground_truth, grader.structured_truth)
+            if not out[S.GROUND_TRUTH] or not out[S.GROUND_TRUTH].strip():
+                raise RowError("missing ground truth")
             unusable = check_ground_truth(out[S.TASK], out[S.GROUND_TRUTH], out[S.VERIFIER])
         except UnknownTaskError as err:
             raise RowError(str(err)) from None
@@ -214,18 +283,20 @@ class Normalizer:
             build_messages(out[S.QUESTION], len(refs), _NO_SYSTEM_PROMPT)
         except PromptError as err:
             raise RowError(str(err)) from None
-        images, paths = [], []
+        images, paths, notes = [], [], []
         for k, ref in enumerate(refs):
             try:
                 data, path = self._image_bytes(ref, file)
                 if self.validate_images:
-                    decode_image(data)
+                    data, said = normalize_image(data, self.images)
+                    notes += [f"image {k}: {note}" for note in said]
             except (RowError, PathError, ImageError) as err:
                 raise RowError(f"image {k}: {err}") from None
             images.append(data)
             paths.append(path)
         out[S.IMAGES] = images
         out[S.IMAGE_PATHS] = fields.image_paths if fields.image_paths is not None else paths
+        out[S.READ_NOTES] = "; ".join(notes) if notes else fields.notes
 
     @staticmethod
     def _image_bytes(ref: Any, file: SourceFile) -> tuple[bytes, Optional[str]]:
@@ -332,6 +403,13 @@ def _list_files(path: str, fmt: str) -> tuple[str, list[str], str]:
     files = sorted(f for f in files if os.path.isfile(f) and os.path.splitext(f)[1] in _SUFFIXES)
     if not files:
         raise ConfigError(f"config key 'data.path': no {'/'.join(_SUFFIXES)} files at {path}")
+    for f in files:
+        if not _valid_text(f):
+            raise CorpusError(f"{printable(f)}: the file name is not valid UTF-8; rename it")
+    stray = [f for f in files if f.endswith(".json")]
+    if stray and any(f.endswith((".parquet", ".arrow")) for f in files):  # metadata beside the data
+        logger.warning("ignoring %d .json file(s) beside the data files: %s", len(stray), stray[:3])
+        files = [f for f in files if not f.endswith(".json")]
     kinds = {_SUFFIXES[os.path.splitext(f)[1]] for f in files}
     if len(kinds) > 1:
         raise ConfigError(f"config key 'data.path': {path} mixes {sorted(kinds)} files; point it at one kind")
@@ -441,8 +519,11 @@ def open_corpus(cfg: DataConfig, *, validate_images: bool = True, rows_per_unit:
                 remaining -= unit.num_rows
             units.append(unit)
 
+    if not units:
+        raise ConfigError(f"config key 'data.path': the corpus at {cfg.path} has no rows")
     by_path = {f.path: f for f in files}
-    duplicates, jsonl_keys = _id_prepass(container_name, layout, units)
+    limits = ValueLimits(max_depth=cfg.max_depth, max_text_chars=cfg.max_text_chars)
+    renamed, jsonl_keys = _id_prepass(container_name, layout, units, limits)
     schema, passthrough, as_text = _output_schema(container_name, layout, files, jsonl_keys)
     normalize = Normalizer(
         layout=layout,
@@ -451,8 +532,10 @@ def open_corpus(cfg: DataConfig, *, validate_images: bool = True, rows_per_unit:
         passthrough=passthrough,
         passthrough_as_text=as_text,
         files=by_path,
-        duplicates=duplicates,
+        renamed=renamed,
         validate_images=validate_images,
+        limits=limits,
+        images=cfg.images,
     )
     corpus = Corpus(
         format=layout.name,
@@ -462,54 +545,75 @@ def open_corpus(cfg: DataConfig, *, validate_images: bool = True, rows_per_unit:
         normalize=normalize,
     )
     logger.info(
-        "corpus %s: %d %s file(s), layout %s, %d rows in %d units, %d duplicate ids",
+        "corpus %s: %d %s file(s), layout %s, %d rows in %d units, %d ids renamed (duplicates or collisions)",
         cfg.path,
         len(files),
         container_name,
         layout.name,
         corpus.num_rows,
         len(units),
-        len(duplicates),
+        len(renamed),
     )
     return corpus
 
 
 def _id_prepass(
-    container_name: str, layout: Layout, units: list[ReadUnit]
-) -> tuple[dict[tuple[str, int], tuple[str, str]], list[str]]:
-    """Rows reusing an earlier row's id (→ their own id ``<id>#<file key>:<row>`` and the reason) and,
-    for JSONL, every key seen (in first-seen order)."""
+    container_name: str, layout: Layout, units: list[ReadUnit], limits: ValueLimits
+) -> tuple[dict[tuple[str, int], tuple[str, Optional[str]]], list[str]]:
+    """Rows whose id must change, ``(path, row) -> (unique id, error or None)``, and for JSONL every
+    key of the usable records (in first-seen order).
+
+    A row reusing an earlier row's id becomes an error row under ``<id>#<file key>:<row>``; a row
+    without an id whose fallback ``<file key>:<row>`` another row has as its source id gets a fresh
+    one. Generated ids never equal any source id, fallback id or other generated id.
+    """
     container = CONTAINERS[container_name]
-    first_seen: dict[str, str] = {}
-    duplicates: dict[tuple[str, int], tuple[str, str]] = {}
+    rows: list[tuple[SourceFile, int, Optional[str]]] = []
     keys: dict[str, None] = {}
     for unit in units:
         for raw in container.read(unit, 4096, columns=layout.id_columns):
-            rows = raw.column(ROW_COLUMN).to_pylist()
-            for rec, row in zip(container.records(raw), rows):
-                sid = None
-                if isinstance(rec, dict):
-                    keys.update(dict.fromkeys(rec))
+            for rec, row in zip(container.records(raw), raw.column(ROW_COLUMN).to_pylist()):
+                rows.append((unit.file, row, source_id(layout, rec, unit.file)))
+                if container_name == "jsonl" and isinstance(rec, dict):
                     try:
-                        sid = layout.source_id(rec, unit.file)
+                        limits.check(rec)
                     except RowError:
-                        pass
-                sid = sid or f"{unit.file.key}:{row}"
-                where = f"{unit.file.path}:{row}"
-                if sid in first_seen:
-                    duplicates[(unit.file.path, row)] = (
-                        f"{sid}#{unit.file.key}:{row}",
-                        f"duplicate id {sid!r} (first used at {first_seen[sid]})",
-                    )
-                else:
-                    first_seen[sid] = where
-    return duplicates, list(keys)
+                        continue
+                    keys.update(dict.fromkeys(rec))
+    given = {sid for _, _, sid in rows if sid is not None}
+    taken = given | {f"{f.key}:{row}" for f, row, sid in rows if sid is None}
+
+    def fresh(candidate: str) -> str:
+        base, n = candidate, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{base}~{n}"
+        taken.add(candidate)
+        return candidate
+
+    first_seen: dict[str, str] = {}
+    renamed: dict[tuple[str, int], tuple[str, Optional[str]]] = {}
+    for file, row, sid in rows:
+        where = f"{file.path}:{row}"
+        if sid is None:
+            fallback = f"{file.key}:{row}"
+            if fallback in given:
+                renamed[(file.path, row)] = (fresh(f"{fallback}#row"), None)
+        elif sid in first_seen:
+            renamed[(file.path, row)] = (
+                fresh(f"{sid}#{file.key}:{row}"),
+                f"duplicate id {sid!r} (first used at {printable(first_seen[sid])})",
+            )
+        else:
+            first_seen[sid] = where
+    return renamed, list(keys)
 
 
 def _output_schema(
     container_name: str, layout: Layout, files: list[SourceFile], jsonl_keys: list[str]
 ) -> tuple[pa.Schema, dict[str, str], frozenset]:
-    """Canonical columns, then every other source column (renamed ``orig_<name>`` on a clash).
+    """Canonical columns and read notes, then every other source column (renamed ``orig_<name>``
+    when hardmode writes a column of that name: a source ``pism_bucket`` is never read as a score).
 
     Returns the schema, source → output column names, and the source columns passed through as
     text: all JSONL keys (they differ per line) and columns whose types differ across files.
@@ -524,10 +628,10 @@ def _output_schema(
             for col in container.arrow_schema(f.path):
                 if col.name not in skip:
                     types.setdefault(col.name, []).append(col.type)
-    taken = set(S.CANONICAL_COLUMNS)
+    taken = set(S.RESERVED_COLUMNS)
     passthrough: dict[str, str] = {}
     as_text: set[str] = set()
-    fields = list(S.CANONICAL_SCHEMA)
+    fields = [*S.CANONICAL_SCHEMA, S.READ_NOTES_FIELD]
     for source, candidates in types.items():
         try:
             typ = (

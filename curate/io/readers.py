@@ -20,7 +20,57 @@ from curate import schema as S
 
 
 class RowError(ValueError):
-    """Why one source row cannot become a canonical sample (the row is kept, marked as an error)."""
+    """Why one source row cannot become a canonical sample (the row is kept, marked as an error).
+
+    ``partial`` holds the row's values that could be decoded when others could not (so that its id
+    is still the one the source gives).
+    """
+
+    def __init__(self, message: str, partial: Optional[dict] = None):
+        super().__init__(message)
+        self.partial = partial
+
+
+def printable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot carry (lone surrogates) escaped, for messages and names."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@dataclass(frozen=True)
+class ValueLimits:
+    """Bounds on one source record's values (``data.max_depth``, ``data.max_text_chars``)."""
+
+    max_depth: int = 32
+    max_text_chars: int = 1_000_000
+
+    def check(self, record: Mapping[str, Any]) -> None:
+        """Raise ``RowError`` naming the field if a value is nested too deep, a text is too long or is
+        not valid Unicode (a lone surrogate such as ``\\ud800`` is valid JSON but no UTF-8 text).
+        Iterative: a pathological value cannot exhaust the stack."""
+        stack: list[tuple[Any, int, str]] = [(record, 0, "")]
+        while stack:
+            value, depth, where = stack.pop()
+            if isinstance(value, str):
+                self._check_text(value, where or "value")
+            elif isinstance(value, (dict, list, tuple)):
+                if depth >= self.max_depth:
+                    raise RowError(f"{where or 'the row'} is nested deeper than data.max_depth={self.max_depth}")
+                items = value.items() if isinstance(value, dict) else enumerate(value)
+                for key, item in items:
+                    if isinstance(key, str):
+                        self._check_text(key, f"a key of {where or 'the row'}")
+                        name = printable(key[:64])
+                        stack.append((item, depth + 1, f"{where}.{name}" if where else name))
+                    else:
+                        stack.append((item, depth + 1, f"{where}[{key!r}]"))
+
+    def _check_text(self, text: str, where: str) -> None:
+        if len(text) > self.max_text_chars:
+            raise RowError(f"{where}: {len(text)} characters > data.max_text_chars={self.max_text_chars}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise RowError(f"{where}: not valid Unicode text ({err.reason} at character {err.start})") from None
 
 
 @dataclass(frozen=True)
@@ -52,6 +102,7 @@ class Fields:
     data_source: Any
     verifier: Any = None
     image_paths: Optional[list] = None  # provenance carried over from a canonical file
+    notes: Optional[str] = None  # read notes carried over from a canonical file
     prior_error: Optional[str] = None  # canonical rows that an earlier stage already marked as errors
 
 
@@ -67,6 +118,10 @@ def id_text(value: Any, what: str) -> Optional[str]:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RowError(f"{what} is not valid Unicode text: {printable(value)[:80]!r}") from None
         return value if value.strip() else None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
@@ -133,7 +188,7 @@ class CanonicalLayout(Layout):
 
     name = "canonical"
     required = S.CANONICAL_COLUMNS
-    consumed = frozenset(S.CANONICAL_COLUMNS)
+    consumed = frozenset([*S.CANONICAL_COLUMNS, S.READ_NOTES])
     id_columns = (S.ID,)
     needs = "the curate.schema columns"
 
@@ -150,6 +205,7 @@ class CanonicalLayout(Layout):
             data_source=rec.get(S.DATA_SOURCE),
             verifier=rec.get(S.VERIFIER),
             image_paths=rec.get(S.IMAGE_PATHS),
+            notes=rec.get(S.READ_NOTES),
             prior_error=prior,
         )
 

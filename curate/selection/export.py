@@ -59,8 +59,15 @@ class AnnotatedDataset:
         return run_record.read(self.path)
 
     def read_scores(self) -> pa.Table:
-        """The columns selection decides on, never the images."""
-        return self.dataset.to_table(columns=[c for c in SCORE_COLUMNS if c in self.schema.names])
+        """The columns selection decides on, never the images: of the score columns, only those of
+        the methods the run record says ran (a column that merely has a score's name is no score)."""
+        config = self.run_metadata().get("config")
+        if config is None:
+            log.warning("%s has no run record: its score columns are taken as they are", self.path)
+        ran = {m for m in ("pism", "cmab") if config is None or (config.get(m) or {}).get("enabled")}
+        trusted = [c for c in SCORE_COLUMNS if c in self.schema.names
+                   and (c.split("_", 1)[0] not in ("pism", "cmab") or c.split("_", 1)[0] in ran)]
+        return self.dataset.to_table(columns=trusted)
 
     def iter_rows(self, ids: Sequence[str], batch_rows: int) -> Iterator[pa.Table]:
         """Full rows whose id is in ``ids``, in shard order (files sorted by name, rows in file order)."""
