@@ -600,3 +600,35 @@ def test_limit_units_and_batches_are_deterministic(tmp_path):
     assert ids == ["a0", "a1", "a2", "a3", "b0", "b1"]
     first_only = open_corpus(DataConfig(path=str(tmp_path / "*.jsonl"), limit=4))
     assert [os.path.basename(f.path) for f in first_only.files] == ["a.jsonl"]  # b.jsonl is never opened
+
+
+# ----------------------------------------------------------------------------- corpus-level faults
+
+
+def test_an_empty_corpus_is_refused_naming_the_key(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n  \n")
+    with pytest.raises(ConfigError, match="config key 'data.path': the corpus at .* has no rows"):
+        open_corpus(DataConfig(path=str(tmp_path / "empty.jsonl")))
+
+
+def test_a_stray_json_beside_parquet_is_ignored_not_fatal(tmp_path):
+    pq.write_table(pa.Table.from_pylist([expect("a", "<image>Q", [png(RED)], "1", "counting", "toy")],
+                                        schema=S.CANONICAL_SCHEMA), tmp_path / "data.parquet")
+    (tmp_path / "dataset_info.json").write_text('{"description": "metadata, not rows"}')
+    assert [r["id"] for r in read_rows(tmp_path)] == ["a"]
+
+
+def test_invalid_utf8_in_a_parquet_string_column_is_that_rows_error(tmp_path):
+    good = expect("a", "<image>Q", [png(RED)], "1", "counting", "toy")
+    table = pa.Table.from_pylist([good, {**good, "id": "b"}, {**good, "id": "c"}], schema=S.CANONICAL_SCHEMA)
+    # Parquet does not validate UTF-8: write raw bytes under a string type, as a buggy producer can.
+    bad_question = pa.Array.from_buffers(
+        pa.string(), 3, [None, pa.array([0, 8, 17, 25], pa.int32()).buffers()[1],
+                         pa.py_buffer(b"<image>Q\xff\xfe<image><image>Q")])
+    table = table.set_column(table.schema.get_field_index("question"), "question", bad_question)
+    table = table.append_column("note", bad_question)  # a pass-through column with the same bytes
+    pq.write_table(table, tmp_path / "bad.parquet")
+    rows = read_rows(tmp_path / "bad.parquet")
+    assert [(r["id"], r["status"]) for r in rows] == [("a", "ok"), ("b", "error"), ("c", "ok")]
+    assert "cannot decode column(s) question" in rows[1]["error"] and rows[1]["note"] is None
+    assert rows[0]["note"] == "<image>Q" and rows[2]["note"] == "<image>Q"

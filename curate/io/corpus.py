@@ -485,8 +485,6 @@ def open_corpus(cfg: DataConfig, *, validate_images: bool = True, rows_per_unit:
         raise ConfigError("config key 'data.path': is required")
     container_name, paths, base = _list_files(os.path.abspath(cfg.path), cfg.format)
     container = CONTAINERS[container_name]
-    layout_cls = _choose_layout(cfg.format, container_name, paths)
-    layout = layout_cls()
     if cfg.image_root is not None:
         try:
             fixed_root: Optional[str] = ImageRoot.at(cfg.image_root).root
@@ -521,6 +519,7 @@ def open_corpus(cfg: DataConfig, *, validate_images: bool = True, rows_per_unit:
 
     if not units:
         raise ConfigError(f"config key 'data.path': the corpus at {cfg.path} has no rows")
+    layout = _choose_layout(cfg.format, container_name, [f.path for f in files])()
     by_path = {f.path: f for f in files}
     limits = ValueLimits(max_depth=cfg.max_depth, max_text_chars=cfg.max_text_chars)
     renamed, jsonl_keys = _id_prepass(container_name, layout, units, limits)

@@ -54,6 +54,7 @@ class ValueLimits:
                 self._check_text(value, where or "value")
             elif isinstance(value, (dict, list, tuple)):
                 if depth >= self.max_depth:
+                    where = where if len(where) <= 80 else where[:77] + "..."
                     raise RowError(f"{where or 'the row'} is nested deeper than data.max_depth={self.max_depth}")
                 items = value.items() if isinstance(value, dict) else enumerate(value)
                 for key, item in items:
