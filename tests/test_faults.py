@@ -22,14 +22,9 @@ from curate.config import load_config
 from curate.io import open_corpus
 from curate.pipeline import ANNOTATED_DIR, CHECKPOINT_DIR
 from curate.score import score_corpus
-from curate.toy.faults import SECRET, FaultCorpus, write_fault_corpus
+from curate.toy.faults import SCORING, SECRET, FaultCorpus, tally, write_fault_corpus
 
 REPO = Path(__file__).resolve().parents[1]
-SCORING = ["data.format=difficulty_sampling", "engine.max_model_len=2048", "pism.ratios=[0.0,0.3,0.6]",
-           "pism.k=4", "pism.tau=0.25", "sampling.max_tokens=32", "sampling.temperature=0.7", "pism.seed=5",
-           "cmab.enabled=true", "cmab.k=2"]
-COMPARED = ["status", "error", "grader", "pism_pc", "pism_attempts", "pism_correct", "pism_generations",
-            "pism_lambda_star", "pism_bucket", "cmab_bucket", "cmab_correct"]
 
 _opened: list[str] = []
 _auditing = False
@@ -66,20 +61,8 @@ def _annotated(out: Path) -> dict[str, dict]:
 
 
 def _check_output(rows: dict[str, dict], faults: FaultCorpus, clean: dict[str, dict]) -> None:
-    assert len(rows) == faults.lines  # every line once (ids are unique, checked on reading)
-    for line, bad in faults.bad.items():
-        row = rows[faults.ids[line]]
-        if bad.reason:
-            assert row["status"] == "error", (bad.kind, row["error"])
-            assert bad.reason in row["error"], (bad.kind, row["error"])
-        else:
-            assert row["status"] == "ok", (bad.kind, row["error"])
-    for rid, want in clean.items():
-        # ρ̄ comes from a batched forward pass: other rows in the batch move it by float rounding only.
-        got_rho, want_rho = rows[rid].get("cmab_rho"), want.get("cmab_rho")
-        assert got_rho == want_rho or got_rho == pytest.approx(want_rho, rel=1e-5), rid
-        assert {k: rows[rid].get(k) for k in COMPARED} == {k: want.get(k) for k in COMPARED}, rid
-    assert not any(SECRET in (p or "") for r in rows.values() for p in r["image_paths"] or [])
+    t = tally(list(rows.values()), faults, clean)
+    assert t.problems == [] and t.rows_lost == 0 and t.good_rows_equal == len(clean)
 
 
 def test_reader_turns_every_bad_line_into_its_error_row_and_reads_nothing_outside_the_root(faults):
@@ -174,3 +157,13 @@ def test_run_survives_bad_rows_kills_a_torn_shard_and_an_interrupted_commit(faul
     text = (tmp_path / "run.log").read_text()
     assert "is damaged on disk" in text and re.search(r"stage 2: scoring (\d+) of", text)
     _check_output(_annotated(tmp_path), faults, clean)
+
+
+def test_the_exactly_once_check_names_the_ids():
+    from curate.pipeline import check_exactly_once
+
+    check_exactly_once(["a", "b"], {"a", "b"}, Path("out"))
+    with pytest.raises(RuntimeError) as err:
+        check_exactly_once(["a", "a", "c", "x#1"], {"a", "b", "c"}, Path("out"))
+    assert str(err.value) == ("out does not hold every input id exactly once: written twice: 1 ('a'); "
+                              "missing: 1 ('b'); not in the input: 1 ('x#1')")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,6 +30,11 @@ from curate.toy.corpus import generate_corpus
 CORPUS_FILE = "corpus.jsonl"
 CLEAN_FILE = "clean.jsonl"
 SECRET = "secret.png"  # written beside root: must never be read
+# Config overrides the fault suite scores with: the toy model, PISM on a small grid and CMAB, so that
+# a run takes seconds and both scorers see every good row.
+SCORING = ["data.format=difficulty_sampling", "engine.max_model_len=2048", "pism.ratios=[0.0,0.3,0.6]",
+           "pism.k=4", "pism.tau=0.25", "sampling.max_tokens=32", "sampling.temperature=0.7", "pism.seed=5",
+           "cmab.enabled=true", "cmab.k=2"]
 
 
 @dataclass(frozen=True)
@@ -196,3 +201,66 @@ def write_fault_corpus(root: Path, good: int = 12, seed: int = 3) -> FaultCorpus
     # The duplicate's generated id is taken by a later row's own id: it gets the next free one.
     ids[dup_line] = f"{first_good}#{key}:{dup_line}~2"
     return FaultCorpus(root, root / CORPUS_FILE, root / CLEAN_FILE, table["id"].to_pylist(), bad, ids, len(lines))
+
+
+# Score columns whose values must equal the clean run's exactly; ρ̄ comes from a batched forward pass,
+# where the other rows of the batch move it by float rounding only (compared to 1e-5).
+EXACT_COLUMNS = ("status", "error", "grader", "pism_pc", "pism_attempts", "pism_correct", "pism_generations",
+                 "pism_lambda_star", "pism_bucket", "cmab_bucket", "cmab_correct")
+
+
+@dataclass
+class Tally:
+    """How an annotated output of the fault corpus compares with what it must be."""
+
+    lines: int = 0
+    rows_out: int = 0
+    bad_kinds: int = 0
+    bad_rows_explained: int = 0  # error rows whose message has their kind's reason (or ok where due)
+    good_rows_equal: int = 0  # good rows whose annotations equal the clean run's
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def rows_lost(self) -> int:
+        return self.lines - self.rows_out
+
+
+def tally(rows: list[dict[str, Any]], faults: FaultCorpus, clean: dict[str, dict[str, Any]]) -> Tally:
+    """Compare an annotated output (``rows``) with the fault corpus's expectations and the clean run."""
+    import math
+
+    t = Tally(lines=faults.lines, bad_kinds=len(faults.bad))
+    by_id: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["id"] in by_id:
+            t.problems.append(f"id {r['id']!r} written twice")
+        by_id[r["id"]] = r
+    t.rows_out = len(by_id)
+    for line, bad in faults.bad.items():
+        row = by_id.get(faults.ids[line])
+        if row is None:
+            t.problems.append(f"{bad.kind}: no row {faults.ids[line]!r}")
+        elif bad.reason and not (row["status"] == "error" and bad.reason in (row["error"] or "")):
+            t.problems.append(f"{bad.kind}: status {row['status']}, error {row['error']!r}")
+        elif not bad.reason and row["status"] != "ok":
+            t.problems.append(f"{bad.kind}: must score fine, got {row['error']!r}")
+        else:
+            t.bad_rows_explained += 1
+    for rid, want in clean.items():
+        got = by_id.get(rid)
+        if got is None:
+            t.problems.append(f"good row {rid!r} missing")
+            continue
+        differs = [c for c in EXACT_COLUMNS if got.get(c) != want.get(c)]
+        rho, want_rho = got.get("cmab_rho"), want.get("cmab_rho")
+        if rho != want_rho and not (rho is not None and want_rho is not None
+                                    and math.isclose(rho, want_rho, rel_tol=1e-5)):
+            differs.append("cmab_rho")
+        if differs:
+            t.problems.append(f"good row {rid!r} differs from the clean run in {differs}")
+        else:
+            t.good_rows_equal += 1
+    for r in by_id.values():
+        if any(SECRET in (p or "") for p in r["image_paths"] or []):
+            t.problems.append(f"row {r['id']!r} names {SECRET}, a file outside the root")
+    return t
