@@ -239,8 +239,9 @@ class OutputConfig:
 
 @dataclass
 class RayConfig:
-    # Cluster address. None: RAY_ADDRESS when set (as under `ray job submit`), else a cluster started
-    # with `ray start` on this machine, else a new local one; "local" always starts a private one.
+    # Cluster to join: "auto" (the latest `ray start` cluster on this machine), HOST:PORT or
+    # ray://HOST:PORT. None: RAY_ADDRESS when set (as under `ray job submit`), else a new private local
+    # cluster, never one merely found on the machine; "local" always starts a private one.
     address: Optional[str] = None
     # Scoring actor pool size (min..max; equal for a fixed pool).
     min_actors: int = 1

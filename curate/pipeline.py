@@ -1,8 +1,8 @@
 """Distributed curation on Ray Data: read → validate → score on an actor pool → annotated Parquet.
 
 ``python -m curate run --config configs/curate/<recipe>.yaml key=value ...`` connects to the Ray
-cluster in ``ray.address`` / ``RAY_ADDRESS`` (as under ``ray job submit``), else to a cluster started
-with ``ray start`` on this machine, else starts a local one. The output directory holds:
+cluster in ``ray.address`` / ``RAY_ADDRESS`` (as under ``ray job submit``), else starts a private local
+one; it never joins a cluster merely because it runs on this machine. The output directory holds:
 
     corpus/      the input in the canonical schema (stage 1: read + normalise + validate images, CPU)
     annotated/   the product: every input row once, original columns + score columns + status/error
@@ -163,7 +163,10 @@ def cpus_needed(cfg: CurateConfig) -> float:
 
 
 def connect(cfg: CurateConfig) -> None:
-    """Connect to ``ray.address`` / RAY_ADDRESS / a local ``ray start`` cluster, else start one.
+    """Connect to the cluster in ``ray.address``, else in RAY_ADDRESS, else start a private local one.
+
+    Only an address asked for is joined (``auto`` included): another cluster found on the machine may
+    be someone else's. ``local`` always starts a private one.
 
     A cluster this function starts declares at least ``cpus_needed`` logical CPUs (they are
     scheduling slots, not cores); an existing cluster that cannot host the pipeline is refused with
@@ -176,13 +179,8 @@ def connect(cfg: CurateConfig) -> None:
         if address and address != "local":
             ray.init(address=address)
         else:
-            try:
-                if address == "local":
-                    raise ConnectionError
-                ray.init(address="auto")
-            except ConnectionError:
-                ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed(cfg))),
-                         include_dashboard=False)
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed(cfg))),
+                     include_dashboard=False)
     resources = ray.cluster_resources()
     log.info("ray: %s", {k: v for k, v in resources.items() if not k.startswith("node:")})
     check_cluster(cfg, cluster_nodes(ray.nodes()))

@@ -15,8 +15,7 @@ commands, printed before it runs, so the demo is also the recipe for a real run:
     python -m rl eval OUT/rl/checkpoints/global_step_N OUT/heldout.parquet --out OUT/eval_after.json
 
 Curation uses the cluster in RAY_ADDRESS (``launch/local.sh run -- python -m launch.demo`` sets it),
-else one started with ``ray start`` on this machine, else a private local one; verl's trainer starts
-its own private cluster.
+else a private local one; verl's trainer starts its own private cluster.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@
 #
 # Auth: the cluster's ports are reachable from the network, so it uses Ray's token auth by default.
 # The token ($RAY_AUTH_TOKEN, else `ray get-auth-token --generate` here) reaches each host on ssh's
-# stdin, never on a command line.
+# stdin, never on a command line; local.sh keeps it in the node's temp dir (yours only) until `stop`.
 set -euo pipefail
 
 die() { echo "ssh_cluster.sh: $*" >&2; exit 2; }
@@ -92,13 +92,13 @@ squote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 
 # on HOST ARGS...: run `launch/local.sh ARGS...` in the checkout on HOST (printed on a dry run).
 # The remote command is one string quoted here (printf %q), so it expands on this side on purpose.
-# `start` and `run` talk to the cluster and get the token on stdin.
+# `start` gets the token on stdin; local.sh keeps it for the node's clients (`run`).
 on() {
   local host=$1
   shift
   local remote stdin=""
   remote="cd $(printf '%q' "$remote_dir") && "
-  if [[ -n "$token" && ($1 == start || $1 == run) ]]; then
+  if [[ -n "$token" && $1 == start ]]; then
     remote+="IFS= read -r RAY_AUTH_TOKEN && export RAY_AUTH_TOKEN && "
     stdin=$token
   fi

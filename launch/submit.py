@@ -14,6 +14,8 @@ bare ``ray job submit --working-dir . -- CMD``:
 - Variables that decide which models and caches the job sees are passed on when set here
   (HARDMODE_CACHE, HF_HOME, HF_HUB_OFFLINE, HF_DATASETS_OFFLINE, TRANSFORMERS_OFFLINE), and Python
   output is unbuffered so logs stream. RAY_AUTH_MODE needs no passing: the job inherits the cluster's.
+  The submitting shell needs the cluster's RAY_AUTH_MODE and, in token mode, its token
+  (RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or ~/.ray/auth_token), which the job API checks.
 - It prints the job id and the exact commands to follow, query and stop it. Without ``--no-wait`` it
   follows the logs and exits with the job's outcome: 0 only for SUCCEEDED (``ray job submit`` also
   returns 0 for a stopped job).
@@ -129,8 +131,9 @@ def _load_base(path: str | None, json_text: str | None) -> dict[str, Any]:
 
 
 def _auth_prefix(environ: Mapping[str, str]) -> str:
-    mode = environ.get("RAY_AUTH_MODE")
-    return f"RAY_AUTH_MODE={shlex.quote(mode)} " if mode else ""
+    """The auth variables a printed ``ray job`` command needs (the token file's path, never a token)."""
+    names = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+    return "".join(f"{name}={shlex.quote(environ[name])} " for name in names if environ.get(name))
 
 
 def ray_cli(
@@ -216,7 +219,7 @@ def main(args: argparse.Namespace) -> int:
         print("equivalent:  " + ray_cli(address, runtime_env, entrypoint, args.no_wait, args.submission_id, os.environ))
         return 0
 
-    from ray.exceptions import RayError
+    from ray.exceptions import AuthenticationError, RayError
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     print(f"submitting to {address}: {entrypoint}", flush=True)
@@ -225,6 +228,9 @@ def main(args: argparse.Namespace) -> int:
         job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=args.submission_id)
     except (ConnectionError, RuntimeError, ValueError, RayError) as err:  # unreachable, auth, upload too big
         print(f"python -m launch submit: {type(err).__name__}: {err}", file=sys.stderr)
+        if isinstance(err, AuthenticationError):
+            print('For a head from launch/local.sh: eval "$(launch/local.sh env --port PORT)" exports its '
+                  "RAY_AUTH_MODE and token file", file=sys.stderr)
         return 1
     print(f"job {job_id} submitted\n{next_steps(job_id, address, os.environ)}", flush=True)
     if args.no_wait:
