@@ -89,7 +89,7 @@ class Scorer:
             if row[schema.STATUS] != schema.STATUS_OK:
                 continue
             try:
-                samples.append((i, _sample(row, self.cfg.data.images)))
+                samples.append((i, row_sample(row, self.cfg.data.images)))
             except Exception as err:
                 errors[i] = f"score: {err}"
         if progress and len(rows) > len(samples):
@@ -140,7 +140,8 @@ def _check_probe_fits(cfg: CurateConfig) -> None:
     check_probe_memory(cfg, total, need)
 
 
-def _sample(row: dict[str, Any], image_options: ImageOptions) -> Sample:
+def row_sample(row: dict[str, Any], image_options: ImageOptions) -> Sample:
+    """The scoring sample of a canonical row; ``ValueError`` names what makes the row unusable."""
     images = row[schema.IMAGES] or []
     decoded = []
     for j, data in enumerate(images):

@@ -276,10 +276,11 @@ def _sizes(device: str, samples: int) -> dict[str, Any]:
 
 def toy_samples(n: int, seed: int = 4242):
     """PISM/CMAB samples of the toy corpus (the tasks the toy model answers best)."""
-    from curate.scorer import _sample
+    from curate.images import ImageOptions
+    from curate.scorer import row_sample
     from curate.toy.corpus import generate_corpus
 
-    return [_sample(r) for r in generate_corpus(n, seed=seed, tasks=TOY_TASKS).to_pylist()]
+    return [row_sample(r, ImageOptions()) for r in generate_corpus(n, seed=seed, tasks=TOY_TASKS).to_pylist()]
 
 
 def model_info(path: str) -> dict[str, Any]:

@@ -122,16 +122,17 @@ def test_greedy_answers_match_the_transformers_engine(engine):
 
 def test_per_sample_seeds_match_the_servers_own_n(engine, server):
     (request,) = toy_requests(1)
-    request.n, request.seed = 3, 7
-    params = SamplingParams(temperature=1.0, max_tokens=12, stop=())
+    # Hot enough that the trained toy model's samples differ, so equal lists mean equal seeding.
+    request.n, request.seed = 4, 7
+    params = SamplingParams(temperature=2.0, max_tokens=12, stop=())
     (result,) = engine.generate([request], params)
     ours = [c.text for c in result.completions]
     body = {
         "model": "toy",
         "messages": engine_messages(request),
-        "n": 3,
+        "n": 4,
         "seed": 7,
-        "temperature": 1.0,
+        "temperature": 2.0,
         "top_p": 1.0,
         "max_tokens": 12,
     }
