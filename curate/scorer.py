@@ -18,7 +18,7 @@ import pyarrow as pa
 from curate import schema
 from curate.config import CurateConfig
 from curate.engines import GenerationEngine, SamplingParams, create_engine
-from curate.grading import GradingOptions, check_ground_truth, describe_grader
+from curate.grading import GradingOptions, check_ground_truth, describe_grader, warm_up
 from curate.grading.boxes import box_format_for_model
 from curate.images import ImageOptions, decode_image
 from curate.pism import PismResult, PismScorer, Sample
@@ -62,6 +62,7 @@ class Scorer:
         if engine is None and cfg.cmab.enabled and cfg.engine.backend == "vllm":
             _check_probe_fits(cfg)
         self.engine = engine if engine is not None else create_engine(cfg.engine)
+        warm_up()  # sympy's imports now, not inside the first grade's time limit
         self.pism = (PismScorer(self.engine, cfg.pism, sampling_params(cfg), cfg.prompt, grading_options(cfg))
                      if cfg.pism.enabled else None)
         self.cmab = None

@@ -5,12 +5,16 @@ strict judge on realistic responses; these tests pin each rule."""
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from curate.grading import (
+    GRADE_TIME_LIMIT_S,
     GRADERS,
     GradeResult,
     GradingOptions,
@@ -22,7 +26,7 @@ from curate.grading import (
     mathexpr,
     resolve_grader,
 )
-from curate.grading.deadline import run_with_deadline
+from curate.grading.deadline import run_with_deadline, time_left, time_limit
 from curate.grading.mathexpr import sympy_safe
 from curate.grading.numbers import iter_numbers, words_to_digits
 from curate.grading.extract import final_answer
@@ -369,6 +373,89 @@ def test_deadline_passes_exceptions_and_values_through():
     with pytest.raises(KeyError):
         run_with_deadline(lambda: {}["missing"], 5)
     assert run_with_deadline(lambda: 7, 5) == 7
+
+
+def test_time_limits_nest_and_deadlines_read_what_is_left():
+    assert time_left() == float("inf")
+    with time_limit(5.0):
+        with time_limit(60.0):  # an inner limit never extends the outer one
+            assert 4.0 < time_left() <= 5.0
+        with time_limit(0.5):
+            assert 0.0 < time_left() <= 0.5
+    assert time_left() == float("inf")
+
+
+def test_sympy_gets_only_what_is_left_of_the_grade_limit(monkeypatch):
+    grade("math", tagged("(x+1)^2"), "x^2+2x+1")  # warmed up
+    nested = tagged("\\frac{1}{" * 40 + "2" + "}" * 40)  # keeps sympy busy past any deadline
+    monkeypatch.setattr(mathexpr, "MATH_TIMEOUT_S", 60.0)
+    started = time.perf_counter()
+    result = grade("math", nested, "\\frac{1}{2}")
+    assert time.perf_counter() - started <= GRADE_TIME_LIMIT_S
+    assert result.correct is False
+
+
+def test_a_cold_worker_grades_within_the_limit_imports_included():
+    """A fresh process's first math grade imports sympy and math-verify inside the limit."""
+    code = (
+        "import time; from curate.grading import grade, GRADE_TIME_LIMIT_S\n"
+        "r = '<answer>' + '\\\\frac{1}{' * 40 + '2' + '}' * 40 + '</answer>'\n"
+        "t = time.perf_counter(); grade('math', r, '\\\\frac{1}{2}'); t = time.perf_counter() - t\n"
+        "print(t, GRADE_TIME_LIMIT_S)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                         cwd=Path(__file__).parent.parent)
+    seconds, limit = map(float, run.stdout.split())
+    assert seconds <= limit, run.stdout
+
+
+# Negations and nested fractions, as a strict judge reads them (the hardest ones a fuzzed matrix of
+# answer forms × truths turned up: a sign apart from its number, a doubled sign, a fraction inside a
+# fraction stated in a sentence, where math-verify alone reads the inner fraction).
+@pytest.mark.parametrize(
+    "response, truth, correct",
+    [
+        (tagged("- 5"), "5", False),
+        (tagged("- 5"), "-5", True),
+        (tagged("--5"), "-5", False),
+        (tagged("--5"), "5", True),
+        ("So the result is -(-5)", "5", True),
+        ("So the result is -(-5)", "-5", False),
+        (tagged("-(-(-5))"), "5", False),
+        (tagged("\u22125"), "5", False),
+        (tagged("\u20135"), "-5", True),
+        (tagged("+-5"), "-5", True),
+        (tagged("COVID-19"), "-19", False),
+        (tagged("5 - 3"), "2", True),
+        (tagged("3 - 5"), "2", False),
+        (tagged("x - 5"), "-5", False),
+        ("- 5 apples\n- 3 pears\nThere are 8 fruits.", "8", True),
+        (tagged("The temperature dropped to - 5 \u00b0C"), "5 \u00b0C", False),
+        ("So the result is \\frac{1}{\\frac{1}{2}}", "\\frac{1}{2}", False),
+        ("So the result is \\frac{1}{\\frac{1}{2}}", "0.5", False),
+        ("So the result is \\frac{1}{\\frac{1}{2}}", "2", True),
+        ("So the result is \\frac{\\frac{1}{2}}{2}", "1/2", False),
+        ("So the result is \\frac{\\frac{1}{2}}{2}", "\\frac{1}{4}", True),
+        ("So the result is \\dfrac{3}{\\dfrac{1}{2}}", "6", True),
+        ("So the result is \\tfrac{1}{2}", "0.5", True),
+        ("So the result is -\\frac12", "-0.5", True),
+        ("So the result is \\frac{-\\sqrt{4}}{4}", "-1/2", True),
+        ("Let me check this. " * 40 + "So the result is \\frac{1}{\\frac{1}{2}}.", "2", True),
+        ("Let me check this. " * 40 + "So the result is \\frac{1}{\\frac{1}{2}}.", "0.5", False),
+        ("Let me check this. " * 40 + "Thus the value is $-\\frac{3}{4}$.", "0.75", False),
+        (tagged("\\frac{1}{\\frac{1}{2}+\\frac{1}{2}}"), "\\frac{1}{2}", False),
+        (tagged("\\frac{-3}{-4}"), "0.75", True),
+        (tagged("-\\frac{-3}{4}"), "-0.75", False),
+        (tagged("\\frac{1}{-2}"), "\\frac{1}{2}", False),
+        ("The answer is $\\frac{1}{2}$ or $\\frac{1}{3}$.", "\\frac{1}{2}", False),
+        ("The answer is \\frac{1}{2}, not \\frac{1}{3}.", "\\frac{1}{2}", True),
+        ("The length is $\\frac{1}{2}$ m.", "0.5 m", True),
+        ("The length is $\\frac{1}{2}$ m.", "0.5 km", False),
+        ("Hence x = \\sqrt{16} = -4", "4", False),
+    ],
+)
+def test_signs_and_nested_fractions(response, truth, correct):
+    assert grade("math", response, truth).correct is correct
 
 
 # ---------------------------------------------------------------- counting and numbers

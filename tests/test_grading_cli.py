@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from curate.__main__ import main
+from curate.grading.cli import encode, grade_record
 
 LINES = [
     {"id": 1, "task": "counting", "response": "<think>See.</think><answer>3</answer>", "ground_truth": "3"},
@@ -106,3 +107,25 @@ def test_grade_reads_stdin_as_a_module():
     row = json.loads(run.stdout)
     assert (row["score"], row["correct"], row["extracted"]) == (1.0, True, "0.5")
     assert "math" in run.stderr
+
+
+def test_lines_nested_past_any_depth_are_errors_and_later_lines_are_graded(tmp_path, capsys):
+    path = tmp_path / "deep.jsonl"
+    path.write_text("\n".join(["[" * 100_000 + "]" * 100_000, json.dumps(LINES[0])]) + "\n")
+    out = tmp_path / "graded.jsonl"
+    assert main(["grade", str(path), "-o", str(out)]) == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["line"] == 1 and rows[0]["error"] == "invalid JSON: nested too deeply to read"
+    assert rows[1]["correct"] is True  # the lines after it are still graded
+    assert "lines 2  graded 1  errors 1" in capsys.readouterr().err
+
+
+def test_a_kept_field_too_deep_to_write_becomes_an_error_line():
+    meta: object = 0
+    for _ in range(100_000):
+        meta = [meta]
+    graded = grade_record({**LINES[0], "meta": meta})
+    assert graded["correct"] is True
+    line, written = encode(graded)
+    assert json.loads(line) == written == {"task": "counting", "ground_truth": "3",
+                                           "error": "a field is nested too deeply to write back"}

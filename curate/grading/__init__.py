@@ -20,9 +20,12 @@ Contract:
   evaluated); it raises :class:`UnknownTaskError` only for a task/verifier no grader serves, which
   is a data or configuration error. Readers call :func:`resolve_grader` (and
   :func:`check_ground_truth`) up front to turn such rows into ``status=error`` rows.
-- Time: every grader looks at a bounded part of the response (the committed answer, capped, or the
-  last ``extract.TAIL_CHARS`` characters), so a 1 MB response costs what a short one does: micro- to
-  milliseconds. Math spends at most ``mathexpr.MATH_TIMEOUT_S`` in sympy, in any thread.
+- Time: a grade returns within ``GRADE_TIME_LIMIT_S``, in any thread. Every grader looks at a
+  bounded part of the response (the committed answer, capped, or the last ``extract.TAIL_CHARS``
+  characters) with patterns linear in it, so a 1 MB response costs what a short one does: micro- to
+  milliseconds. Math gives sympy what is left of the limit, at most ``mathexpr.MATH_TIMEOUT_S``
+  (``deadline.py`` interrupts it in whatever thread it runs), then compares numbers. The first math
+  grade of a process also imports sympy, inside the limit (``warm_up`` does it ahead).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import logging
 import math
 from dataclasses import dataclass
 
+from curate.grading.deadline import time_limit
 from curate.grading.extract import extract_answer, final_answer
 from curate.grading.format import format_score
 from curate.grading.logs import warn_once
@@ -39,6 +43,7 @@ from curate.grading.registry import GRADERS, UnknownTaskError, resolve_grader, r
 from curate.grading.verdict import GradeContext, GradingOptions
 
 __all__ = [
+    "GRADE_TIME_LIMIT_S",
     "GRADERS",
     "GradeResult",
     "GradingOptions",
@@ -49,12 +54,15 @@ __all__ = [
     "format_score",
     "grade",
     "resolve_grader",
+    "warm_up",
 ]
 
 logger = logging.getLogger(__name__)
 
 # `extracted` is for audits and logs; longer readings are cut.
 MAX_EXTRACTED_CHARS = 1000
+# The most one grade takes, wall clock, in any thread (see the contract above).
+GRADE_TIME_LIMIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -110,8 +118,9 @@ def grade(
     chosen = route(task, verifier)
     ctx = _DEFAULT_CONTEXT if options is None and image_size is None else GradeContext(options or GradingOptions(), image_size)
     try:
-        answer = final_answer(_as_text(response))
-        verdict = GRADERS[chosen.grader].judge(answer, _as_text(ground_truth), ctx)
+        with time_limit(GRADE_TIME_LIMIT_S):
+            answer = final_answer(_as_text(response))
+            verdict = GRADERS[chosen.grader].judge(answer, _as_text(ground_truth), ctx)
         correct, partial, extracted = bool(verdict.correct), float(verdict.partial), verdict.extracted
         grader = verdict.grader or chosen.grader
     except Exception as exc:  # a grader bug must not stop a training run: score 0, say so once
@@ -122,6 +131,14 @@ def grade(
     if extracted is not None and len(extracted) > MAX_EXTRACTED_CHARS:
         extracted = extracted[:MAX_EXTRACTED_CHARS] + "…"
     return GradeResult(float(correct), correct, grader, extracted, partial, chosen.why)
+
+
+def warm_up() -> None:
+    """Import and exercise sympy and math-verify now (about a second), so that the first math grade
+    of a worker does not spend its time limit on imports."""
+    from curate.grading.mathexpr import warm_up as warm_up_math
+
+    warm_up_math()
 
 
 def describe_grader(task: str, ground_truth: object, verifier: str | None = None) -> str:

@@ -52,8 +52,8 @@ _BOX_KEY = re.compile(r"""["']?\b(?:bbox_2d|bbox|box)["']?\s*:\s*\[([^\[\]]*)\]"
 _LABEL = re.compile(r"""["']?\blabel["']?\s*:\s*(?:"([^"]*)"|'([^']*)')""")
 # A bare box, optionally named on its line: "dog: [x1, y1, x2, y2]".
 _BARE = re.compile(
-    r"(?:(?:^|\n|[;,]\s*)\s*[-*]?\s*([A-Za-z][A-Za-z _-]{0,30}?)\s*[:=]\s*)?"
-    r"\[\s*(%s)\s*,\s*(%s)\s*,\s*(%s)\s*,\s*(%s)\s*\]" % ((_NUM,) * 4)
+    r"(?:(?:^|\n|[;,])\s*+[-*]?\s*+([A-Za-z][A-Za-z _-]{0,30}?)\s*+[:=]\s*+)?"
+    r"\[\s*+(%s)\s*+,\s*+(%s)\s*+,\s*+(%s)\s*+,\s*+(%s)\s*+\]" % ((_NUM,) * 4)
 )
 _EMPTY_LIST = re.compile(r"\[\s*\]")
 # Qwen2-VL: "<|object_ref_start|>dog<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>".

@@ -20,7 +20,7 @@ from curate.grading.extract import MAX_ANSWER_CHARS, MAX_SHORT_ANSWER_CHARS, Fin
 from curate.grading.text import normalize_text
 from curate.grading.verdict import GradeContext, Verdict, exact
 
-_LONE_LETTER = re.compile(r"\(?\s*([A-Za-z])\s*\)?\s*[.:)]?")
+_LONE_LETTER = re.compile(r"\(?\s*+([A-Za-z])\s*+\)?\s*+[.:)]?")
 # A letter standing alone: "(B)", "B.", "B)", "B:", "B" between non-word characters.
 _LETTER = re.compile(r"(?<![\w'’])(?:\(([A-Z])\)|([A-Z])(?![\w'’]))")
 _INTRODUCED = re.compile(
@@ -58,12 +58,12 @@ def _mentions(text: str) -> list[tuple[int, int, str]]:
 
 
 _STRONG_AFTER = re.compile(
-    r"\s*\)?\s*(?:is|seems|looks)\s+(?:the\s+)?(?:correct|right|best|better|most\s+likely|answer|true)\b", re.IGNORECASE
+    r"\s*+\)?\s*+(?:is|seems|looks)\s++(?:the\s++)?(?:correct|right|best|better|most\s+likely|answer|true)\b", re.IGNORECASE
 )
 _LEFT_OPEN = re.compile(
-    r"\s*\)?\s*(?:is|are|could|might|may)\s+(?:also\s+)?(?:possible|plausible|be\s+(?:right|correct|possible))", re.I
+    r"\s*+\)?\s*+(?:is|are|could|might|may)\s++(?:also\s++)?(?:possible|plausible|be\s+(?:right|correct|possible))", re.I
 )
-_ALSO_NAMED = re.compile(r"\s*\)?\s*(?:or|and|/|,|&)\s*(?:option\s+)?\(?[A-Z]\b")
+_ALSO_NAMED = re.compile(r"\s*+\)?\s*+(?:or|and|/|,|&)\s*+(?:option\s++)?\(?[A-Z]\b")
 
 
 def _committed_letter(text: str, mentions: list[tuple[int, int, str]]) -> str | None:

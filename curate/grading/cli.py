@@ -63,7 +63,27 @@ def grade_lines(lines: Iterable[str]) -> Iterable[dict[str, Any]]:
         except ValueError as exc:
             yield {"line": number, "raw": line.rstrip("\r\n"), "error": f"invalid JSON: {exc}"}
             continue
+        except RecursionError:
+            yield {"line": number, "raw": line.rstrip("\r\n"), "error": "invalid JSON: nested too deeply to read"}
+            continue
         yield grade_record(record)
+
+
+def encode(out: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(JSON line, record written)``: ``out``, or an error record when a kept field is nested too
+    deeply to write back."""
+    try:
+        text = json.dumps(out, ensure_ascii=False)
+    except RecursionError:
+        out = {k: out[k] for k in ("line", "task", "ground_truth") if isinstance(out.get(k), (str, int))}
+        out["error"] = "a field is nested too deeply to write back"
+        text = json.dumps(out, ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape: keep it escaped
+            text = json.dumps(out)
+    return text, out
 
 
 class Summary:
@@ -103,13 +123,8 @@ def main(args: argparse.Namespace) -> int:
         if args.output != "-":
             sink = files.enter_context(open(args.output, "w", encoding="utf-8"))
         for out in grade_lines(source):
-            line = json.dumps(out, ensure_ascii=False)
-            if not line.isascii():
-                try:
-                    line.encode("utf-8")
-                except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape: keep it escaped
-                    line = json.dumps(out)
+            line, written = encode(out)
             sink.write(line + "\n")
-            summary.add(out)
+            summary.add(written)
     summary.write(sys.stderr)
     return 1 if summary.errors else 0

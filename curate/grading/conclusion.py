@@ -32,8 +32,8 @@ _COPULA = re.compile(
 _TRAILING = re.compile(r"\b(?:in\s+total|total|altogether|in\s+all|overall)\b", re.IGNORECASE)
 # What joins two alternatives: a list or range mark, or a hedging word (possibly in parentheses).
 _HEDGE_JOINT = re.compile(
-    r"^[\s{}\[\]]*(?:[,;~–-]|\(?\s*,?\s*(?:or|to|and|maybe|perhaps|possibly|probably|or\s+(?:maybe|possibly|perhaps|so)|up\s+to)\b)?"
-    r"[\s,;~–{}\[\]-]*$",
+    r"^[\s{}\[\]]*+(?:[,;~–-]|\(?\s*+,?\s*+(?:or|to|and|maybe|perhaps|possibly|probably|or\s+(?:maybe|possibly|perhaps|so)|up\s+to)\b)?"
+    r"[\s,;~–{}\[\]-]*+$",
     re.IGNORECASE,
 )
 _BOUND = re.compile(

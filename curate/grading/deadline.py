@@ -22,10 +22,14 @@ Like a signal handler, it takes effect at the next bytecode, so:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import math
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from types import FrameType
 from typing import TypeVar
 
@@ -41,6 +45,25 @@ _DO_NOT_INTERRUPT = (
     "_weakrefset",
     "weakref",
 )
+
+
+_ENDS_AT: ContextVar[float] = ContextVar("grading_ends_at", default=math.inf)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Code inside may spend ``seconds`` in all (nested limits take the earlier end); deadlines set
+    inside read what is left with :func:`time_left`."""
+    token = _ENDS_AT.set(min(_ENDS_AT.get(), time.monotonic() + seconds))
+    try:
+        yield
+    finally:
+        _ENDS_AT.reset(token)
+
+
+def time_left() -> float:
+    """Seconds left of the innermost :func:`time_limit` (infinite outside any)."""
+    return _ENDS_AT.get() - time.monotonic()
 
 
 class DeadlineExceeded(BaseException):

@@ -44,20 +44,20 @@ _MAX_GROUPS = 8
 _BOXED_COMMANDS = ("\\boxed", "\\fbox")
 _BRACE = re.compile(r"\\[{}]|[{}]")  # escaped braces first, so they are skipped as literals
 _LEAD_IN = re.compile(
-    r"^\s*(?:\*\*|__)?\s*(?:(?:so|thus|therefore|hence)\s*,?\s*)?(?:the\s+)?(?:final\s+|correct\s+|short\s+)?"
-    r"(?:answer|response)\s*(?:is|would\s+be|should\s+be|:)\s*:?\s*(?:\*\*|__)?\s*:?\s*"
-    r"|^\s*(?:最终)?答案\s*(?:是|为)?\s*[:：]?\s*",
+    r"^\s*+(?:\*\*|__)?\s*+(?:(?:so|thus|therefore|hence)\s*+,?\s*+)?(?:the\s++)?(?:final\s++|correct\s++|short\s++)?"
+    r"(?:answer|response)\s*+(?:is|would\s++be|should\s++be|:)\s*+:?\s*+(?:\*\*|__)?\s*+:?\s*+"
+    r"|^\s*+(?:最终)?答案\s*+(?:是|为)?\s*+[:：]?\s*+",
     re.IGNORECASE,
 )
 _CONCLUSION = re.compile(
     r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|would\s+be|should\s+be|:)\s*:?(?:\*\*|__)?\s*:?"
     r"|(?:最终)?答案\s*(?:是|为)?\s*[:：]?"
-    r"|(?:^|(?<=[.!?\n])\s*)(?:therefore|thus|hence|so|in\s+conclusion|in\s+summary)\s*,\s*",
+    r"|(?:^|(?<=[.!?\n])\s*+)(?:therefore|thus|hence|so|in\s++conclusion|in\s++summary)\s*+,\s*+",
     re.IGNORECASE,
 )
 # An explicit answer line ("Answer: B", "**Final answer:** 7"); two that differ are two answers.
 _ANSWER_LINE = re.compile(
-    r"(?:^|\n)\s*(?:\*\*|__)?\s*(?:final\s+)?answer\s*(?:\*\*|__)?\s*:\s*(?:\*\*|__)?([^\n]*)", re.IGNORECASE
+    r"(?:^|\n)\s*+(?:\*\*|__)?\s*+(?:final\s++)?answer\s*+(?:\*\*|__)?\s*+:\s*+(?:\*\*|__)?([^\n]*)", re.IGNORECASE
 )
 # Words that tell a later answer as a correction of an earlier one.
 _CORRECTION = re.compile(

@@ -33,10 +33,10 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeVar
 
 from curate.grading.choice import grade_multiple_choice, grade_yes_no, option_text
-from curate.grading.deadline import run_with_deadline
+from curate.grading.deadline import run_with_deadline, time_left
 from curate.grading.extract import (
     MAX_SHORT_ANSWER_CHARS,
     FinalAnswer,
@@ -46,14 +46,28 @@ from curate.grading.extract import (
 )
 from curate.grading.logs import warn_once
 from curate.grading.conclusion import any_hedged, concluded
-from curate.grading.quantity import Quantity, clean_latex, quantities, rounds_to, same_quantity, single_quantity
+from curate.grading.formula import stated_formula, structured
+from curate.grading.quantity import (
+    Quantity,
+    clean_latex,
+    quantities,
+    rounds_to,
+    same_quantity,
+    single_quantity,
+    unit_after,
+)
 from curate.grading.text import normalize_text, text_verdict
 from curate.grading.verdict import GradeContext, Verdict, exact
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_MATH_CHARS = 1000
-MATH_TIMEOUT_S = 2.0
+# Sympy's share of a grade's time limit (curate.grading.GRADE_TIME_LIMIT_S): at most this, and never
+# more than what is left of the limit less DEADLINE_MARGIN_S (for the deadline to land in the guarded
+# thread, which waits for the GIL and a CPU, and for the fallback comparison after it).
+MATH_TIMEOUT_S = 1.5
+DEADLINE_MARGIN_S = 0.3
 # Sympy is skipped when the integers an expression spells could have more digits than this.
 MAX_INTEGER_DIGITS = 100_000
 MAX_FACTORIAL = 1000
@@ -135,6 +149,10 @@ def _math_verify() -> tuple[Callable[..., list[Any]], Callable[..., bool]]:
     return parse, verify
 
 
+def warm_up() -> None:
+    _math_verify()
+
+
 def _parse(text: str, tagged: bool) -> list[Any]:
     """math-verify's readings of ``text``. An extracted answer is read as one LaTeX formula first."""
     parse, _ = _math_verify()
@@ -186,8 +204,8 @@ _EXPRESSION = re.compile(r"\\[A-Za-z]+|[/^*+√π=()!|]|\bsqrt\b|\bpi\b|\d\s*-\s
 _WORD = re.compile(r"[A-Za-z]{3,}")
 _WORD_OF_TWO = re.compile(r"[A-Za-z]{2,}")
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
-_WITH_DERIVATION = re.compile(r"^\s*([^()]*\d[^()]*?)\s+\(([^()]*)\)\s*\.?\s*$")
-_NEGATED = re.compile(r",?\s*\b(?:not|rather\s+than|instead\s+of)\s+[^\s,;]+", re.IGNORECASE)
+_WITH_DERIVATION = re.compile(r"^\s*+([^()]*\d[^()]*?)\s+\(([^()]*+)\)\s*+\.?\s*+$")
+_NEGATED = re.compile(r",?\s*+\b(?:not|rather\s++than|instead\s++of)\s++[^\s,;]++", re.IGNORECASE)
 _RHS = re.compile(r"(?:=|≈|\\approx)([^=≈]*)$")
 
 
@@ -209,26 +227,56 @@ def _symbolic(gold: str, region: str, committed: bool, gold_q: Quantity | None =
     """math-verify's verdict under the deadline; None when a side does not parse or time ran out."""
     if not (sympy_safe(gold) and sympy_safe(region)):
         return None
-    _math_verify()
 
     def judge() -> bool | None:
         verdict = _symbolic_equal(gold, region, committed)
         return verdict or _rounds_to_truth(gold, gold_q, region, committed) if verdict is not None else None
 
+    return _under_deadline(judge)
+
+
+def _formula_value(formula: str) -> Fraction | None:
+    """The real number ``formula`` denotes, by sympy under the deadline; None if it denotes none."""
+    if not sympy_safe(formula):
+        return None
+
+    def value() -> Fraction | None:
+        from sympy import Basic
+
+        for v in _parse(formula, True):
+            if isinstance(v, Basic) and v.is_number and v.is_real:
+                return Fraction(float(v.evalf(30)))
+        return None
+
+    return _under_deadline(value)
+
+
+def _under_deadline(fn: Callable[[], T]) -> T | None:
+    """``fn()`` (sympy work) under the math deadline; None when time ran out."""
+    _math_verify()
+    seconds = min(MATH_TIMEOUT_S, time_left() - DEADLINE_MARGIN_S)
+    if seconds <= 0:
+        return None
     try:
-        return run_with_deadline(judge, MATH_TIMEOUT_S)
+        return run_with_deadline(fn, seconds)
     except TimeoutError:
         warn_once(
             logger,
             "math-timeout",
-            "math grading gave up after %g s; comparing numbers instead (further timeouts are logged at DEBUG)",
-            MATH_TIMEOUT_S,
+            "math grading gave up after %.2g s; comparing numbers instead (further timeouts are logged at DEBUG)",
+            seconds,
         )
         return None
 
 
 def _quantity_verdict(gold: str, gold_q: Quantity, region: str, answer: FinalAnswer) -> bool | None:
     """The verdict for a quantity truth, or None to ask math-verify (the answer is a formula)."""
+    stated = stated_formula(_NEGATED.sub("", region))
+    if stated is not None and structured(stated) and single_quantity(stated) is None:
+        # "So the result is \\frac{1}{\\frac{1}{2}}": the formula's value, unless others are offered
+        if answer.committed and _OFFERS_ALTERNATIVES.search(_LATEX_COMMAND.sub(" ", region)):
+            return False
+        return _formula_quantity_verdict(gold, gold_q, region, stated)
     if not answer.committed:
         found = quantities(clean_latex(region))
         return bool(found) and same_quantity(gold_q, found[-1], gold)
@@ -261,8 +309,19 @@ def _quantity_verdict(gold: str, gold_q: Quantity, region: str, answer: FinalAns
     return None
 
 
+def _formula_quantity_verdict(gold: str, gold_q: Quantity, region: str, formula: str) -> bool | None:
+    """A formula stated with a unit ("$\\frac{1}{2}$ km") against a truth with one: its value in that
+    unit; None (math-verify compares the values) when either side has no unit."""
+    after = region[region.rfind(formula) + len(formula) :].lstrip("$)]} \\")
+    unit = unit_after(clean_latex(after), 0)[0]
+    if gold_q.unit is None or unit is None:
+        return None
+    value = _formula_value(formula)
+    return None if value is None else same_quantity(gold_q, Quantity(value, unit, 0, 0), gold)
+
+
 _OFFERS_ALTERNATIVES = re.compile(r"\b(?:or|maybe|perhaps|possibly|either)\b", re.IGNORECASE)
-_LIST_SPLIT = re.compile(r"\s*(?:,|;|\band\b)\s*")
+_LIST_SPLIT = re.compile(r"\s*+(?:,|;|\band\b)\s*+")
 
 
 def value_list(gold: str) -> list[Fraction] | None:
@@ -339,7 +398,14 @@ def grade_math(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Ver
         return exact(correct, said, "short_answer")
     if _canonical(region) == _canonical(gold):
         return exact(True, region)
-    verdict = _symbolic(gold, region, answer.committed, gold_q)
+    committed = answer.committed
+    if committed:
+        region = _NEGATED.sub("", region) or region  # "\\frac{1}{2}, not \\frac{1}{3}": one is ruled out
+    if (stated := stated_formula(region)) is not None:
+        if committed and _OFFERS_ALTERNATIVES.search(_LATEX_COMMAND.sub(" ", region)):
+            return exact(False, region)  # "It is $(1, 2]$ or maybe $(1, 3]$"
+        region, committed = stated, True  # the formula alone
+    verdict = _symbolic(gold, region, committed, gold_q)
     if verdict is None and gold_q is not None and answer.committed:
         said = single_quantity(region)
         verdict = said is not None and same_quantity(gold_q, said, gold)

@@ -35,10 +35,10 @@ _NUMBER_WORDS = {**_UNITS, **_TENS, "hundred": 100, "dozen": 12, **_SCALES}
 _PRONOUN_ONE_AFTER = frozenset("the this that which each every any no another other some someone".split())
 
 _FRACTION = rf"\.\d{{1,{MAX_DIGITS}}}"
-# Signed decimal, optional thousands separators, optional exponent. Bounded repetitions keep matching
-# linear, and a number never starts inside another one ("2-3" is 2 and 3, "1.5" is not 1 and 5).
+# Unsigned decimal (signs: :func:`_signed`), optional thousands separators, optional exponent. Bounded
+# repetitions keep matching linear, and a number never starts inside another one ("1.5" is not 1 and 5).
 _NUMBER = re.compile(
-    rf"(?<![\d.,])(?:(?<![A-Za-z0-9])[-+])?(?:(?:\d{{1,3}}(?:,\d{{3}}){{1,21}}(?![,]?\d)|\d{{1,{MAX_DIGITS}}})"
+    rf"(?<![\d.,])(?:(?:\d{{1,3}}(?:,\d{{3}}){{1,21}}(?![,]?\d)|\d{{1,{MAX_DIGITS}}})"
     rf"(?:{_FRACTION})?|{_FRACTION})(?:[eE](?P<exp>[-+]?\d{{1,3}}))?(?![\d.]\d)(?!\d)"
 )
 # After a number: "× 10^8", "x10^{-3}", "\times 10^{8}", "* 10 ** 8", "·10^8".
@@ -49,6 +49,12 @@ _SCALE_AFTER = re.compile(
 )
 _ABBREVIATED = {"k": 10**3, "K": 10**3, "M": 10**6, "mn": 10**6, "mln": 10**6, "bn": 10**9, "bln": 10**9, "B": 10**9}
 _WORD = re.compile(r"[A-Za-z]+")
+_SIGNS = "-+\u2212"
+_BLANKS = " \t"
+# What a binary minus follows ("3 - 5", "x - 1", "(a) - 2", "\\pi - 3"): an operand.
+_OPERAND_END = ")]}%'"
+# Two or more "- item" lines: a list, whose dashes are bullets, not signs.
+_BULLETS = re.compile(r"(?m)^[ \t]{0,8}[-*\u2022][ \t]+\S")
 _WORD_GAP = re.compile(r"[ \t-]{1,3}")  # what may separate the words of one number
 
 
@@ -124,10 +130,48 @@ def spelled_numbers(text: str) -> Iterator[tuple[int, int, int]]:
         yield from _read_run(run)
 
 
+def _operand_before(text: str, i: int) -> bool:
+    """Whether ``text[:i]`` ends (after blanks) with an operand, making a sign at ``i`` binary."""
+    while i > 0 and text[i - 1] in _BLANKS:
+        i -= 1
+    if i == 0:
+        return False
+    c = text[i - 1]
+    if c.isdigit() or c in _OPERAND_END:
+        return True
+    if not c.isalpha():
+        return False
+    j = i - 1
+    while j > 0 and text[j - 1].isalpha():
+        j -= 1
+    return i - j == 1 or (j > 0 and text[j - 1] == "\\")  # "x - 1", "\\pi - 3"; a word is not an operand
+
+
+def _signed(text: str, start: int, bullets: bool) -> tuple[int, int]:
+    """``(sign, start)`` of the number whose digits start at ``text[start]``: the unary signs before it,
+    blanks allowed ("-5", "- 5", "= -5", "--5" is 5), never a hyphen ("COVID-19", "2-3" is 2 and 3)
+    or a binary minus ("3 - 5", "x - 1"), nor a bullet of a list ("- 5 apples" over several lines)."""
+    sign, i = 1, start
+    while True:
+        j = i
+        while j > 0 and text[j - 1] in _BLANKS:
+            j -= 1
+        if j == 0 or text[j - 1] not in _SIGNS:
+            return sign, i
+        k = j - 1  # the sign
+        if k > 0 and text[k - 1].isalnum() or _operand_before(text, k):
+            return sign, i
+        if bullets and j < i and (k == 0 or text[k - 1] == "\n"):
+            return sign, i
+        sign, i = (-sign if text[k] != "+" else sign), k
+
+
 def _digit_numbers(text: str) -> Iterator[Number]:
+    bullets = len(_BULLETS.findall(text, 0, 20_000)) > 1
     for m in _NUMBER.finditer(text):
         mantissa = m.group()[: m.start("exp") - m.start() - 1] if m.group("exp") else m.group()
-        value = Fraction(mantissa.replace(",", ""))
+        sign, start = _signed(text, m.start(), bullets)
+        value = sign * Fraction(mantissa.replace(",", ""))
         exponent = int(m.group("exp") or 0)
         end = m.end()
         if tail := _TIMES_TEN.match(text, end):
@@ -139,7 +183,7 @@ def _digit_numbers(text: str) -> Iterator[Number]:
             end = scale.end()
         if abs(exponent) > MAX_EXPONENT:
             continue
-        yield Number(m.start(), end, value * Fraction(10) ** exponent)
+        yield Number(start, end, value * Fraction(10) ** exponent)
 
 
 def numbers(text: str) -> list[Number]:

@@ -130,7 +130,7 @@ _UNIT_TOKEN = re.compile(r"\s*(°\s?[CF]?|℃|℉|[%$€£¥₹¢Ω'\"]|[A-Za-z�
 # Units that are also English words ("5 in the box", "3 d ago"): units only at the end of a phrase.
 _NEEDS_END = frozenset(("in", "ha", "d", "'", '"', "A", "B", "K", "N", "W", "V", "l", "L"))
 _WORD_FOLLOWS = re.compile(r"\s+[A-Za-z]")
-_SEPARATOR = re.compile(r"\s*(?:/|per)\s*", re.IGNORECASE)
+_SEPARATOR = re.compile(r"\s*+(?:/|per)\s*+", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def _lookup(spelling: str) -> str | None:
     return None
 
 
-def _unit_after(text: str, i: int) -> tuple[str | None, int]:
+def unit_after(text: str, i: int) -> tuple[str | None, int]:
     """The longest lexicon unit starting at ``text[i]`` (after blanks): ``(unit, end)``."""
     best: tuple[str | None, int] = (None, i)
     j, words = i, []
@@ -203,7 +203,7 @@ def quantities(text: str) -> list[Quantity]:
     for n in numbers(text):
         if out and n.start < out[-1].end:  # the 2 of "m^2"
             continue
-        unit, end = _unit_after(text, n.end)
+        unit, end = unit_after(text, n.end)
         if unit is None and (prefix := _CURRENCY_PREFIX.search(text, max(0, n.start - 4), n.start)):
             unit = _lookup(_PREFIX_UNITS[prefix.group(1)])
         out.append(Quantity(n.value, unit, n.start, end))
@@ -229,7 +229,7 @@ def single_quantity(text: str) -> Quantity | None:
     return first
 
 
-_COMPOUND_JOINT = re.compile(r"^\s*(?:,|and)?\s*$")
+_COMPOUND_JOINT = re.compile(r"^\s*+(?:,|and)?\s*+$")
 _BASE_UNITS = {_L: "m", _M: "kg", _T: "s"}
 
 

@@ -70,7 +70,7 @@ def states(sentence: str, truth: str) -> bool:
     return verb is not None and any(words[i : i + n] == phrase for i in range(verb + 1, len(words) - n + 1))
 
 
-_ITEMS = re.compile(r"\s*(?:,|;|\band\b|&)\s*", re.IGNORECASE)
+_ITEMS = re.compile(r"\s*+(?:,|;|\band\b|&)\s*+", re.IGNORECASE)
 
 
 def _items(text: str) -> list[str]:
