@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from collections.abc import Mapping, Sequence
 
 __all__ = ["build_parser", "run"]
@@ -34,5 +35,11 @@ def build_parser(prog: str, description: str, commands: Mapping[str, str]) -> ar
 
 def run(prog: str, description: str, commands: Mapping[str, str], argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; its return value is the exit status."""
+    from curate.config import ConfigError
+
     args = build_parser(prog, description, commands).parse_args(argv)
-    return int(args._main(args) or 0)
+    try:
+        return int(args._main(args) or 0)
+    except ConfigError as err:  # the user's to fix: the message names the key, a traceback adds nothing
+        print(f"{prog} {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -371,8 +371,8 @@ class CurateConfig:
 T = TypeVar("T")
 
 
-def _wrap(err: OmegaConfBaseException) -> ConfigError:
-    key = getattr(err, "full_key", None) or "?"
+def _wrap(err: OmegaConfBaseException, key: str = "?") -> ConfigError:
+    key = getattr(err, "full_key", None) or key
     first = str(err).splitlines()[0] if str(err) else type(err).__name__
     return ConfigError(f"config key '{key}': {first}")
 
@@ -385,9 +385,14 @@ def load_structured(schema: type[T], path: str | Path | None = None, overrides: 
             if not Path(path).is_file():
                 raise ConfigError(f"config file not found: {path}")
             cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        for override in overrides:  # one at a time, so that an error names its key
+            try:
+                cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([override]))
+            except OmegaConfBaseException as err:
+                raise _wrap(err, override.partition("=")[0]) from None
         obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
     except OmegaConfBaseException as err:
         raise _wrap(err) from None
     except ValueError as err:  # a dataclass's own check ("grading.box_iou: ..."), key first

@@ -75,3 +75,14 @@ def test_every_recipe_loads(tmp_path):
         if recipe.name in ("orsta_qwen25vl7b.yaml", "single_gpu.yaml"):
             overrides.append(f"engine.model={tmp_path}")
         load_config(recipe, overrides)
+
+
+def test_the_command_line_names_the_key_in_one_line_and_exits_2(capsys):
+    from curate.__main__ import main
+
+    for override, key in [("ray.num_cpus=-1", "ray.num_cpus"), ("engine.max_pixels=-5", "engine.max_pixels"),
+                          ("output=/tmp/x", "output")]:
+        assert main(["run", "data.format=toy", override]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"python -m curate run: error: config key '{key}':"), err
+        assert "Traceback" not in err and err.count("\n") == 1
