@@ -3,7 +3,8 @@
 #
 #   launch/local.sh start  [options]            a head node (single-box debugging; the head of a cluster)
 #   launch/local.sh start  --dry-run [options]  print the `ray start` command (ports chosen); start nothing
-#   launch/local.sh start  --address HEAD:PORT  a worker node joining that head (launch/ssh_cluster.sh)
+#   launch/local.sh start  --address HEAD:PORT  a worker node joining that head (launch/ssh_cluster.sh);
+#                                               returns once the head reports the node alive
 #   launch/local.sh status [--port P]           this script's node for port P, then `ray status`
 #   launch/local.sh env    [--port P]           export lines for your shell: eval "$(launch/local.sh env)"
 #   launch/local.sh address [--port P]          the head's GCS address (HOST:PORT)
@@ -21,8 +22,9 @@
 #   --auth token|disabled  [$RAY_AUTH_MODE, else token]
 #   --temp-dir DIR         Ray's temp dir and this script's state [${HARDMODE_RAY_TMP:-/tmp}/hardmode-ray-UID-PORT-ROLE];
 #                          keep it short (Ray's socket paths under it must fit in 107 characters);
-#                          status/env/address/run/stop need the same --temp-dir
-#   --timeout S            seconds to wait for the node to come up [120]
+#                          status/env/address/run/stop need the same --temp-dir (the commands
+#                          `start` prints include it)
+#   --timeout S            seconds to wait for the node to come up (a worker: and join the head) [120]
 #
 # Why not `ray start` / `ray stop` directly: `ray stop` terminates every Ray process of the user on the
 # machine, other people's clusters included. Here `ray start --block` runs as the leader of a new
@@ -92,15 +94,31 @@ proc_field() {
 
 state_dir() { echo "${temp_dir:-${HARDMODE_RAY_TMP:-/tmp}/hardmode-ray-$(id -u)-$port-$1}"; }
 
+# The options that find this node again, for the commands this script prints: --port, and --temp-dir
+# when one was given (without it status/env/run/stop look in the default temp dir and find nothing).
+node_opts() {
+  printf -- '--port %s' "$port"
+  [[ -z "$temp_dir" ]] || printf ' --temp-dir %q' "$temp_dir"
+}
+
+# The roles whose state files status/stop read: with --temp-dir both roles share one state file.
+state_roles() {
+  if [[ -n "$temp_dir" ]]; then echo head; else echo "$@"; fi
+}
+
+# where: "for port P" (and "in TEMP_DIR" when one was given), for messages.
+where() { echo "for port $port${temp_dir:+ in $temp_dir}"; }
+
 read_state() {  # read_state FILE: sets node_pid node_start_time node_role node_address node_dashboard
-                #                  node_auth node_token_path node_temp_dir node_log
+                #                  node_auth node_token_path node_temp_dir node_log node_id
   local key value
-  node_start_time="" node_token_path=""
+  node_start_time="" node_token_path="" node_id=""
   while IFS='=' read -r key value; do
     case "$key" in
       pid) node_pid=$value ;; start_time) node_start_time=$value ;; role) node_role=$value ;;
       address) node_address=$value ;; dashboard) node_dashboard=$value ;; auth) node_auth=$value ;;
       token_path) node_token_path=$value ;; temp_dir) node_temp_dir=$value ;; log) node_log=$value ;;
+      node_id) node_id=$value ;;
     esac
   done <"$1"
 }
@@ -124,10 +142,10 @@ use_node_auth() {
 head_state() {
   local file
   file="$(state_dir head)/$STATE_FILE"
-  [[ -f "$file" ]] || die "no head started by this script for port $port on this machine (launch/local.sh start --port $port)"
+  [[ -f "$file" ]] || die "no head started by this script $(where) on this machine (launch/local.sh start $(node_opts))"
   read_state "$file"
   is_our_node "$node_pid" "$node_temp_dir" "$node_start_time" ||
-    die "the head for port $port (pid $node_pid) is gone; see $node_log, then: launch/local.sh stop --port $port"
+    die "the $node_role $(where) (pid $node_pid) is gone; see $node_log, then: launch/local.sh stop $(node_opts)"
 }
 
 # ---- start -----------------------------------------------------------------------------------
@@ -144,7 +162,7 @@ start() {
   if [[ -f "$dir/$STATE_FILE" ]]; then
     read_state "$dir/$STATE_FILE"
     if is_our_node "$node_pid" "$node_temp_dir" "$node_start_time"; then
-      die "a $role for port $port is already running (pid $node_pid); launch/local.sh stop --port $port"
+      die "a $role $(where) is already running (pid $node_pid); launch/local.sh stop $(node_opts)"
     fi
   fi
   local ports=()
@@ -172,6 +190,11 @@ start() {
     return
   fi
   command -v ray >/dev/null || die "ray not found: run 'bash launch/bootstrap.sh' or activate the environment that has it"
+  # The Python that runs `ray` (its #! line), for the join check; else the first on PATH.
+  local ray_python=() first
+  first=$(head -n 1 "$(command -v ray)")
+  [[ $first == '#!'* && $first != *sh ]] && read -ra ray_python <<<"${first#'#!'}"
+  ((${#ray_python[@]})) || ray_python=(python)
 
   export RAY_AUTH_MODE=$auth
   # On SIGTERM Ray first drains the node (for Serve replicas to move), 30 s by default, and a head
@@ -203,54 +226,130 @@ start() {
   local started
   started=$(proc_field "$pid" 22)
   # `ray start` writes the GCS address to ray_current_cluster once the node's processes are up.
-  local waited=0
+  local deadline=$((SECONDS + timeout))
   until [[ -s "$dir/ray_current_cluster" ]]; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 30 "$log" >&2
-      die "ray start exited before the node came up (log: $log)"
-    fi
-    if ((waited >= timeout * 2)); then
-      stop_node "$pid" "$dir" "$started" >/dev/null || true
-      tail -n 30 "$log" >&2
-      die "the node did not come up within ${timeout}s (log: $log)"
-    fi
+    kill -0 "$pid" 2>/dev/null || start_failed "ray start exited before the node came up"
+    ((SECONDS < deadline)) || start_failed "the node did not come up within ${timeout}s"
     sleep 0.5
-    waited=$((waited + 1))
   done
-  local gcs
+  local gcs node_id joined=""
   gcs=$(<"$dir/ray_current_cluster")
+  node_id=$(raylet_node_id "$pid")
+  if [[ $role == worker ]]; then
+    # The address file alone does not say the head counts this node: wait until its GCS reports it alive.
+    local left=$((deadline - SECONDS)) out
+    ((left > 0)) || left=1
+    if ! out=$(timeout "$((left + 15))" "${ray_python[@]}" -c "$JOIN_CHECK" "$gcs" "$node_id" "$dir" "$pid" \
+                 "$left" 2>&1); then
+      start_failed "the worker did not join the head at $gcs within ${timeout}s:
+${out:-(the check was killed after ${left}s + 15s)}"
+    fi
+    read -r node_id joined <<<"${out##*$'\n'}"
+  fi
   local dashboard=""
   [[ $role == head ]] && dashboard="http://$dashboard_host:$dashboard_port"
   printf '%s\n' "pid=$pid" "start_time=$started" "role=$role" "address=$gcs" "dashboard=$dashboard" \
-    "auth=$auth" "token_path=$token_path" "temp_dir=$dir" "log=$log" >"$dir/$STATE_FILE"
+    "auth=$auth" "token_path=$token_path" "temp_dir=$dir" "log=$log" "node_id=$node_id" >"$dir/$STATE_FILE"
 
-  local self="launch/local.sh" warning=""
+  local self="launch/local.sh" opts warning=""
+  opts=$(node_opts)
   if [[ $auth == disabled ]]; then
     warning="WARNING: auth disabled, and the GCS ($gcs), raylet and Ray Client ports listen on the network
 (Ray 2.60 cannot bind them to localhost): anyone who reaches this machine can run code as you.
 Leave out --auth disabled (token auth is the default) unless nobody else can reach this machine."
   fi
   if [[ $role == worker ]]; then
-    echo "Ray worker node up: pid $pid, joined $gcs (auth: $auth). Stop it with: $self stop --port $port"
+    echo "Ray worker node up: pid $pid, node ID $node_id, joined $gcs ($joined nodes alive; auth: $auth)."
+    echo "Stop it with: $self stop $opts"
     [[ -z "$warning" ]] || echo "$warning"
     return
   fi
   cat <<EOF
-Ray head up: pid $pid, GCS $gcs, $num_cpus logical CPUs${num_gpus:+, $num_gpus GPUs}, auth mode '$auth'.
+Ray head up: pid $pid, node ID ${node_id:-?}, GCS $gcs, $num_cpus logical CPUs${num_gpus:+, $num_gpus GPUs}, auth mode '$auth'.
   dashboard + job API:  $dashboard  (bound to $dashboard_host)
   Ray Client:           ray://${gcs%:*}:$client_port
   logs:                 $dir/session_latest/logs${token_path:+
   token:                $token_path}
 Clients must use the same RAY_AUTH_MODE${token_path:+ and token}. In your shell:
-  eval "\$($self env --port $port)"   # exports RAY_AUTH_MODE=$auth${token_path:+, RAY_AUTH_TOKEN_PATH}, RAY_ADDRESS, RAY_API_SERVER_ADDRESS
+  eval "\$($self env $opts)"   # exports RAY_AUTH_MODE=$auth${token_path:+, RAY_AUTH_TOKEN_PATH}, RAY_ADDRESS, RAY_API_SERVER_ADDRESS
 Then:
-  $self run --port $port -- python -m curate run --config configs/curate/<recipe>.yaml
+  $self run $opts -- python -m curate run --config configs/curate/<recipe>.yaml
   python -m launch submit --address $dashboard -- python -m curate run --config configs/curate/<recipe>.yaml
-  $self status --port $port
-  $self stop --port $port       # this head only; other Ray clusters on the machine keep running
+  $self status $opts
+  $self stop $opts       # this head only; other Ray clusters on the machine keep running
 EOF
   [[ -z "$warning" ]] || echo "$warning"
 }
+
+# start_failed MESSAGE: the node `start` is bringing up did not make it: stop it, show the tails of its
+# logs (`ray start`'s and the raylet's), exit. Reads start's pid, dir, started and log.
+start_failed() {
+  local tails logs=$dir/session_latest/logs
+  tails=$(tail -n 30 "$log" 2>/dev/null; tail -n 15 "$logs/raylet.out" 2>/dev/null || true)
+  stop_node "$pid" "$dir" "$started" >/dev/null || true
+  printf '%s\n' "$tails" >&2
+  [[ -d "$logs" ]] || logs=""
+  die "$1
+(log: $log${logs:+; node logs: $logs})"
+}
+
+# raylet_node_id PID: the node ID of the raylet in session PID (the raylet, a C++ binary, keeps the
+# command line `ray start` gave it, --node_id included); empty when there is none.
+raylet_node_id() {
+  ps -ww -o args= -s "$1" 2>/dev/null | awk '$1 ~ /\/raylet$/' | grep -o -- '--node_id=[0-9a-f]*' | head -n 1 |
+    cut -d= -f2 || true
+}
+
+# The check that a worker joined: python -c JOIN_CHECK GCS NODE_ID TEMP_DIR PID SECONDS prints
+# "NODE_ID ALIVE_NODES" once the GCS at GCS lists the node alive; exits 1 after SECONDS, or when PID
+# (`ray start`) is gone. It reads the GCS's node table as ray.nodes() does, without a driver: ray.init
+# here would attach to some raylet of this machine (Ray prefers a head when several run on one host).
+# Without NODE_ID it takes the one alive node whose raylet socket lies under TEMP_DIR.
+JOIN_CHECK='
+import os, sys, time
+gcs, node_id, temp_dir, leader, seconds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+deadline = time.monotonic() + seconds
+from ray._private.services import _get_gcs_client_options
+from ray._private.state import GlobalState
+state = GlobalState()
+state._initialize_global_state(_get_gcs_client_options(gcs))
+ours = os.path.realpath(temp_dir) + os.sep
+def running():
+    try:
+        with open(f"/proc/{leader}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+problem = "the head does not list it"
+while True:
+    try:
+        nodes = state.node_table()
+    except Exception as e:
+        nodes, problem = [], f"reading the head node table failed: {type(e).__name__}: {e}"
+    alive = [n for n in nodes if n["Alive"]]
+    if node_id:
+        mine = [n for n in nodes if n["NodeID"] == node_id]
+    else:
+        mine = [n for n in nodes if os.path.realpath(n["RayletSocketName"]).startswith(ours)]
+    live = [n for n in mine if n["Alive"]]
+    if len(live) == 1:
+        print(live[0]["NodeID"], len(alive))
+        sys.exit(0)
+    if live:
+        problem = f"{len(live)} alive nodes have their raylet under {temp_dir}"
+    elif mine:
+        reason = mine[-1]["DeathReasonMessage"] or mine[-1]["DeathReason"]
+        problem = f"the head lists it as dead ({reason})"
+    if not running():
+        problem += "; ray start exited"
+        break
+    if time.monotonic() > deadline:
+        break
+    time.sleep(0.5)
+name = node_id or "with its raylet under " + temp_dir
+print(f"node {name}: {problem}; {len(alive)} nodes alive", file=sys.stderr)
+sys.exit(1)
+'
 
 # ---- stop ------------------------------------------------------------------------------------
 
@@ -290,20 +389,20 @@ stop_node() {
 
 stop() {
   local role file found=0
-  for role in worker head; do
+  for role in $(state_roles worker head); do
     file="$(state_dir "$role")/$STATE_FILE"
     [[ -f "$file" ]] || continue
     found=1
     read_state "$file"
     if stop_node "$node_pid" "$node_temp_dir" "$node_start_time"; then
-      echo "stopped the Ray $node_role for port $port (pid $node_pid); its logs stay in $node_temp_dir"
+      echo "stopped the Ray $node_role $(where) (pid $node_pid); its logs stay in $node_temp_dir"
     else
-      echo "removed the stale state file $file of the Ray $node_role for port $port"
+      echo "removed the stale state file $file of the Ray $node_role $(where)"
     fi
     rm -f "$file"
     [[ $node_token_path != "$node_temp_dir/auth_token" ]] || rm -f "$node_token_path"  # the copy start made
   done
-  ((found)) || echo "no Ray node started by this script for port $port on this machine"
+  ((found)) || echo "no Ray node started by this script $(where) on this machine"
 }
 
 # ---- status / env / run ------------------------------------------------------------------------
@@ -320,18 +419,18 @@ export_lines() {
 
 status() {
   local role file any=0
-  for role in head worker; do
+  for role in $(state_roles head worker); do
     file="$(state_dir "$role")/$STATE_FILE"
     [[ -f "$file" ]] || continue
     any=1
     read_state "$file"
     if is_our_node "$node_pid" "$node_temp_dir" "$node_start_time"; then
-      echo "$node_role: pid $node_pid, GCS $node_address, auth '$node_auth'${node_dashboard:+, dashboard $node_dashboard}"
+      echo "$node_role: pid $node_pid${node_id:+, node ID $node_id}, GCS $node_address, auth '$node_auth'${node_dashboard:+, dashboard $node_dashboard}"
     else
-      echo "$node_role: pid $node_pid is gone (log: $node_log); clean up with: launch/local.sh stop --port $port"
+      echo "$node_role: pid $node_pid is gone (log: $node_log); clean up with: launch/local.sh stop $(node_opts)"
     fi
   done
-  ((any)) || die "no Ray node started by this script for port $port on this machine"
+  ((any)) || die "no Ray node started by this script $(where) on this machine"
   [[ -f "$(state_dir head)/$STATE_FILE" ]] || return 0
   head_state
   use_node_auth
@@ -364,6 +463,9 @@ while [[ $# -gt 0 ]]; do
     *) die "unknown argument '$1' (launch/local.sh --help)" ;;
   esac
 done
+
+# Absolute: the state file, `ray start` (run from the checkout) and the printed commands agree on it.
+[[ -z "$temp_dir" || $temp_dir == /* ]] || temp_dir=$PWD/$temp_dir
 
 case "$action" in
   start) start ;;

@@ -1,7 +1,8 @@
 """launch/local.sh's safety and ``curate run``'s choice of cluster: a stale state file never gets another
 process signalled, the Ray Client port stays out of Ray's and Linux's port ranges, token auth is the
 default (clients without the token are refused; ``run``, ``env`` and ``python -m launch submit`` work),
-and ``connect`` joins a cluster only when asked."""
+the commands it prints find the node again (``--temp-dir`` included), ``start --address`` returns once
+the head lists the worker alive, and ``connect`` joins a cluster only when asked."""
 
 from __future__ import annotations
 
@@ -123,6 +124,57 @@ def test_stop_ends_what_is_left_in_the_session_of_a_node_whose_leader_is_gone(tm
             pass
 
 
+# ---- the commands local.sh prints name --temp-dir when one was given (no Ray) ---------------------------
+
+
+def test_hints_for_a_node_that_is_gone_name_its_temp_dir(tmp_path: Path):
+    leader = subprocess.Popen(["true"])
+    leader.wait()  # reaped: no process has its PID
+    _write_state(tmp_path, pid=leader.pid, start_time=1)
+    port = str(_free_port())
+    again = f"launch/local.sh stop --port {port} --temp-dir {tmp_path}"
+
+    status = _local_sh("status", "--port", port, "--temp-dir", str(tmp_path))
+    # One line for the one state file (it was read once per role), with a working clean-up command.
+    assert status.stdout.count(f"pid {leader.pid} is gone") == 1, status.stdout
+    assert f"clean up with: {again}" in status.stdout
+    env = _local_sh("env", "--port", port, "--temp-dir", str(tmp_path))
+    assert env.returncode == 2 and f"then: {again}" in env.stderr, env.stderr
+
+    stop = _local_sh(*shlex.split(again)[1:])
+    assert stop.returncode == 0, stop.stderr
+    assert f"stopped the Ray head for port {port} in {tmp_path} (pid {leader.pid})" in stop.stdout, stop.stdout
+    missing = _local_sh("run", "--port", port, "--temp-dir", str(tmp_path), "--", "true")
+    assert missing.returncode == 2
+    assert f"(launch/local.sh start --port {port} --temp-dir {tmp_path})" in missing.stderr, missing.stderr
+
+
+def test_start_refuses_a_running_node_naming_its_temp_dir(tmp_path: Path):
+    # A session leader whose command line is what `ray start` had: the node counts as running.
+    node = subprocess.Popen(["bash", "-c", f'exec -a "ray start --block --temp-dir={tmp_path}" sleep 300'],
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while "ray start" not in " ".join(psutil.Process(node.pid).cmdline()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _write_state(tmp_path, pid=node.pid, start_time=_start_time(node.pid))
+        port = str(_free_port())
+        result = _local_sh("start", "--port", port, "--temp-dir", str(tmp_path), "--client-port", str(_free_port()),
+                           "--dashboard-port", str(_free_port()))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"is already running (pid {node.pid}); launch/local.sh stop --port {port} --temp-dir {tmp_path}" \
+            in result.stderr, result.stderr
+    finally:
+        node.kill()
+        node.wait()
+
+
+def test_a_relative_temp_dir_is_made_absolute(tmp_path: Path):
+    result = subprocess.run(["bash", str(ROOT / "launch/local.sh"), "stop", "--port", "1", "--temp-dir", "rel"],
+                            cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
+    assert f"for port 1 in {tmp_path}/rel on this machine" in result.stdout, result.stdout + result.stderr
+
+
 # ---- start: ports and auth (dry run, no Ray) ------------------------------------------------------
 
 
@@ -166,6 +218,7 @@ class Head:
     dashboard: str
     temp_dir: Path
     gcs: str
+    started: str = ""  # what `start` printed
 
     def local_sh(self, action: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
         return _local_sh(action, "--port", str(self.port), "--temp-dir", str(self.temp_dir), *args, env=env,
@@ -183,6 +236,7 @@ def token_head() -> Iterator[Head]:
                           str(_free_port()), env=_env(RAY_AUTH_TOKEN=secrets.token_hex(16)), timeout=180)
     try:
         assert start.returncode == 0, start.stdout + start.stderr
+        head.started = start.stdout
         head.gcs = re.search(r"^address=(.+)$", (temp_dir / "hardmode-node.state").read_text(), re.M).group(1)
         yield head
         stop = head.local_sh("stop")
@@ -224,6 +278,7 @@ def test_token_head_serves_its_token_holders_only(token_head: Head):
     assert "CPUS 4.0" in run.stdout
     status = token_head.local_sh("status")
     assert status.returncode == 0 and "auth 'token'" in status.stdout, status.stdout + status.stderr
+    assert status.stdout.count("head: pid") == 1, status.stdout
 
     # Without the token: the GCS and the job API refuse.
     no_token = _env(RAY_AUTH_MODE="disabled", RAY_NUM_REDIS_GET_RETRIES="3")
@@ -276,3 +331,59 @@ def test_curate_joins_a_running_cluster_only_when_asked(token_head: Head):
         assert gcs("ray.address=local", RAY_ADDRESS=token_head.gcs) != token_head.gcs
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_printed_commands_name_the_temp_dir(token_head: Head):
+    opts = f"--port {token_head.port} --temp-dir {token_head.temp_dir}"
+    lines = [line for line in token_head.started.splitlines() if "launch/local.sh " in line]
+    actions = [re.search(r"launch/local\.sh (\w+)", line).group(1) for line in lines]
+    assert sorted(actions) == ["env", "run", "status", "stop"], token_head.started
+    for action, line in zip(actions, lines):
+        assert f"launch/local.sh {action} {opts}" in line, line
+    # Run as printed: `status`, and the shell line with `env` (in a shell, from the checkout).
+    status_line = next(line for line in lines if "local.sh status" in line)
+    status = _local_sh(*shlex.split(status_line.strip())[1:])
+    assert status.returncode == 0 and f"GCS {token_head.gcs}" in status.stdout, status.stdout + status.stderr
+    env_line = next(line for line in lines if "local.sh env" in line).split("#")[0].strip()
+    shell = subprocess.run(["bash", "-c", f'{env_line} && echo "$RAY_ADDRESS"'], cwd=ROOT, env=_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert shell.returncode == 0 and shell.stdout.strip() == token_head.gcs, shell.stdout + shell.stderr
+
+
+NODES = """
+import ray
+ray.init(logging_level="ERROR", log_to_driver=False)
+for node in ray.nodes():
+    print("NODE", node["NodeID"], node["Alive"])
+"""
+
+
+@pytest.mark.slow
+def test_start_address_returns_once_the_worker_has_joined(token_head: Head):
+    # A second raylet on this machine with its own temp dir (short: Ray's socket paths), the head's token.
+    temp_dir = Path(tempfile.mkdtemp(prefix="hm-wrk-", dir="/tmp"))
+    token = (token_head.temp_dir / "auth_token").read_text()
+    worker = ["--port", str(token_head.port), "--temp-dir", str(temp_dir)]
+    try:
+        start = _local_sh("start", "--address", token_head.gcs, "--num-cpus", "1", "--temp-dir", str(temp_dir),
+                          "--timeout", "60", env=_env(RAY_AUTH_TOKEN=token), timeout=120)
+        assert start.returncode == 0, start.stdout + start.stderr
+        node_id = re.search(r"node ID ([0-9a-f]{56})", start.stdout).group(1)
+        assert "(2 nodes alive" in start.stdout, start.stdout
+        assert f"Stop it with: launch/local.sh stop {' '.join(worker)}" in start.stdout, start.stdout
+
+        # Right away, a client of the head counts both nodes alive, the worker by the ID `start` printed.
+        nodes = token_head.local_sh("run", "--", sys.executable, "-c", NODES)
+        assert nodes.returncode == 0, nodes.stdout[-2000:] + nodes.stderr[-2000:]
+        alive = set(re.findall(r"^NODE (\S+) True$", nodes.stdout, re.M))
+        assert len(alive) == 2 and node_id in alive, nodes.stdout
+
+        status = _local_sh("status", *worker)
+        assert status.stdout.count("worker: pid") == 1 and f"node ID {node_id}" in status.stdout, status.stdout
+        stop = _local_sh("stop", *worker)
+        assert "stopped the Ray worker" in stop.stdout, stop.stdout + stop.stderr
+        assert not (temp_dir / "auth_token").exists()
+    finally:
+        _local_sh("stop", *worker)
+        shutil.rmtree(temp_dir, ignore_errors=True)
