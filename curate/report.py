@@ -10,6 +10,9 @@ score columns only, never the image bytes) and writes, under ``RUN_DIR/report/``
 - ``rho.png``: histogram of CMAB's ρ̄ with the variant's bucket thresholds;
 - ``report.md``: counts in/scored/errored (errors grouped by reason), buckets per task, PISM vs CMAB
   agreement (confusion table), generations and tokens used, and the figures above.
+
+``RUN_DIR`` may be a URI (``s3://bucket/run``, see ``curate.storage``): the report is drawn in a local
+temporary directory and copied there.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import run_record, schema
+from curate.storage import Location, is_uri, location
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +40,10 @@ _SCORE_COLUMNS = [
 ]
 
 
-def read_scores(output: str | Path) -> pa.Table:
+def read_scores(output: str | Path | Location) -> pa.Table:
     """The score columns of every shard under ``output``."""
-    dataset = pq.ParquetDataset(str(output))
+    where = location(output)
+    dataset = pq.ParquetDataset(where.path, filesystem=where.filesystem)
     present = set(dataset.schema.names)
     return dataset.read(columns=[c for c in _SCORE_COLUMNS if c in present])
 
@@ -143,22 +149,33 @@ def _table(header: list[str], body: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _default_report_dir(shards: Path, run_dir: Path) -> Path:
+def _default_report_dir(shards: Location, run_dir: Location) -> Location:
     """``<run>/report``; beside a bare shard directory, not inside it (readers would take it for shards)."""
-    return run_dir / "report" if run_dir != shards else shards.with_name(shards.name + "-report")
+    return run_dir / "report" if run_dir != shards else shards.parent / (shards.name + "-report")
 
 
-def write_report(output: str | Path, report_dir: str | Path | None = None) -> Path:
+def write_report(output: str | Path | Location, report_dir: str | Path | Location | None = None) -> Path | Location:
     """Write the plots and ``report.md`` for a run directory, its ``annotated/`` or any directory of
-    annotated shards; returns the report directory (default: the run's ``report/``)."""
+    annotated shards; returns the report directory (default: the run's ``report/``): a ``Path`` when
+    it is local, else its :class:`~curate.storage.Location`."""
+    shards, run_dir = run_record.locate(output)
+    target = location(report_dir) if report_dir else _default_report_dir(shards, run_dir)
+    if target.is_local:
+        return _write_report(output, shards, target.local)
+    with tempfile.TemporaryDirectory(prefix="hardmode-report-") as tmp:
+        _write_report(output, shards, Path(tmp))
+        target.upload(Path(tmp))
+    log.info("report copied to %s", target)
+    return target
+
+
+def _write_report(output: str | Path | Location, shards: Location, out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    shards, run_dir = run_record.locate(output)
     table = read_scores(shards)
     meta = run_record.read(output)
     rows = table.to_pylist()
-    out = Path(report_dir) if report_dir else _default_report_dir(shards, run_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = meta.get("config", {})
     ratios = config.get("pism", {}).get("ratios") or [round(0.1 * i, 1) for i in range(10)]
@@ -167,7 +184,8 @@ def write_report(output: str | Path, report_dir: str | Path | None = None) -> Pa
 
     ok = [r for r in rows if r[schema.STATUS] == schema.STATUS_OK]
     errors = Counter(error_reason(r[schema.ERROR] or "") for r in rows if r[schema.STATUS] != schema.STATUS_OK)
-    md = [f"# hardmode curation report: `{output}`", ""]
+    shown = location(output) if isinstance(output, Location) or is_uri(output) else output  # no URI query
+    md = [f"# hardmode curation report: `{shown}`", ""]
     if meta:
         md += [f"Model `{meta.get('model', '?')}`, engine `{meta.get('engine', '?')}`, "
                f"hardmode {meta.get('hardmode_version', '?')}, written {meta.get('finished_at', '?')}.", ""]

@@ -5,6 +5,9 @@ it in the run directory, beside ``annotated/`` (the shards): the resolved config
 everything that changes the annotations. The same record goes into every shard's Parquet schema
 metadata (``hardmode.run``), so a shard copied elsewhere still says where it came from. Resuming into a
 directory written with another fingerprint is refused: the rows would carry mixed annotations.
+
+Paths are :class:`curate.storage.Location` (local, or a URI such as ``s3://bucket/run``); a ``Path`` or
+string is taken as one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from curate import schema
 from curate.config import CurateConfig
+from curate.storage import Location, location
 
 __all__ = [
     "ANNOTATED_DIR", "RUN_FILE", "RUN_METADATA_KEY", "begin", "finish", "locate", "package_versions", "read",
@@ -50,10 +54,10 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def locate(path: str | Path) -> tuple[Path, Path]:
+def locate(path: str | Path | Location) -> tuple[Location, Location]:
     """``(shards, run directory)`` for a run directory or its ``annotated/``; a directory of shards
     from elsewhere is its own run directory (its ``run.json``, if any, lies beside the shards)."""
-    path = Path(path)
+    path = location(path)
     if (path / ANNOTATED_DIR).is_dir():
         return path / ANNOTATED_DIR, path
     if path.name == ANNOTATED_DIR:
@@ -61,7 +65,7 @@ def locate(path: str | Path) -> tuple[Path, Path]:
     return path, path
 
 
-def read(path: str | Path) -> dict[str, Any]:
+def read(path: str | Path | Location) -> dict[str, Any]:
     """The run record of ``path`` (see :func:`locate`): its ``run.json``, else the record in the newest
     shard's Parquet metadata (shards copied without their run directory), else ``{}``."""
     import pyarrow.dataset as pads
@@ -71,18 +75,20 @@ def read(path: str | Path) -> dict[str, Any]:
     run_file = run_dir / RUN_FILE
     if run_file.is_file():
         return json.loads(run_file.read_text())
-    files = sorted(pads.dataset(str(shards), format="parquet").files) if shards.is_dir() else []
-    raw = (pq.read_schema(files[-1]).metadata or {}).get(RUN_METADATA_KEY) if files else None
+    fs = shards.filesystem
+    files = sorted(pads.dataset(shards.path, filesystem=fs, format="parquet").files) if shards.is_dir() else []
+    raw = (pq.read_schema(files[-1], filesystem=fs).metadata or {}).get(RUN_METADATA_KEY) if files else None
     return json.loads(raw) if raw else {}
 
 
-def begin(cfg: CurateConfig, out: Path, shards: Path) -> dict[str, Any]:
+def begin(cfg: CurateConfig, out: Path | Location, shards: Path | Location) -> dict[str, Any]:
     """Check that ``shards`` (the annotated Parquet directory) may take this run's rows, write
     ``out/run.json`` and return the record. Existing shards are a resume: allowed only with
     ``output.resume`` and the same scoring fingerprint."""
     fingerprint = scoring_fingerprint(cfg)
+    out, shards = location(out), location(shards)
     run_file = out / RUN_FILE
-    if shards.is_dir() and any(shards.glob("*.parquet")):
+    if shards.has_children(".parquet"):
         if not cfg.output.resume:
             raise RuntimeError(f"{shards} already has shards and output.resume=false; use a new output.path")
         previous = json.loads(run_file.read_text()).get("fingerprint") if run_file.exists() else None
@@ -103,19 +109,19 @@ def begin(cfg: CurateConfig, out: Path, shards: Path) -> dict[str, Any]:
     if cfg.cmab.enabled:
         # What CMAB's ρ̄ and its thresholds depend on beyond the config's literal values.
         record["cmab"] = {"variant": cfg.cmab.variant, "image_position": cfg.cmab.prompt_layout(cfg.prompt)}
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir()
     run_file.write_text(json.dumps(record, indent=2, default=str))
     return record
 
 
-def finish(out: Path, record: dict[str, Any], summary: dict[str, Any]) -> None:
+def finish(out: Path | Location, record: dict[str, Any], summary: dict[str, Any]) -> None:
     """Add the run's summary and end time to ``out/run.json``."""
     record["summary"] = summary
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    (out / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
+    (location(out) / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
 
 
-def summarize(shards: Path, total: int, seconds: float) -> dict[str, Any]:
+def summarize(shards: Path | Location, total: int, seconds: float) -> dict[str, Any]:
     """Rows in/out, scored, errored by reason, bucket counts, generations and throughput of the
     annotated dataset under ``shards``."""
     from curate.report import error_reason, read_scores

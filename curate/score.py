@@ -6,7 +6,8 @@ chunk with ``curate.scorer.Scorer`` (the same code the Ray pipeline's actors run
 ``output.path/annotated/part-NNNNN.parquet`` — each shard written whole or not at all, so rerunning
 the same command skips the ids already written (``output.resume``; refused if the scoring config
 changed) — and ``output.path/run.json``: the layout ``python -m curate run`` writes, so ``report`` and
-``select`` read either. For clusters, ``python -m curate run``.
+``select`` read either. For clusters, ``python -m curate run``. ``output.path`` and ``data.path`` may
+be URIs (``s3://bucket/run``; ``curate.storage``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
@@ -25,6 +24,7 @@ import pyarrow.parquet as pq
 from curate import run_record, schema
 from curate.config import CurateConfig, load_config, to_yaml
 from curate.shards import WRITE_OPTIONS, drop_damaged
+from curate.storage import Location, stage
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,15 @@ def read_corpus(cfg: CurateConfig) -> tuple[Iterator[pa.Table], int]:
         if cfg.data.limit:
             table = table.slice(0, cfg.data.limit)
         return iter(table.to_batches(max_chunksize=rows)), table.num_rows
+    import dataclasses
+
     from curate.io import open_corpus
 
-    corpus = open_corpus(cfg.data)
+    data = cfg.data
+    if data.path:  # a URI is read from a local copy (curate.storage.stage)
+        data = dataclasses.replace(data, path=stage(data.path, "data.path"),
+                                   image_root=stage(data.image_root, "data.image_root") if data.image_root else None)
+    corpus = open_corpus(data)
     total = min(corpus.num_rows, cfg.data.limit or corpus.num_rows)
 
     def limited() -> Iterator[pa.Table]:
@@ -56,11 +62,16 @@ def read_corpus(cfg: CurateConfig) -> tuple[Iterator[pa.Table], int]:
     return limited(), total
 
 
-def written_ids(out: Path) -> set[str]:
-    shards = sorted(out.glob("part-*.parquet"))
+def _parts(out: Location) -> list[Location]:
+    return [p for p in out.children(".parquet") if p.name.startswith("part-")]
+
+
+def written_ids(out: Location) -> set[str]:
+    shards = _parts(out)
     if not shards:
         return set()
-    return set(pq.ParquetDataset([str(p) for p in shards]).read(columns=[schema.ID])[schema.ID].to_pylist())
+    return set(pq.ParquetDataset([p.path for p in shards], filesystem=out.filesystem)
+               .read(columns=[schema.ID])[schema.ID].to_pylist())
 
 
 def score_corpus(cfg: CurateConfig) -> dict[str, int]:
@@ -69,10 +80,10 @@ def score_corpus(cfg: CurateConfig) -> dict[str, int]:
 
     from curate.scorer import Scorer
 
-    out = Path(cfg.output.path)
+    out = Location.parse(cfg.output.path, key="output.path", output=True)
     shards = out / run_record.ANNOTATED_DIR
     record = run_record.begin(cfg, out, shards)
-    shards.mkdir(exist_ok=True)
+    shards.mkdir()
     drop_damaged(shards)
     done = written_ids(shards)
     if done:
@@ -81,7 +92,7 @@ def score_corpus(cfg: CurateConfig) -> dict[str, int]:
     tables, total = read_corpus(cfg)
     scorer = Scorer(cfg)
     counts = {"rows": 0, "scored": 0, "errors": 0, "skipped": 0}
-    shard = 1 + max((int(p.stem.split("-")[1]) for p in shards.glob("part-*.parquet")), default=-1)
+    shard = 1 + max((int(p.stem.split("-")[1]) for p in _parts(shards)), default=-1)
     started = time.monotonic()
     try:
         with tqdm(total=total, unit="row", desc="scoring") as bar:
@@ -101,10 +112,12 @@ def score_corpus(cfg: CurateConfig) -> dict[str, int]:
                 counts["errors"] += errors
                 counts["scored"] += scored.num_rows - errors
                 path = shards / f"part-{shard:05d}.parquet"
-                tmp = path.with_suffix(".tmp")
-                pq.write_table(scored.replace_schema_metadata({run_record.RUN_METADATA_KEY: metadata}), tmp,
-                               **WRITE_OPTIONS)
-                os.replace(tmp, path)
+                # Whole or not at all: a temporary name renamed locally; one upload on an object store.
+                tmp = path.parent / f"part-{shard:05d}.tmp" if path.is_local else path
+                pq.write_table(scored.replace_schema_metadata({run_record.RUN_METADATA_KEY: metadata}), tmp.path,
+                               filesystem=tmp.filesystem, **WRITE_OPTIONS)
+                if tmp != path:
+                    tmp.move(path)
                 shard += 1
     finally:
         scorer.close()

@@ -20,6 +20,10 @@ bucket before and after each subset, files) and one folder per subset::
 The same dataset, config and seed give the same rows (shard order and names do not matter). The
 output appears complete or not at all (written beside it, then renamed). ``--dry-run`` prints the
 counts and writes nothing.
+
+``input`` and ``output`` may be URIs (``s3://bucket/run``, ``s3://bucket/sel``; ``curate.storage``). An
+object store has no rename: the selection is written in a local temporary directory, then copied,
+``manifest.json`` last, so a selection without its manifest is an incomplete one.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,6 +44,7 @@ from typing import Any
 from curate import schema as S
 from curate.config import ConfigError, load_structured
 from curate.selection.config import SelectConfig, SubsetConfig
+from curate.storage import Location
 
 __all__ = ["add_arguments", "main", "plan", "select"]
 
@@ -202,17 +208,21 @@ def select(cfg: SelectConfig) -> dict[str, Any]:
 
     from curate.selection.export import FORMAT_FILES, repeat_rows, write_format
 
-    out = Path(cfg.output).resolve()
-    if out.exists() and not cfg.overwrite:
-        raise ConfigError(f"config key 'output': {out} exists; choose another path or set overwrite=true")
+    where = Location.parse(cfg.output, key="output", output=True)
+    if where.exists() and not cfg.overwrite:
+        raise ConfigError(f"config key 'output': {where} exists; choose another path or set overwrite=true")
     dataset, scores, selections = plan(cfg)
     prompt, prompt_source = _prompt(cfg, dataset)
     annotations = [c for c in cfg.annotations if c in dataset.schema.names]
     manifest = _manifest(cfg, dataset, scores, selections, prompt_source, prompt, annotations)
 
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    if where.is_local:
+        out = where.local
+        staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    else:
+        staging = Path(tempfile.mkdtemp(prefix="hardmode-select-"))
     try:
         canonical = _write_canonical(dataset, scores, selections, staging, cfg.batch_rows)
         for name, sel in selections.items():
@@ -241,14 +251,28 @@ def select(cfg: SelectConfig) -> dict[str, Any]:
                     files.setdefault(fmt, {})[split] = str(path.relative_to(staging))
             manifest["subsets"][name]["files"] = files
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        if where.is_local:
+            if out.exists():
+                shutil.rmtree(out)
+            staging.rename(out)
+        else:
+            _publish(staging, where)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("wrote %s", out)
+    if not where.is_local:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote %s", where)
     return manifest
+
+
+def _publish(staging: Path, where: Location) -> None:
+    """Copy a finished selection to a remote ``where``, replacing what is there; ``manifest.json`` goes
+    last, so that its presence means the selection is complete."""
+    where.delete_dir()
+    for path in sorted(p for p in staging.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        (where / path.relative_to(staging).as_posix()).upload(path)
+    (where / "manifest.json").upload(staging / "manifest.json")
 
 
 def _as_table(batch: Any) -> Any:
@@ -316,5 +340,5 @@ def main(args: argparse.Namespace) -> int:
         return 2
     print(summary_table(manifest))
     if not args.dry_run:
-        print(f"wrote {Path(cfg.output).resolve()} (manifest.json)")
+        print(f"wrote {Location.parse(cfg.output)} (manifest.json)")
     return 0

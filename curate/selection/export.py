@@ -31,6 +31,7 @@ from curate.config import ConfigError, PromptConfig
 from curate.io import ExportSummary, write_sft_jsonl, write_swift_grpo_jsonl, write_verl_parquet
 from curate.io.writers import chat_messages
 from curate.selection.rules import SCORE_COLUMNS
+from curate.storage import Location
 
 __all__ = ["AnnotatedDataset", "write_format", "write_verl_sft_parquet"]
 
@@ -40,18 +41,20 @@ FORMAT_FILES = {"verl": "parquet", "verl_sft": "parquet", "swift_grpo": "jsonl",
 
 
 class AnnotatedDataset:
-    """The Parquet shards of an annotated dataset (``<run>/annotated`` or the run directory)."""
+    """The Parquet shards of an annotated dataset (``<run>/annotated`` or the run directory), local or
+    at a URI (``s3://bucket/run``; ``curate.storage``)."""
 
-    def __init__(self, path: str | os.PathLike[str]):
-        root = Path(path).resolve()
+    def __init__(self, path: str | os.PathLike[str] | Location):
+        root = Location.parse(path, key="input")
         if not root.exists():
-            raise ConfigError(f"config key 'input': {path} does not exist")
+            raise ConfigError(f"config key 'input': {root} does not exist")
         self.path = run_record.locate(root)[0]
-        files = sorted(pads.dataset(str(self.path), format="parquet").files)
+        fs = self.path.filesystem
+        files = sorted(pads.dataset(self.path.path, filesystem=fs, format="parquet").files)
         if not files:
             raise ConfigError(f"config key 'input': no Parquet shards under {self.path}")
-        self.schema = pa.unify_schemas([pq.read_schema(f) for f in files])
-        self.dataset = pads.dataset(files, schema=self.schema, format="parquet")
+        self.schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files])
+        self.dataset = pads.dataset(files, schema=self.schema, format="parquet", filesystem=fs)
         self.files = files
 
     def run_metadata(self) -> dict[str, Any]:
