@@ -37,11 +37,10 @@ import json
 import logging
 import math
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,9 +48,10 @@ import pyarrow.parquet as pq
 
 from curate import run_record, schema
 from curate.shards import WRITE_OPTIONS, drop_damaged, shard_ids
-from curate.config import ConfigError, CurateConfig, load_config, to_yaml
+from curate.config import ConfigError, CurateConfig, DataConfig, load_config, to_yaml
 from curate.placement import check_cluster, cluster_nodes
 from curate.run_record import ANNOTATED_DIR, RUN_METADATA_KEY
+from curate.storage import Location, check_visible_from_every_node, describe_nodes, is_uri, nodes_missing, stage
 
 log = logging.getLogger(__name__)
 
@@ -191,19 +191,64 @@ def connect(cfg: CurateConfig) -> None:
             f"{resources.get('CPU', 0):g}; lower ray.min_actors or ray.num_cpus")
 
 
-def ingest(cfg: CurateConfig, out: Path) -> int:
-    """Stage 1: the input in the canonical schema under ``out/corpus`` (skipped when already done)."""
+def local_input(data: DataConfig) -> DataConfig:
+    """``data`` with a URI ``data.path`` / ``data.image_root`` replaced by its local copy
+    (``curate.storage.stage``: downloaded once into the cache, refreshed when the source changes)."""
+    if data.format == "toy" or not (is_uri(data.path or "") or is_uri(data.image_root or "")):
+        return data
+    return dataclasses.replace(data, path=stage(data.path, "data.path") if data.path else None,
+                               image_root=stage(data.image_root, "data.image_root") if data.image_root else None)
+
+
+def check_storage(cfg: CurateConfig, out: Location, data: DataConfig) -> Optional[str]:
+    """Storage checks on the connected cluster, before any Ray work. A local ``output.path`` must be
+    visible from every node (``curate.storage.check_visible_from_every_node``: refused otherwise).
+    An input on this machine only (a local ``data.path`` some node cannot see, or a URI's local copy)
+    is read on the driver's node: returns that node's id then, else None."""
+    import ray
+
+    check_visible_from_every_node(out, "output.path")
+    if cfg.data.format == "toy":
+        return None
+    paths = [os.path.abspath(_glob_root(p)) for p in (data.path, data.image_root) if p]
+    staged = data != cfg.data
+    blind, nodes = nodes_missing(paths)
+    if nodes > 1 and (staged or blind):
+        why = "a local copy of " + str(cfg.data.path) if staged else f"not visible from {describe_nodes(blind)}"
+        log.warning("data.path %s (%s): the input is read on the driver's node only", data.path, why)
+        return ray.get_runtime_context().get_node_id()
+    return None
+
+
+def _glob_root(path: str) -> str:
+    import glob
+
+    parts = path.split(os.sep)
+    for i, part in enumerate(parts):
+        if glob.has_magic(part):
+            return os.sep.join(parts[:i]) or os.sep
+    return path
+
+
+def ingest(cfg: CurateConfig, out: Path | Location, read_on: Optional[str] = None) -> int:
+    """Stage 1: the input in the canonical schema under ``out/corpus`` (skipped when already done).
+    ``read_on``: the id of the node whose Ray tasks read the input (None: any)."""
+    out = Location.parse(out)
     target = out / CORPUS_DIR
     marker = target / INGEST_MARKER
     source = {"data": dataclasses.asdict(cfg.data)}
     if cfg.data.format != "toy":
         from curate.io import open_corpus
+        from curate.storage import cache_root
 
-        corpus = open_corpus(cfg.data)
-        source["files"] = [(f.path, os.path.getsize(f.path), os.path.getmtime(f.path)) for f in corpus.files]
+        data = local_input(cfg.data)
+        corpus = open_corpus(data)
+        # A URI's local copy is keyed by the URI, not by where this machine's cache is.
+        shown = (lambda p: p) if data == cfg.data else (lambda p: os.path.relpath(p, cache_root()))
+        source["files"] = [(shown(f.path), os.path.getsize(f.path), os.path.getmtime(f.path)) for f in corpus.files]
     fingerprint = hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()[:16]
     if marker.exists() and drop_damaged(target):
-        marker.unlink()  # stage 1's output is damaged on disk: read the input again
+        marker.delete()  # stage 1's output is damaged on disk: read the input again
     if marker.exists():
         done = json.loads(marker.read_text())
         if done.get("fingerprint") == fingerprint:
@@ -212,9 +257,8 @@ def ingest(cfg: CurateConfig, out: Path) -> int:
         raise RuntimeError(
             f"{target} holds a different input (data config or files changed); use a new output.path"
         )
-    if target.exists():
-        shutil.rmtree(target)  # an ingest that never finished
-    target.mkdir(parents=True)
+    target.delete_dir()  # an ingest that never finished
+    target.mkdir()
     started = time.monotonic()
     if cfg.data.format == "toy":
         from curate.toy.corpus import generate_corpus
@@ -225,15 +269,23 @@ def ingest(cfg: CurateConfig, out: Path) -> int:
             table = table.slice(0, cfg.data.limit)
         step = cfg.output.rows_per_shard
         for n, start in enumerate(range(0, table.num_rows, step)):
-            pq.write_table(table.slice(start, step), target / f"part-{n:05d}.parquet", **WRITE_OPTIONS)
+            pq.write_table(table.slice(start, step), (target / f"part-{n:05d}.parquet").path,
+                           filesystem=target.filesystem, **WRITE_OPTIONS)
         rows = table.num_rows
     else:
-        ds = corpus.to_ray_dataset(batch_rows=cfg.ray.batch_size * 4)
+        from ray.data.context import DataContext
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # Stage 2's checkpoint config stays in this process's DataContext: an earlier run's (in the
+        # same process) would filter this input by the ids that run wrote.
+        DataContext.get_current().checkpoint_config = None
+        pinned = {"scheduling_strategy": NodeAffinitySchedulingStrategy(read_on, soft=False)} if read_on else None
+        ds = corpus.to_ray_dataset(batch_rows=cfg.ray.batch_size * 4, ray_remote_args=pinned)
         if cfg.data.limit:
             ds = ds.limit(cfg.data.limit)
-        ds.write_parquet(str(target), min_rows_per_file=cfg.output.rows_per_shard,
+        ds.write_parquet(target.path, filesystem=target.ray_filesystem, min_rows_per_file=cfg.output.rows_per_shard,
                          max_rows_per_file=cfg.output.rows_per_shard, **WRITE_OPTIONS)
-        rows = pq.ParquetDataset(str(target)).read(columns=[schema.ID]).num_rows
+        rows = pq.ParquetDataset(target.path, filesystem=target.filesystem).read(columns=[schema.ID]).num_rows
     marker.write_text(json.dumps({"fingerprint": fingerprint, "rows": rows}))
     log.info("stage 1: %d rows in the canonical schema at %s (%.1f s)", rows, target, time.monotonic() - started)
     return rows
@@ -252,14 +304,14 @@ def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, met
     _stop_actors(counter)
     ctx = ray.data.DataContext.get_current()
     ctx.checkpoint_config = CheckpointConfig(
-        id_column=schema.ID, checkpoint_path=str(out / CHECKPOINT_DIR), delete_checkpoint_on_success=False
+        id_column=schema.ID, **(out / CHECKPOINT_DIR).checkpoint_args(), delete_checkpoint_on_success=False
     )
     ctx.max_errored_blocks = -1  # a batch that keeps failing is retried row by row below
     r = cfg.ray
     remote_args: dict[str, Any] = {"max_restarts": r.max_restarts, "max_task_retries": r.max_task_retries}
     # Blocks of one batch each: every batch is its own actor task, and written files close at
     # output.rows_per_shard rows, which bounds what a killed run loses.
-    ds = ray.data.read_parquet(str(out / CORPUS_DIR), file_extensions=["parquet"])
+    ds = ray.data.read_parquet(str(out / CORPUS_DIR), filesystem=out.ray_filesystem, file_extensions=["parquet"])
     ds = ds.repartition(target_num_rows_per_block=batch_size)
     ds = ds.map_batches(
         actor_cls,
@@ -272,7 +324,8 @@ def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, met
         num_gpus=r.num_gpus,
         **remote_args,
     )
-    ds.write_parquet(str(out / ANNOTATED_DIR), min_rows_per_file=cfg.output.rows_per_shard, **WRITE_OPTIONS)
+    ds.write_parquet(str(out / ANNOTATED_DIR), filesystem=out.ray_filesystem,
+                     min_rows_per_file=cfg.output.rows_per_shard, **WRITE_OPTIONS)
     _stop_actors(counter)
 
 
@@ -290,12 +343,13 @@ def _stop_actors(counter: Any) -> None:
         ray.kill(actor, no_restart=True)
 
 
-def _write_crash_rows(out: Path, missing: set[str], metadata: bytes) -> None:
+def _write_crash_rows(out: Path | Location, missing: set[str], metadata: bytes) -> None:
     """Rows that killed the actor on every retry, even alone: written as error rows."""
-    corpus = pq.ParquetDataset(str(out / CORPUS_DIR)).read()
+    out = Location.parse(out)
+    corpus = pq.ParquetDataset((out / CORPUS_DIR).path, filesystem=out.filesystem).read()
     mask = pc.is_in(corpus[schema.ID], value_set=pa.array(sorted(missing)))
     rows = corpus.filter(mask)
-    annotated = pq.ParquetDataset(str(out / ANNOTATED_DIR)).schema
+    annotated = pq.ParquetDataset((out / ANNOTATED_DIR).path, filesystem=out.filesystem).schema
     for f in annotated:
         if f.name not in rows.column_names:
             rows = rows.append_column(f, pa.nulls(rows.num_rows, f.type))
@@ -305,7 +359,8 @@ def _write_crash_rows(out: Path, missing: set[str], metadata: bytes) -> None:
                            pa.array([CRASH_ERROR] * rows.num_rows))
     rows = rows.select(annotated.names).cast(annotated.remove_metadata())
     rows = rows.replace_schema_metadata({RUN_METADATA_KEY: metadata})
-    pq.write_table(rows, out / ANNOTATED_DIR / f"crashed-{int(time.time())}.parquet", **WRITE_OPTIONS)
+    pq.write_table(rows, (out / ANNOTATED_DIR / f"crashed-{int(time.time())}.parquet").path,
+                   filesystem=out.filesystem, **WRITE_OPTIONS)
 
 
 def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
@@ -318,13 +373,16 @@ def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
 
     from curate.modeling import resolve_model_path
 
+    data = local_input(cfg.data)  # a URI's files are copied to this machine's cache first
     if cfg.data.format != "toy":
         from curate.io import open_corpus
 
-        open_corpus(cfg.data)  # a missing or unreadable input fails here, before Ray starts
-    out = Path(cfg.output.path).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+        open_corpus(data)  # a missing or unreadable input fails here, before Ray starts
+    # A local path or a URI (s3://...; curate.storage); a relative path under a Ray job is refused.
+    out = Location.parse(cfg.output.path, key="output.path", output=True)
+    out.mkdir()
     connect(cfg)
+    read_on = check_storage(cfg, out, data)
     # Resolve (and for "toy", build) the model once here, not in every actor.
     if cfg.engine.backend != "openai":
         cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, model=resolve_model_path(cfg.engine.model)))
@@ -332,7 +390,7 @@ def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
     metadata = json.dumps(meta, default=str).encode()
 
     started = time.monotonic()
-    total = ingest(cfg, out)
+    total = ingest(cfg, out, read_on)
     counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
     reporter = _ProgressLogger(counter, total, cfg.ray.log_every_s)
     reporter.start()
@@ -392,5 +450,6 @@ def main(args: argparse.Namespace) -> int:
     if args.report:
         from curate.report import write_report
 
-        print(write_report(Path(cfg.output.path) / ANNOTATED_DIR, Path(cfg.output.path) / "report") / "report.md")
+        out = Location.parse(cfg.output.path)
+        print(write_report(out / ANNOTATED_DIR, out / "report") / "report.md")
     return 0

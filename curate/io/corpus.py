@@ -354,15 +354,21 @@ class Corpus:
             for raw in self.iter_raw(unit, batch_rows):
                 yield self.normalize(raw)
 
-    def to_ray_dataset(self, batch_rows: int = 256) -> ray.data.Dataset:
-        """The same rows as a Ray Dataset: one read task per unit, then ``map_batches(normalize)``."""
+    def to_ray_dataset(
+        self, batch_rows: int = 256, ray_remote_args: Optional[dict[str, Any]] = None
+    ) -> ray.data.Dataset:
+        """The same rows as a Ray Dataset: one read task per unit, then ``map_batches(normalize)``.
+
+        ``ray_remote_args`` go to both steps (e.g. a scheduling strategy that keeps them on the node
+        that holds the files)."""
         import ray.data
 
         from curate.io.ray_source import CorpusDatasource
 
+        remote_args = dict(ray_remote_args or {})
         source = CorpusDatasource(self.format, self.container, self.units, batch_rows)
-        return ray.data.read_datasource(source).map_batches(
-            self.normalize, batch_format="pyarrow", batch_size=batch_rows, zero_copy_batch=True
+        return ray.data.read_datasource(source, ray_remote_args=remote_args or None).map_batches(
+            self.normalize, batch_format="pyarrow", batch_size=batch_rows, zero_copy_batch=True, **remote_args
         )
 
 
