@@ -9,7 +9,8 @@ config and processor, and full weights there only with ``actor.checkpoint.save_c
 ``hf_model``. Without them the shards are merged once by verl's own merger
 (``verl.model_merger``, FSDP backend) into ``--merged-dir`` (default ``<actor>/huggingface_merged``).
 
-DATA is held-out data in any layout ``curate.io`` reads; for verl RL parquet (our exports) each row's
+DATA is held-out data in any layout ``curate.io`` reads (a URI such as ``s3://...`` is read from a local
+copy, ``curate.storage.stage``); for verl RL parquet (our exports) each row's
 ``prompt`` column is used verbatim, system turn included, exactly what verl fed the policy. Other
 layouts get the selection's prompt (``manifest.json`` of the ``python -m curate select`` output the
 file belongs to), else ``--system-prompt`` / the project's default prompt. Rows that cannot be read are
@@ -476,6 +477,7 @@ def main(args: argparse.Namespace) -> int:
     from curate.engines import SamplingParams, create_engine
     from curate.grading import GradingOptions
     from curate.grading.boxes import box_format_for_model
+    from curate.storage import is_uri, stage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.limit is not None and args.limit <= 0:
@@ -486,8 +488,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         model_path = resolve_checkpoint(args.checkpoint, args.merged_dir)
         prompt = PromptConfig(system_prompt=args.system_prompt) if args.system_prompt is not None else None
+        # A URI (s3://..., gs://...) is read from a local copy (curate.storage.stage).
         prompt_source, samples = load_samples(
-            args.data, task_key=args.task_key, prompt=prompt, errors=read_errors
+            stage(args.data, "data"), task_key=args.task_key, prompt=prompt, errors=read_errors
         )
     except (EvalError, ValueError) as err:
         print(f"python -m rl eval: {err}", file=sys.stderr)
@@ -515,7 +518,7 @@ def main(args: argparse.Namespace) -> int:
         result = {
             "checkpoint": args.checkpoint,
             "model_path": model_path,
-            "data": os.path.abspath(args.data),
+            "data": args.data if is_uri(args.data) else os.path.abspath(args.data),
             "prompt": prompt_source,
             "engine": dataclasses.asdict(engine_cfg),
             "sampling": dataclasses.asdict(params),

@@ -18,6 +18,12 @@ makes a recipe a variant of another: it lists only what differs.
 Ray: unless ``RAY_ADDRESS`` is set (``ray job submit`` sets it) or the recipe names
 ``ray_kwargs.ray_init.address``, the trainer starts a private local cluster (``address=local``) and
 never joins another cluster running on the same machine.
+
+Data files: verl 0.9.1 copies only ``hdfs://`` files itself (``verl.utils.fs.copy_to_local``). Any other
+URI in ``data.train_files`` / ``data.val_files`` that pyarrow opens (``s3://``, ``gs://``, ...) is
+downloaded first, into ``$HARDMODE_CACHE/inputs`` (``curate.storage.stage``: again only when the
+source changed), and verl gets the local copy. On a multi-node cluster that cache must be on storage
+the node running verl's driver task sees (``HARDMODE_CACHE`` on a shared filesystem).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import re
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +54,7 @@ __all__ = [
     "flatten",
     "hardmode_section",
     "load_recipe",
+    "localize_data_files",
     "main",
     "override_key",
     "plan_training",
@@ -349,6 +356,39 @@ def verl_config(plan: TrainPlan) -> Any:
     return cfg
 
 
+DATA_FILE_KEYS = ("data.train_files", "data.val_files")
+
+
+def _needs_copy(path: Any) -> bool:
+    """A data file URI verl cannot read itself (it copies ``hdfs://`` only)."""
+    from curate.storage import is_uri
+
+    return isinstance(path, str) and is_uri(path) and not path.startswith("hdfs://")
+
+
+def localize_data_files(plan: TrainPlan, cfg: Any, cache: Path | None = None) -> TrainPlan:
+    """The plan with every ``data.train_files`` / ``data.val_files`` URI verl cannot read (``s3://``,
+    ``gs://``, ...) replaced by a local copy (``curate.storage.stage``; ``cache`` defaults to
+    ``$HARDMODE_CACHE/inputs``). ``cfg`` is verl's composed config (:func:`verl_config`), so values
+    that come from the recipe or an interpolation are seen as verl will see them."""
+    from omegaconf import OmegaConf
+
+    from curate.storage import stage
+
+    local: dict[str, Any] = {}
+    for key in DATA_FILE_KEYS:
+        value = OmegaConf.select(cfg, key)
+        values = list(value) if OmegaConf.is_list(value) else [value]
+        if any(_needs_copy(v) for v in values):
+            copied = [stage(v, key, cache) if _needs_copy(v) else v for v in values]
+            local[key] = copied if OmegaConf.is_list(value) else copied[0]
+    if not local:
+        return plan
+    overrides = [o for o in plan.overrides if override_key(o) not in local]
+    overrides += [f"{key}={hydra_value(value)}" for key, value in local.items()]
+    return replace(plan, overrides=overrides)
+
+
 def add_recipe_arguments(parser: argparse.ArgumentParser, recipe_help: str, overrides_help: str) -> None:
     """``--config``, ``--dry-run`` and ``key=value ...``: the arguments of every verl-recipe command."""
     parser.add_argument("--config", required=True, help=recipe_help)
@@ -371,6 +411,9 @@ def run(prog: str, plan_of: Callable[[], TrainPlan], dry_run: bool) -> int:
     try:
         plan = plan_of()
         cfg = verl_config(plan)
+        if not dry_run:
+            plan = localize_data_files(plan, cfg)
+            cfg = verl_config(plan)
     except ConfigError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return 2
