@@ -257,6 +257,12 @@ class RayConfig:
     # crashes becomes an error row.
     max_restarts: int = 3
     max_task_retries: int = 2
+    # After losing nodes each pass sizes its pool to the nodes alive (fewer than min_actors if need
+    # be) and waits at most this long for room for one actor before the job fails naming the nodes.
+    capacity_wait_s: float = 300.0
+    # Seconds Ray gets to restart a lost node's scoring actors elsewhere before they are stopped and
+    # their rows scored again in the next pass.
+    restart_grace_s: float = 60.0
     # Seconds between progress log lines.
     log_every_s: float = 30.0
 
@@ -344,6 +350,8 @@ class CurateConfig:
         _check("ray.max_restarts", r.max_restarts >= -1, "must be >= -1 (-1: always restart)")
         _check("ray.max_task_retries", r.max_task_retries >= 0,
                "must be >= 0 (a batch that always crashes its actor would otherwise be retried forever)")
+        _check("ray.capacity_wait_s", r.capacity_wait_s > 0, "must be positive")
+        _check("ray.restart_grace_s", r.restart_grace_s >= 0, "must be >= 0")
         _check("output.rows_per_shard", self.output.rows_per_shard > 0, "must be positive")
         return self
 

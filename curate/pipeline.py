@@ -39,6 +39,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -49,6 +50,7 @@ import pyarrow.parquet as pq
 from curate import run_record, schema
 from curate.shards import WRITE_OPTIONS, drop_damaged, shard_ids
 from curate.config import ConfigError, CurateConfig, DataConfig, load_config, to_yaml
+from curate.elastic import RESERVED_CPUS, NodeWatch, StepErrors, wait_for_pool
 from curate.placement import check_cluster, cluster_nodes
 from curate.run_record import ANNOTATED_DIR, RUN_METADATA_KEY
 from curate.storage import Location, check_visible_from_every_node, describe_nodes, is_uri, nodes_missing, stage
@@ -66,17 +68,22 @@ CRASH_ERROR = "score: the scoring actor died on this row on every retry (see the
 
 class ProgressCounter:
     """A Ray actor the scoring actors report to: their totals, which the driver logs periodically,
-    and their handles, so the driver can stop every actor of a pass when it ends."""
+    and their handles and nodes, so the driver can stop every actor of a pass when it ends and those
+    left on a lost node (``curate.elastic.NodeWatch``). It lives on the driver's node: losing any
+    other node leaves it intact."""
 
     def __init__(self) -> None:
         self.rows = self.errors = self.generations = self.tokens = 0
-        self.actors: dict[str, Any] = {}
+        self.actors: dict[str, tuple[Any, str]] = {}
 
-    def register(self, actor_id: str, actor: Any) -> None:
-        self.actors[actor_id] = actor
+    def register(self, actor_id: str, actor: Any, node_id: str) -> None:
+        self.actors[actor_id] = (actor, node_id)  # a restarted actor registers again, from its new node
+
+    def placements(self) -> list[tuple[Any, str]]:
+        return list(self.actors.values())
 
     def take_actors(self) -> list[Any]:
-        actors, self.actors = list(self.actors.values()), {}
+        actors, self.actors = [a for a, _ in self.actors.values()], {}
         return actors
 
     def add(self, rows: int, errors: int, generations: int, tokens: int) -> None:
@@ -129,7 +136,7 @@ class ScoringActor:
             import ray
 
             context = ray.get_runtime_context()
-            counter.register.remote(context.get_actor_id(), context.current_actor)
+            counter.register.remote(context.get_actor_id(), context.current_actor, context.get_node_id())
 
     def __del__(self) -> None:
         # Ray Data drops this object when it lets its actor go (MapWorker.__ray_shutdown__): the
@@ -159,7 +166,7 @@ def _column_sum(table: pa.Table, name: str) -> int:
 def cpus_needed(cfg: CurateConfig) -> float:
     """Logical CPUs the scoring pass holds at once: the actors, Ray Data's checkpoint-filter actor
     (one CPU) and one read/write task. Fewer and Ray waits forever instead of failing."""
-    return cfg.ray.min_actors * cfg.ray.num_cpus + 2
+    return cfg.ray.min_actors * cfg.ray.num_cpus + RESERVED_CPUS
 
 
 def connect(cfg: CurateConfig) -> None:
@@ -292,8 +299,9 @@ def ingest(cfg: CurateConfig, out: Path | Location, read_on: Optional[str] = Non
 
 
 def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, metadata: bytes,
-                actor_cls: type = ScoringActor, isolate: bool = False) -> None:
-    """One streaming pass over the corpus rows not yet in annotated/ (Ray Data checkpoint filter).
+                actor_cls: type = ScoringActor, isolate: bool = False, lost: Sequence[str] = ()) -> list[str]:
+    """One streaming pass over the corpus rows not yet in annotated/ (Ray Data checkpoint filter),
+    on a pool sized to the cluster as it is now; returns the nodes lost during the pass.
 
     ``isolate`` runs one task per actor at a time, so a row that kills its actor takes no queued
     neighbour down with it.
@@ -302,11 +310,13 @@ def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, met
     from ray.data.checkpoint import CheckpointConfig
 
     _stop_actors(counter)
+    low, high, sized_on = wait_for_pool(cfg, lost)
     ctx = ray.data.DataContext.get_current()
     ctx.checkpoint_config = CheckpointConfig(
         id_column=schema.ID, **(out / CHECKPOINT_DIR).checkpoint_args(), delete_checkpoint_on_success=False
     )
     ctx.max_errored_blocks = -1  # a batch that keeps failing is retried row by row below
+    ctx.wait_for_min_actors_s = cfg.ray.capacity_wait_s  # never wait forever for actors no node can host
     r = cfg.ray
     remote_args: dict[str, Any] = {"max_restarts": r.max_restarts, "max_task_retries": r.max_task_retries}
     # Blocks of one batch each: every batch is its own actor task, and written files close at
@@ -316,7 +326,7 @@ def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, met
     ds = ds.map_batches(
         actor_cls,
         fn_constructor_kwargs={"cfg": cfg, "counter": counter, "run_metadata": metadata},
-        compute=ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors,
+        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high,
                                            max_tasks_in_flight_per_actor=1 if isolate else None),
         batch_size=batch_size,
         batch_format="pyarrow",
@@ -324,9 +334,17 @@ def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, met
         num_gpus=r.num_gpus,
         **remote_args,
     )
-    ds.write_parquet(str(out / ANNOTATED_DIR), filesystem=out.ray_filesystem,
-                     min_rows_per_file=cfg.output.rows_per_shard, **WRITE_OPTIONS)
+    watch = NodeWatch(counter, grace_s=cfg.ray.restart_grace_s)
+    watch.start()
+    try:
+        with StepErrors(scoring_step=actor_cls.__name__) as step_errors:
+            ds.write_parquet(str(out / ANNOTATED_DIR), filesystem=out.ray_filesystem,
+                             min_rows_per_file=cfg.output.rows_per_shard, **WRITE_OPTIONS)
+    finally:
+        watch.stopped.set()
+    step_errors.raise_first()
     _stop_actors(counter)
+    return watch.lost_nodes(sized_on)
 
 
 def _stop_actors(counter: Any) -> None:
@@ -391,25 +409,41 @@ def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
 
     started = time.monotonic()
     total = ingest(cfg, out, read_on)
-    counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    counter = ray.remote(num_cpus=0, scheduling_strategy=here)(ProgressCounter).remote()
     reporter = _ProgressLogger(counter, total, cfg.ray.log_every_s)
     reporter.start()
     try:
         drop_damaged(out / ANNOTATED_DIR, out / CHECKPOINT_DIR)
         corpus_ids = set(shard_ids(out / CORPUS_DIR))
         missing = corpus_ids - set(shard_ids(out / ANNOTATED_DIR))
+        lost: list[str] = []
         if missing:
             log.info("stage 2: scoring %d of %d rows (ids already written are skipped)", len(missing), total)
-            _score_pass(cfg, out, cfg.ray.batch_size, counter, metadata, actor_cls)
+            lost = _score_pass(cfg, out, cfg.ray.batch_size, counter, metadata, actor_cls)
             missing = corpus_ids - set(shard_ids(out / ANNOTATED_DIR))
         else:
             log.info("stage 2: every row is already in %s", out / ANNOTATED_DIR)
+        # Rows of batches whose node was lost are scored again in whole batches; rows of batches that
+        # kept crashing their actor, one per batch, until a pass makes no progress.
+        batched = bool(lost)
         while missing:
-            log.warning("%d rows were in batches that failed; retrying them one per batch", len(missing))
-            _score_pass(cfg, out, 1, counter, metadata, actor_cls, isolate=True)
+            if batched:
+                log.warning("%d rows were on lost node(s) %s; scoring them again", len(missing), ", ".join(lost))
+            else:
+                log.warning("%d rows were in batches that failed; retrying them one per batch", len(missing))
+            lost_now = _score_pass(cfg, out, cfg.ray.batch_size if batched else 1, counter, metadata, actor_cls,
+                                   isolate=not batched, lost=lost)
+            lost = [*lost, *lost_now]
             before, missing = missing, corpus_ids - set(shard_ids(out / ANNOTATED_DIR))
-            if missing == before:
-                break
+            if missing == before and not lost_now:
+                if not batched:
+                    break
+                batched = False  # a whole-batch retry that changed nothing: down to single rows
+            else:
+                batched = bool(lost_now)
         if missing:
             log.error("%d rows crashed the scoring actor even alone; writing them as error rows", len(missing))
             _write_crash_rows(out, missing, metadata)
