@@ -15,6 +15,7 @@ A node lost mid-run must neither hang the job nor cost its rows:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -69,12 +70,11 @@ def responsive_nodes() -> list[dict[str, Any]]:
     ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=_RESPONSE_S)
     answered = set()
     for ref in ready:
-        try:
+        with contextlib.suppress(Exception):  # the node died under the task
             answered.add(ray.get(ref))
-        except Exception:  # the node died under the task
-            pass
     for ref in late:
-        ray.cancel(ref, force=True)
+        with contextlib.suppress(Exception):  # the node may be gone with the task
+            ray.cancel(ref, force=True)
         log.warning("node %s did not answer within %g s; not counted", refs[ref].get("NodeManagerAddress"), _RESPONSE_S)
     return [n for n in alive if n["NodeID"] in answered]
 
