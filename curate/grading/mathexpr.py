@@ -30,7 +30,7 @@ import functools
 import logging
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, TypeVar
@@ -214,13 +214,16 @@ def _rounds_to_truth(gold: str, gold_q: Quantity | None, answer: str, committed:
     "6.28"): the truth is a rounded value."""
     if gold_q is None or "." not in gold:
         return False
+    return any(rounds_to(value, gold_q.value, gold) for value in _real_values(answer, committed))
+
+
+def _real_values(text: str, tagged: bool) -> Iterator[Fraction]:
+    """The real numbers among math-verify's readings of ``text`` (sympy work: call under the deadline)."""
     from sympy import Basic
 
-    for value in _parse(answer, committed):
+    for value in _parse(text, tagged):
         if isinstance(value, Basic) and value.is_number and value.is_real:
-            if rounds_to(Fraction(float(value.evalf(30))), gold_q.value, gold):
-                return True
-    return False
+            yield Fraction(float(value.evalf(30)))
 
 
 def _symbolic(gold: str, region: str, committed: bool, gold_q: Quantity | None = None) -> bool | None:
@@ -240,15 +243,7 @@ def _formula_value(formula: str) -> Fraction | None:
     if not sympy_safe(formula):
         return None
 
-    def value() -> Fraction | None:
-        from sympy import Basic
-
-        for v in _parse(formula, True):
-            if isinstance(v, Basic) and v.is_number and v.is_real:
-                return Fraction(float(v.evalf(30)))
-        return None
-
-    return _under_deadline(value)
+    return _under_deadline(lambda: next(_real_values(formula, True), None))
 
 
 def _under_deadline(fn: Callable[[], T]) -> T | None:
@@ -274,7 +269,7 @@ def _quantity_verdict(gold: str, gold_q: Quantity, region: str, answer: FinalAns
     stated = stated_formula(_NEGATED.sub("", region))
     if stated is not None and structured(stated) and single_quantity(stated) is None:
         # "So the result is \\frac{1}{\\frac{1}{2}}": the formula's value, unless others are offered
-        if answer.committed and _OFFERS_ALTERNATIVES.search(_LATEX_COMMAND.sub(" ", region)):
+        if answer.committed and _offers_alternatives(region):
             return False
         return _formula_quantity_verdict(gold, gold_q, region, stated)
     if not answer.committed:
@@ -293,7 +288,7 @@ def _quantity_verdict(gold: str, gold_q: Quantity, region: str, answer: FinalAns
         if chosen is not None and same_quantity(gold_q, chosen, gold):
             return True
         if formula:  # "The average is \\(\\frac{100}{3}\\)": sympy reads it, unless it offers alternatives
-            alternatives = _OFFERS_ALTERNATIVES.search(_LATEX_COMMAND.sub(" ", region)) or any_hedged(cleaned, found)
+            alternatives = _offers_alternatives(region) or any_hedged(cleaned, found)
             return False if alternatives else None
         return False
     if (m := _WITH_DERIVATION.match(cleaned)) and (said := single_quantity(m.group(1))) is not None:
@@ -318,6 +313,11 @@ def _formula_quantity_verdict(gold: str, gold_q: Quantity, region: str, formula:
         return None
     value = _formula_value(formula)
     return None if value is None else same_quantity(gold_q, Quantity(value, unit, 0, 0), gold)
+
+
+def _offers_alternatives(region: str) -> bool:
+    """The answer offers other values in words ("or", "maybe", ...), LaTeX command names aside."""
+    return _OFFERS_ALTERNATIVES.search(_LATEX_COMMAND.sub(" ", region)) is not None
 
 
 _OFFERS_ALTERNATIVES = re.compile(r"\b(?:or|maybe|perhaps|possibly|either)\b", re.IGNORECASE)
@@ -402,7 +402,7 @@ def grade_math(answer: FinalAnswer, ground_truth: str, ctx: GradeContext) -> Ver
     if committed:
         region = _NEGATED.sub("", region) or region  # "\\frac{1}{2}, not \\frac{1}{3}": one is ruled out
     if (stated := stated_formula(region)) is not None:
-        if committed and _OFFERS_ALTERNATIVES.search(_LATEX_COMMAND.sub(" ", region)):
+        if committed and _offers_alternatives(region):
             return exact(False, region)  # "It is $(1, 2]$ or maybe $(1, 3]$"
         region, committed = stated, True  # the formula alone
     verdict = _symbolic(gold, region, committed, gold_q)
