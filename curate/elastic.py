@@ -148,11 +148,16 @@ class NodeWatch(threading.Thread):
             except Exception as err:  # the watch must never end the run; the next round tries again
                 log.debug("node watch: %r", err)
 
-    def lost_nodes(self, sized_on: set[str]) -> list[str]:
+    def seen_lost(self) -> list[str]:
+        """The nodes this watch saw die."""
+        return [name for name, _ in self.lost.values()]
+
+    def lost_since(self, sized_on: set[str], answering: set[str]) -> list[str]:
         """Nodes lost during the pass: seen dying, or among ``sized_on`` (the nodes the pass started
-        with) and no longer answering now (the health check can take longer than a short pass)."""
-        gone = sized_on - {n["NodeID"] for n in responsive_nodes()} - self.lost.keys()
-        return [name for name, _ in self.lost.values()] + [node_id[:12] for node_id in sorted(gone)]
+        with) and not ``answering`` when the next pass is sized (the health check can take longer
+        than a short pass)."""
+        gone = sized_on - answering - self.lost.keys()
+        return self.seen_lost() + [node_id[:12] for node_id in sorted(gone)]
 
 
 class StepErrors(logging.Handler):

@@ -39,7 +39,6 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -298,10 +297,10 @@ def ingest(cfg: CurateConfig, out: Path | Location, read_on: Optional[str] = Non
     return rows
 
 
-def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, metadata: bytes,
-                actor_cls: type = ScoringActor, isolate: bool = False, lost: Sequence[str] = ()) -> list[str]:
+def _score_pass(cfg: CurateConfig, out: Path, pool: tuple[int, int, set[str]], batch_size: int, counter: Any,
+                metadata: bytes, actor_cls: type = ScoringActor, isolate: bool = False) -> NodeWatch:
     """One streaming pass over the corpus rows not yet in annotated/ (Ray Data checkpoint filter),
-    on a pool sized to the cluster as it is now; returns the nodes lost during the pass.
+    on ``pool`` (``curate.elastic.wait_for_pool``); returns the pass's node watch.
 
     ``isolate`` runs one task per actor at a time, so a row that kills its actor takes no queued
     neighbour down with it.
@@ -310,7 +309,7 @@ def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, met
     from ray.data.checkpoint import CheckpointConfig
 
     _stop_actors(counter)
-    low, high, sized_on = wait_for_pool(cfg, lost)
+    low, high, _ = pool
     ctx = ray.data.DataContext.get_current()
     ctx.checkpoint_config = CheckpointConfig(
         id_column=schema.ID, **(out / CHECKPOINT_DIR).checkpoint_args(), delete_checkpoint_on_success=False
@@ -344,7 +343,7 @@ def _score_pass(cfg: CurateConfig, out: Path, batch_size: int, counter: Any, met
         watch.stopped.set()
     step_errors.raise_first()
     _stop_actors(counter)
-    return watch.lost_nodes(sized_on)
+    return watch
 
 
 def _stop_actors(counter: Any) -> None:
@@ -419,31 +418,37 @@ def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
         drop_damaged(out / ANNOTATED_DIR, out / CHECKPOINT_DIR)
         corpus_ids = set(shard_ids(out / CORPUS_DIR))
         missing = corpus_ids - set(shard_ids(out / ANNOTATED_DIR))
-        lost: list[str] = []
         if missing:
             log.info("stage 2: scoring %d of %d rows (ids already written are skipped)", len(missing), total)
-            lost = _score_pass(cfg, out, cfg.ray.batch_size, counter, metadata, actor_cls)
+            pool = wait_for_pool(cfg)
+            watch = _score_pass(cfg, out, pool, cfg.ray.batch_size, counter, metadata, actor_cls)
             missing = corpus_ids - set(shard_ids(out / ANNOTATED_DIR))
         else:
             log.info("stage 2: every row is already in %s", out / ANNOTATED_DIR)
         # Rows of batches whose node was lost are scored again in whole batches; rows of batches that
-        # kept crashing their actor, one per batch, until a pass makes no progress.
-        batched = bool(lost)
+        # kept crashing their actor, one per batch, until a pass makes no progress. Whether the last
+        # pass lost nodes is known once the next pool is sized on the nodes that answer now.
+        lost: list[str] = []
+        batched: Optional[bool] = None
+        progressed = True
         while missing:
+            sized_on, pool = pool[2], wait_for_pool(cfg, [*lost, *watch.seen_lost()])
+            lost_now = watch.lost_since(sized_on, pool[2])
+            lost += lost_now
+            if lost_now:
+                batched = True
+            elif batched is False and not progressed:
+                break
+            else:
+                batched = False  # the first retry, or after progress, or a whole-batch retry that changed nothing
             if batched:
                 log.warning("%d rows were on lost node(s) %s; scoring them again", len(missing), ", ".join(lost))
             else:
                 log.warning("%d rows were in batches that failed; retrying them one per batch", len(missing))
-            lost_now = _score_pass(cfg, out, cfg.ray.batch_size if batched else 1, counter, metadata, actor_cls,
-                                   isolate=not batched, lost=lost)
-            lost = [*lost, *lost_now]
+            watch = _score_pass(cfg, out, pool, cfg.ray.batch_size if batched else 1, counter, metadata, actor_cls,
+                                isolate=not batched)
             before, missing = missing, corpus_ids - set(shard_ids(out / ANNOTATED_DIR))
-            if missing == before and not lost_now:
-                if not batched:
-                    break
-                batched = False  # a whole-batch retry that changed nothing: down to single rows
-            else:
-                batched = bool(lost_now)
+            progressed = missing != before
         if missing:
             log.error("%d rows crashed the scoring actor even alone; writing them as error rows", len(missing))
             _write_crash_rows(out, missing, metadata)
