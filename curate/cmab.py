@@ -28,7 +28,10 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import torch
 
 from curate.attention_probe import ProbeResult, decoder_layers, pack_responses, probe_attention, visual_token_ids
-from curate.config import CmabConfig, CmabThresholds, PromptConfig
+# cmab_bucket lives beside the calibration, torch-free, so that report and select apply it without a
+# model stack; re-exported here.
+from curate.cmab_calibration import cmab_bucket
+from curate.config import CmabConfig, PromptConfig
 from curate.engines.base import GenerationEngine, GenerationRequest, SamplingParams
 from curate.grading import GradingOptions, grade
 from curate.images import content_id
@@ -131,21 +134,6 @@ def cmab_rho(
     if not math.isfinite(rho):
         raise CmabError(f"ρ̄ is not finite ({rho})")
     return rho
-
-
-def cmab_bucket(rho: Optional[float], correct: bool, thresholds: CmabThresholds) -> str:
-    """easy | medium | hard | unsolved: hard in [hard_low, hard_high], medium within
-    [easy_low, easy_high] around it, easy outside; unsolved when no response was correct."""
-    if not correct:
-        return "unsolved"
-    if rho is None or math.isnan(rho):
-        raise ValueError("a correctly answered sample needs a ρ̄ to be bucketed")
-    t = thresholds
-    if t.hard_low <= rho <= t.hard_high:
-        return "hard"
-    if t.easy_low <= rho < t.hard_low or t.hard_high < rho <= t.easy_high:
-        return "medium"
-    return "easy"
 
 
 # ---- the flow: generate, grade, probe ---------------------------------------------------------

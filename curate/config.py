@@ -195,6 +195,30 @@ class CmabThresholds:
 
 
 @dataclass
+class CmabCalibration:
+    """Where CMAB's bucket thresholds come from (``curate.cmab_calibration``).
+
+    ρ̄'s scale is the model's: the published bands were fitted to Qwen2.5-VL-7B's layer 20, and on
+    another model nearly every sample can fall into one bucket (the toy demo put 76-102 of 120 there).
+    ``calibrated`` puts the four cut points at quantiles of the run's own ρ̄ instead, computed when the
+    run ends (an actor sees one batch, never the run's distribution) and recorded in ``run.json``;
+    report, select and the run summary apply them. The stored ``cmab_bucket`` column keeps the fixed
+    thresholds' bucket. Not part of the scoring fingerprint: it changes no row's ρ̄.
+    """
+
+    # fixed: cmab.thresholds (published for Qwen2.5-VL-7B) | calibrated: quantiles of this run's ρ̄.
+    mode: str = "fixed"
+    # Quantile levels of [easy_low, hard_low, hard_high, easy_high] over the ρ̄ of the rows CMAB
+    # answered correctly. The default splits them 30 / 40 / 30 % easy / medium / hard (the easy and
+    # medium shares split evenly between low and high ρ̄), near the paper's reasoning split among
+    # solved samples (27 / 45 / 27 %), so every bucket has enough rows to select and compare.
+    quantiles: list[float] = field(default_factory=lambda: [0.15, 0.35, 0.65, 0.85])
+    # Fewer ρ̄ values than this make quantiles noise: the fixed thresholds apply, with a warning
+    # logged and recorded in run.json.
+    min_values: int = 20
+
+
+@dataclass
 class CmabConfig:
     enabled: bool = False
     # code: one layer at ~0.71·L, mean attention per token, prefill skipped (released code; the
@@ -210,6 +234,8 @@ class CmabConfig:
     thresholds: dict[str, CmabThresholds] = field(
         default_factory=lambda: {"code": CmabThresholds(), "paper": CmabThresholds()}
     )
+    # fixed thresholds above, or calibrated on the run's own ρ̄ (CmabCalibration).
+    calibration: CmabCalibration = field(default_factory=CmabCalibration)
     # Query rows per chunk in the probe (bounds its memory).
     probe_chunk: int = 256
     seed: int = 0
@@ -339,6 +365,16 @@ class CurateConfig:
         for name, t in c.thresholds.items():
             _check(f"cmab.thresholds.{name}", t.easy_low <= t.hard_low <= t.hard_high <= t.easy_high,
                    "must satisfy easy_low <= hard_low <= hard_high <= easy_high")
+        cal = c.calibration
+        _choice("cmab.calibration.mode", cal.mode, ["fixed", "calibrated"])
+        q = list(cal.quantiles)
+        _check("cmab.calibration.quantiles", len(q) == 4,
+               f"must list 4 levels [easy_low, hard_low, hard_high, easy_high], got {len(q)}")
+        _check("cmab.calibration.quantiles", all(0 < x < 1 for x in q), f"levels must be in (0, 1), got {q}")
+        _check("cmab.calibration.quantiles", all(a < b for a, b in zip(q, q[1:])),
+               f"levels must be strictly increasing, got {q}")
+        _check("cmab.calibration.min_values", cal.min_values >= 4,
+               "must be >= 4 (at least one ρ̄ value per cut point)")
         _check("pism.enabled", p.enabled or c.enabled, "enable at least one of pism, cmab")
         r = self.ray
         _check("ray.min_actors", 1 <= r.min_actors <= r.max_actors, "must satisfy 1 <= min_actors <= max_actors")

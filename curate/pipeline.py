@@ -455,7 +455,7 @@ def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
     finally:
         reporter.stopped.set()
     check_exactly_once(shard_ids(out / ANNOTATED_DIR), corpus_ids, out / ANNOTATED_DIR)
-    summary = run_record.summarize(out / ANNOTATED_DIR, total, time.monotonic() - started)
+    summary = run_record.summarize(out / ANNOTATED_DIR, total, time.monotonic() - started, meta)
     run_record.finish(out, meta, summary)
     return summary
 

@@ -7,7 +7,8 @@ score columns only, never the image bytes) and writes, under ``RUN_DIR/report/``
 - ``lambda_star.png``: histogram of PISM's failure ratio λ* (and how many samples never fail);
 - ``pc_curves.png``: mean Pc(λ) per bucket over fully evaluated levels, and the share of samples still
   answering correctly at each λ (known for every sample, in either PISM mode);
-- ``rho.png``: histogram of CMAB's ρ̄ with the variant's bucket thresholds;
+- ``rho.png``: histogram of CMAB's ρ̄ with the bucket thresholds the buckets use (the variant's fixed
+  ones, or those calibrated on the run's ρ̄ and recorded in ``run.json``: ``curate.cmab_calibration``);
 - ``report.md``: counts in/scored/errored (errors grouped by reason), buckets per task, PISM vs CMAB
   agreement (confusion table), generations and tokens used, and the figures above.
 
@@ -28,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import run_record, schema
+from curate import cmab_calibration, run_record, schema
 from curate.storage import Location, is_uri, location
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,27 @@ def _rho(rows: list[dict], thresholds: dict[str, float] | None, path: Path) -> N
     plt.close(fig)
 
 
+def _cmab_thresholds(cmab: dict[str, Any], variant: str,
+                     calibration: dict[str, Any] | None) -> tuple[dict[str, float] | None, str]:
+    """(the thresholds the CMAB buckets use, a sentence saying which and where they come from)."""
+    if calibration is None:
+        thresholds = cmab.get("thresholds", {}).get(variant)
+        return thresholds, f"Fixed thresholds (`cmab.thresholds.{variant}`): {_cuts(thresholds)}."
+    thresholds = calibration["thresholds"]
+    if calibration.get("mode") != "calibrated":
+        return thresholds, (f"Calibration requested, not applied: {calibration.get('warning')}. "
+                            f"Fixed thresholds: {_cuts(thresholds)}.")
+    return thresholds, (f"Thresholds calibrated on this run: quantiles {calibration['levels']} of "
+                        f"{calibration['values']} ρ̄ values (correctly answered rows): {_cuts(thresholds)} "
+                        f"(fixed: {_cuts(calibration.get('fixed_thresholds'))}).")
+
+
+def _cuts(thresholds: dict[str, float] | None) -> str:
+    if not thresholds:
+        return "unknown"
+    return ", ".join(f"{k} {thresholds[k]:.4g}" for k in cmab_calibration.THRESHOLD_NAMES if k in thresholds)
+
+
 def _table(header: list[str], body: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
@@ -175,6 +197,9 @@ def _write_report(output: str | Path | Location, shards: Location, out: Path) ->
     matplotlib.use("Agg")
     table = read_scores(shards)
     meta = run_record.read(output)
+    # A calibrated-CMAB run's buckets are recomputed from ρ̄ with its recorded thresholds.
+    calibration = cmab_calibration.of_run(meta, table)
+    table = cmab_calibration.apply(table, calibration)
     rows = table.to_pylist()
     out.mkdir(parents=True, exist_ok=True)
     config = meta.get("config", {})
@@ -208,13 +233,13 @@ def _write_report(output: str | Path | Location, shards: Location, out: Path) ->
                f"generated tokens: {tokens}.", ""]
     if has_cmab:
         variant = config.get("cmab", {}).get("variant", "code")
-        thresholds = config.get("cmab", {}).get("thresholds", {}).get(variant)
+        thresholds, said = _cmab_thresholds(config.get("cmab", {}), variant, calibration)
         _bar_by_task(ok, "cmab_bucket", "CMAB buckets per task", out / "buckets_cmab.png")
         _rho(ok, thresholds, out / "rho.png")
         figures += [("CMAB buckets", "buckets_cmab.png"), ("ρ̄", "rho.png")]
         body = [[t] + [sum(1 for r in ok if r[schema.TASK] == t and r["cmab_bucket"] == b) for b in schema.BUCKETS]
                 for t in tasks]
-        md += [f"## CMAB (variant `{variant}`)", "", _table(["task", *schema.BUCKETS], body), ""]
+        md += [f"## CMAB (variant `{variant}`)", "", said, "", _table(["task", *schema.BUCKETS], body), ""]
     if has_pism and has_cmab:
         body = [[f"PISM {a}"] + [sum(1 for r in ok if r["pism_bucket"] == a and r["cmab_bucket"] == b)
                                  for b in schema.BUCKETS] for a in schema.BUCKETS]

@@ -37,6 +37,9 @@ _VERSIONED = ("hardmode", "ray", "torch", "transformers", "vllm", "pyarrow")
 def scoring_fingerprint(cfg: CurateConfig) -> str:
     """A hash of everything that changes the annotations (not the ray/output settings)."""
     relevant = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ray", "output")}
+    # Calibration decides buckets from the finished output's ρ̄, not any row's annotation: a resume may
+    # switch it (and fingerprints of runs from before it existed still match).
+    relevant["cmab"] = {k: v for k, v in relevant["cmab"].items() if k != "calibration"}
     relevant["engine"] = {k: v for k, v in relevant["engine"].items() if k not in ("batch_size",)}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -121,12 +124,22 @@ def finish(out: Path | Location, record: dict[str, Any], summary: dict[str, Any]
     (location(out) / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
 
 
-def summarize(shards: Path | Location, total: int, seconds: float) -> dict[str, Any]:
+def summarize(shards: Path | Location, total: int, seconds: float,
+              record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rows in/out, scored, errored by reason, bucket counts, generations and throughput of the
-    annotated dataset under ``shards``."""
+    annotated dataset under ``shards``.
+
+    With the run's ``record`` of a calibrated-CMAB run, the calibration over the whole output (a
+    resumed run's earlier rows included) is computed now, stored in ``record["cmab"]["calibration"]``
+    for :func:`finish` to write, and the CMAB bucket counts use it."""
+    from curate import cmab_calibration
     from curate.report import error_reason, read_scores
 
     table = read_scores(shards)
+    cmab = cmab_calibration.calibrated_config(record) if record is not None else None
+    if cmab is not None:
+        record.setdefault("cmab", {})["calibration"] = cmab_calibration.calibrate(table, cmab)
+        table = cmab_calibration.apply(table, record["cmab"]["calibration"])
     rows = table.to_pylist()
     ok = [r for r in rows if r[schema.STATUS] == schema.STATUS_OK]
     errors: dict[str, int] = {}

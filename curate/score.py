@@ -124,7 +124,7 @@ def score_corpus(cfg: CurateConfig) -> dict[str, int]:
     seconds = time.monotonic() - started
     log.info("scored %d rows (%d errors, %d skipped as already written) in %.1f s",
              counts["rows"], counts["errors"], counts["skipped"], seconds)
-    run_record.finish(out, record, run_record.summarize(shards, total, seconds))
+    run_record.finish(out, record, run_record.summarize(shards, total, seconds, record))
     return counts
 
 

@@ -131,6 +131,9 @@ def _manifest(
     from omegaconf import OmegaConf
 
     run = dataset.run_metadata()
+    run_summary = {k: run.get(k) for k in ("fingerprint", "model", "engine", "finished_at") if k in run}
+    if dataset.cmab_calibration is not None:  # the thresholds cmab_bucket was recomputed with
+        run_summary["cmab_calibration"] = dataset.cmab_calibration
     usable = scores.usable.nonzero()[0]
     before: dict[str, Any] = {"tasks": scores.counts(usable)}
     for column in ("pism_bucket", "cmab_bucket"):
@@ -144,8 +147,7 @@ def _manifest(
             "usable_rows": int(scores.usable.sum()),
             "error_rows": int((~scores.usable).sum()),
             "error_rows_by_stage": _error_reasons(scores),
-            "run": {k: run.get(k) for k in ("fingerprint", "model", "engine", "finished_at") if k in run}
-            or None,
+            "run": run_summary or None,
         },
         "seed": cfg.seed,
         "prompt": {"source": prompt_source, **dataclasses.asdict(prompt)},
@@ -296,6 +298,12 @@ def summary_table(manifest: dict[str, Any]) -> str:
             f"{name:<{width}}  {rec['kind']:<7} {rec['rows']:>6} {rec['train_rows']:>6} "
             f"{rec['val_rows']:>5}  {rec['what']}"
         )
+    calibration = (inp.get("run") or {}).get("cmab_calibration")
+    if calibration:
+        cuts = ", ".join(f"{k} {v:.4g}" for k, v in calibration["thresholds"].items())
+        how = (f"calibrated on the run's {calibration['values']} ρ̄ values, quantiles {calibration['levels']}"
+               if calibration["mode"] == "calibrated" else f"fixed ({calibration.get('warning')})")
+        lines.append(f"cmab_bucket thresholds: {how}: {cuts}")
     tasks = sorted(manifest["before"]["tasks"])
     tw = max([4, *map(len, tasks)])
     lines.append(f"{'task':<{tw}}  {'usable':>6}  " + "  ".join(f"{n:>{max(6, len(n))}}" for n in subsets))

@@ -14,6 +14,7 @@ is written by :func:`write_verl_sft_parquet`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -25,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from curate import run_record
+from curate import cmab_calibration, run_record
 from curate import schema as S
 from curate.config import ConfigError, PromptConfig
 from curate.io import ExportSummary, write_sft_jsonl, write_swift_grpo_jsonl, write_verl_parquet
@@ -61,26 +62,39 @@ class AnnotatedDataset:
         """The scoring run's record: ``run.json`` beside the shards, else the shards' own metadata."""
         return run_record.read(self.path)
 
-    def read_scores(self) -> pa.Table:
-        """The columns selection decides on, never the images: of the score columns, only those of
-        the methods the run record says ran (a column that merely has a score's name is no score)."""
+    def _trusted_score_columns(self) -> list[str]:
+        """Of the score columns, only those of the methods the run record says ran (a column that
+        merely has a score's name is no score)."""
         config = self.run_metadata().get("config")
         if config is None:
             log.warning("%s has no run record: its score columns are taken as they are", self.path)
         ran = {m for m in ("pism", "cmab") if config is None or (config.get(m) or {}).get("enabled")}
-        trusted = [c for c in SCORE_COLUMNS if c in self.schema.names
-                   and (c.split("_", 1)[0] not in ("pism", "cmab") or c.split("_", 1)[0] in ran)]
-        return self.dataset.to_table(columns=trusted)
+        return [c for c in SCORE_COLUMNS if c in self.schema.names
+                and (c.split("_", 1)[0] not in ("pism", "cmab") or c.split("_", 1)[0] in ran)]
+
+    @functools.cached_property
+    def cmab_calibration(self) -> Optional[dict[str, Any]]:
+        """The CMAB calibration of a calibrated-mode run (``curate.cmab_calibration.of_run``), else None."""
+        return cmab_calibration.of_run(
+            self.run_metadata(), lambda: self.dataset.to_table(columns=self._trusted_score_columns()))
+
+    def read_scores(self) -> pa.Table:
+        """The columns selection decides on, never the images (see ``_trusted_score_columns``); in a
+        calibrated-CMAB run, ``cmab_bucket`` by the run's calibrated thresholds."""
+        table = self.dataset.to_table(columns=self._trusted_score_columns())
+        return cmab_calibration.apply(table, self.cmab_calibration)
 
     def iter_rows(self, ids: Sequence[str], batch_rows: int) -> Iterator[pa.Table]:
-        """Full rows whose id is in ``ids``, in shard order (files sorted by name, rows in file order)."""
+        """Full rows whose id is in ``ids``, in shard order (files sorted by name, rows in file order);
+        ``cmab_bucket`` as :meth:`read_scores` gives it, so the exports carry the bucket they were
+        chosen by."""
         wanted = pa.array(sorted(ids), type=pa.string())
         for fragment in sorted(self.dataset.get_fragments(), key=lambda f: f.path):
             for batch in fragment.to_batches(schema=self.schema, batch_size=batch_rows):
                 table = pa.Table.from_batches([batch], schema=self.schema)
                 table = table.filter(pc.is_in(table.column(S.ID), value_set=wanted))
                 if table.num_rows:
-                    yield table
+                    yield cmab_calibration.apply(table, self.cmab_calibration)
 
 
 def prompt_of_run(metadata: Mapping[str, Any]) -> Optional[PromptConfig]:
