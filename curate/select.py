@@ -81,12 +81,31 @@ def plan(cfg: SelectConfig) -> tuple[Any, Any, dict[str, Any]]:
 
     dataset = AnnotatedDataset(cfg.input)
     scores = ScoreTable.from_table(dataset.read_scores())
+    if cfg.exclude_ids is not None:
+        wanted = excluded_ids(cfg.exclude_ids)
+        found = scores.exclude(wanted)
+        log.info("exclude_ids: %d of %d listed ids are rows of the dataset; no subset takes them", found,
+                 len(wanted))
     selections: dict[str, Any] = {}
     for name, sub in cfg.subsets.items():
         selections[name] = select_subset(
             scores, name, sub, cfg.seed, {k: s.rows for k, s in selections.items()}
         )
     return dataset, scores, selections
+
+
+def excluded_ids(where: str) -> set[str]:
+    """The ids listed by ``exclude_ids``: a Parquet file's ``id`` column, else one id per line."""
+    import pyarrow.parquet as pq
+
+    location = Location.parse(where, key="exclude_ids")
+    if not location.is_file():
+        raise ConfigError(f"config key 'exclude_ids': {where} is not a file")
+    if location.name.endswith(".parquet"):
+        with location.open_input() as handle:
+            table = pq.read_table(handle, columns=[S.ID])
+        return {str(i) for i in table.column(S.ID).to_pylist()}
+    return {line.strip() for line in location.read_text().splitlines() if line.strip()}
 
 
 def _error_reasons(scores: Any) -> dict[str, int]:
@@ -147,6 +166,8 @@ def _manifest(
             "usable_rows": int(scores.usable.sum()),
             "error_rows": int((~scores.usable).sum()),
             "error_rows_by_stage": _error_reasons(scores),
+            "excluded_rows": int(scores.excluded.sum()) if scores.excluded is not None else 0,
+            "exclude_ids": cfg.exclude_ids,
             "run": run_summary or None,
         },
         "seed": cfg.seed,

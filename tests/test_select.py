@@ -6,7 +6,6 @@ its rows), never read back from the code under test.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections import Counter
@@ -16,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from curate import schema as S
 from curate.config import ConfigError, PromptConfig, load_structured
@@ -24,126 +22,9 @@ from curate.select import main as select_main
 from curate.select import plan, select
 from curate.selection.config import SelectConfig
 from curate.selection.rules import ScoreTable, largest_remainder, rng_for
+from support.annotated import SCHEMA, annotated_rows, write_annotated
 
 REPO = Path(__file__).resolve().parents[1]
-
-# One row per (task, pism bucket, cmab bucket) pattern, repeated: 3 tasks x 24 rows + 6 error rows.
-# PISM bucket cycles through easy, medium, hard, unsolved (6 of each per task);
-# CMAB bucket cycles through easy, medium, hard (8 of each per task), unsolved where PISM is unsolved.
-TASKS = ("counting", "ocr", "math")
-PISM_CYCLE = ("easy", "medium", "hard", "unsolved")
-CMAB_CYCLE = ("easy", "medium", "hard")
-LAMBDA = {"easy": None, "medium": 0.5, "hard": 0.3, "unsolved": 0.0}
-RHO = {"easy": 0.05, "medium": 0.3, "hard": 1.0, "unsolved": None}
-
-
-def _png(value: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (28, 28), (value % 256, (value * 7) % 256, 11)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _rows() -> list[dict]:
-    rows = []
-    for t, task in enumerate(TASKS):
-        for i in range(24):
-            pism = PISM_CYCLE[i % 4]
-            cmab = "unsolved" if pism == "unsolved" else CMAB_CYCLE[i % 3]
-            n = t * 100 + i
-            rows.append(
-                {
-                    S.ID: f"{task}-{i:02d}",
-                    S.DATA_SOURCE: "hand",
-                    S.TASK: task,
-                    S.QUESTION: f"<image>What is shown in picture {n}?",
-                    S.IMAGES: [_png(n)],
-                    S.IMAGE_PATHS: [None],
-                    S.GROUND_TRUTH: str(n),
-                    S.VERIFIER: None,
-                    S.STATUS: S.STATUS_OK,
-                    S.ERROR: None,
-                    "orig_note": f"note {n}",
-                    "pism_bucket": pism,
-                    "pism_lambda_star": LAMBDA[pism],
-                    "pism_pc": [1.0, 0.5] if pism != "unsolved" else [0.0, None],
-                    "cmab_bucket": cmab,
-                    "cmab_rho": RHO[cmab],
-                }
-            )
-    for i in range(6):
-        stage = ("read", "pism", "cmab")[i % 3]
-        rows.append(
-            {
-                S.ID: f"bad-{i}",
-                S.DATA_SOURCE: "hand",
-                S.TASK: TASKS[i % 3],
-                S.QUESTION: "<image>?",
-                S.IMAGES: [],
-                S.IMAGE_PATHS: [],
-                S.GROUND_TRUTH: "0",
-                S.VERIFIER: None,
-                S.STATUS: S.STATUS_ERROR,
-                S.ERROR: f"{stage}: something failed",
-                "orig_note": None,
-                "pism_bucket": None,
-                "pism_lambda_star": None,
-                "pism_pc": None,
-                "cmab_bucket": None,
-                "cmab_rho": None,
-            }
-        )
-    return rows
-
-
-SCHEMA = pa.schema(
-    [
-        *S.CANONICAL_SCHEMA,
-        pa.field("orig_note", pa.string()),
-        S.PISM_SCHEMA.field("pism_bucket"),
-        S.PISM_SCHEMA.field("pism_lambda_star"),
-        S.PISM_SCHEMA.field("pism_pc"),
-        S.CMAB_SCHEMA.field("cmab_bucket"),
-        S.CMAB_SCHEMA.field("cmab_rho"),
-    ]
-)
-
-
-def write_annotated(
-    run: Path,
-    rows: list[dict] | None = None,
-    shards: int = 3,
-    order_seed: int = 0,
-    run_record: dict | None = None,
-) -> Path:
-    """``rows`` as Parquet shards under ``run/annotated`` in a shuffled order, plus run.json."""
-    rows = list(rows if rows is not None else _rows())
-    np.random.default_rng(order_seed).shuffle(rows)
-    annotated = run / "annotated"
-    annotated.mkdir(parents=True)
-    for k in range(shards):
-        pq.write_table(
-            pa.Table.from_pylist(rows[k::shards], schema=SCHEMA), annotated / f"shard-{k:03d}.parquet"
-        )
-    record = (
-        run_record
-        if run_record is not None
-        else {
-            "fingerprint": "abc123",
-            "model": "toy",
-            "config": {
-                "prompt": {
-                    "system_prompt": "Think, then answer.",
-                    "template": "{question}",
-                    "image_position": "first",
-                },
-                "pism": {"enabled": True},
-                "cmab": {"enabled": True},
-            },
-        }
-    )
-    (run / "run.json").write_text(json.dumps(record))
-    return run
-
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
@@ -162,7 +43,7 @@ def _ids(scores: ScoreTable, rows) -> set[str]:
 
 
 def _by_hand(pred) -> set[str]:
-    return {r[S.ID] for r in _rows() if r[S.STATUS] == S.STATUS_OK and pred(r)}
+    return {r[S.ID] for r in annotated_rows() if r[S.STATUS] == S.STATUS_OK and pred(r)}
 
 
 # ---- rules -------------------------------------------------------------------------------------------
@@ -453,7 +334,7 @@ def test_export_manifest_counts_and_errors(tmp_path, run_dir):
     ids = set(train.column(S.ID).to_pylist()) | set(val.column(S.ID).to_pylist())
     assert ids == _by_hand(lambda r: r["pism_bucket"] in ("medium", "hard"))
     assert set(train.column(S.STATUS).to_pylist()) == {"ok"}
-    by_id = {r[S.ID]: r for r in _rows()}
+    by_id = {r[S.ID]: r for r in annotated_rows()}
     for r in train.to_pylist():
         assert r[S.IMAGES] == by_id[r[S.ID]][S.IMAGES] and r["orig_note"] == by_id[r[S.ID]]["orig_note"]
 
@@ -472,7 +353,7 @@ def test_verl_export_carries_difficulty_in_extra_info(tmp_path, run_dir):
     out = tmp_path / "out"
     select(_cfg(run_dir, out, "mid_hard_pism.yaml", "subsets.grpo.split.val_fraction=0"))
     rows = pq.read_table(out / "grpo" / "verl" / "train.parquet").to_pylist()
-    by_id = {r[S.ID]: r for r in _rows()}
+    by_id = {r[S.ID]: r for r in annotated_rows()}
     assert len(rows) == 36
     for r in rows:
         info = r["extra_info"]
@@ -589,7 +470,7 @@ def test_quadmix_copies_match_the_formula_on_distinct_ranks():
 
 
 def test_a_score_the_dataset_lacks_is_named(tmp_path):
-    rows = [{k: v for k, v in r.items() if not k.startswith("cmab_")} for r in _rows()]
+    rows = [{k: v for k, v in r.items() if not k.startswith("cmab_")} for r in annotated_rows()]
     run = tmp_path / "pism_only"
     annotated = run / "annotated"
     annotated.mkdir(parents=True)
@@ -620,3 +501,27 @@ def test_a_score_column_of_a_method_that_did_not_run_is_no_score(tmp_path):
     assert "pism_bucket" in scores.columns and "cmab_bucket" not in scores.columns
     with pytest.raises(ConfigError, match="no column 'cmab_bucket'"):
         plan(_cfg(run, None, "mid_hard_pism.yaml", "subsets.grpo.rule.by=cmab"))
+
+
+def test_excluded_ids_are_never_selected(tmp_path, run_dir):
+    """exclude_ids (a held-out split): a text list or a Parquet id column; unknown ids are ignored."""
+    held = {"counting-00", "ocr-05", "math-13", "not-in-the-dataset"}
+    listed = tmp_path / "held.txt"
+    listed.write_text("\n".join(sorted(held)) + "\n")
+    manifest = select(_cfg(run_dir, tmp_path / "full", "full.yaml", f"exclude_ids={listed}"))
+    assert manifest["input"]["excluded_rows"] == 3
+    assert manifest["subsets"]["grpo"]["rows"] == 72 - 3
+    chosen = set()
+    for rel in manifest["subsets"]["grpo"]["files"]["canonical"].values():
+        chosen |= set(pq.read_table(tmp_path / "full" / rel, columns=[S.ID]).column(S.ID).to_pylist())
+    assert len(chosen) == 69 and not chosen & held
+    # the same ids from a Parquet file's id column, with a random control (its size rule too)
+    pq.write_table(pa.table({S.ID: sorted(held)}), tmp_path / "held.parquet")
+    cfg = _cfg(run_dir, None, "random_same_size.yaml", f"exclude_ids={tmp_path / 'held.parquet'}")
+    _, scores, selections = plan(cfg)
+    rows = selections["grpo"].rows
+    assert not set(scores.ids[rows].tolist()) & held
+    # the rule the control matches is counted without the excluded rows: 36 - 2 medium/hard held out
+    assert len(rows) == len(_by_hand(lambda r: r["pism_bucket"] in ("medium", "hard") and r[S.ID] not in held))
+    with pytest.raises(ConfigError, match="config key 'exclude_ids'"):
+        plan(_cfg(run_dir, None, "full.yaml", f"exclude_ids={tmp_path / 'missing.txt'}"))

@@ -10,11 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
-from test_select import _cfg, _rows, write_annotated
+from support.annotated import annotated_rows, write_annotated
+from test_select import _cfg
 
 from curate import schema as S
 
-MID_HARD = {r[S.ID]: r for r in _rows() if r["pism_bucket"] in ("medium", "hard")}
+MID_HARD = {r[S.ID]: r for r in annotated_rows() if r["pism_bucket"] in ("medium", "hard")}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_verl_rl_parquet_loads_in_verl_rlhf_dataset_text_only(tmp_path, toy_dir)
 
     rows = [
         {**r, S.QUESTION: r[S.QUESTION].replace("<image>", ""), S.IMAGES: [], S.IMAGE_PATHS: []}
-        for r in _rows()
+        for r in annotated_rows()
     ]
     by_id = {r[S.ID]: r for r in rows}
     run = write_annotated(tmp_path / "run", rows)

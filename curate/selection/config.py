@@ -156,6 +156,10 @@ class SelectConfig:
     output: str = "???"
     overwrite: bool = False
     seed: int = 0
+    # Rows no subset may take, e.g. a held-out evaluation split: a Parquet file with an `id` column
+    # (another selection's <subset>/canonical/<split>.parquet) or a text file of one id per line;
+    # a path or URI. Ids the dataset lacks are ignored (counted in the manifest).
+    exclude_ids: Optional[str] = None
     # Subsets in order (later ones may be disjoint from earlier ones); at least one.
     subsets: dict[str, SubsetConfig] = field(default_factory=dict)
     # run: the prompt the scoring run used (run.json), so training sees what difficulty was measured

@@ -53,6 +53,13 @@ class ScoreTable:
     usable: np.ndarray  # bool
     errors: np.ndarray  # str or None
     columns: dict[str, np.ndarray]  # annotation columns present in the dataset
+    # Rows no subset may take (``exclude_ids``); None: none.
+    excluded: Optional[np.ndarray] = None
+
+    def exclude(self, ids: Iterable[str]) -> int:
+        """Never select the rows with these ids (others are ignored); returns how many rows that is."""
+        self.excluded = np.isin(self.ids.astype(str), np.array(sorted(set(ids)), dtype=str))
+        return int(self.excluded.sum())
 
     @classmethod
     def from_table(cls, table: pa.Table) -> "ScoreTable":
@@ -290,6 +297,8 @@ def select_subset(
             "balancing on top is not supported"
         )
     base_mask = scores.usable.copy()
+    if scores.excluded is not None:
+        base_mask &= ~scores.excluded
     if cfg.tasks is not None:
         unknown = sorted(set(cfg.tasks) - set(scores.tasks[scores.usable].tolist()))
         if unknown:

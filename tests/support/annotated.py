@@ -1,0 +1,132 @@
+"""A hand-built annotated dataset (what ``curate run`` writes) for selection tests: 3 tasks x 24 rows
+with known PISM/CMAB buckets, plus 6 error rows, in shuffled Parquet shards with a run record."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from curate import schema as S
+
+# One row per (task, pism bucket, cmab bucket) pattern, repeated: 3 tasks x 24 rows + 6 error rows.
+# PISM bucket cycles through easy, medium, hard, unsolved (6 of each per task);
+# CMAB bucket cycles through easy, medium, hard (8 of each per task), unsolved where PISM is unsolved.
+TASKS = ("counting", "ocr", "math")
+PISM_CYCLE = ("easy", "medium", "hard", "unsolved")
+CMAB_CYCLE = ("easy", "medium", "hard")
+LAMBDA = {"easy": None, "medium": 0.5, "hard": 0.3, "unsolved": 0.0}
+RHO = {"easy": 0.05, "medium": 0.3, "hard": 1.0, "unsolved": None}
+
+
+def png(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (28, 28), (value % 256, (value * 7) % 256, 11)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def annotated_rows() -> list[dict]:
+    rows = []
+    for t, task in enumerate(TASKS):
+        for i in range(24):
+            pism = PISM_CYCLE[i % 4]
+            cmab = "unsolved" if pism == "unsolved" else CMAB_CYCLE[i % 3]
+            n = t * 100 + i
+            rows.append(
+                {
+                    S.ID: f"{task}-{i:02d}",
+                    S.DATA_SOURCE: "hand",
+                    S.TASK: task,
+                    S.QUESTION: f"<image>What is shown in picture {n}?",
+                    S.IMAGES: [png(n)],
+                    S.IMAGE_PATHS: [None],
+                    S.GROUND_TRUTH: str(n),
+                    S.VERIFIER: None,
+                    S.STATUS: S.STATUS_OK,
+                    S.ERROR: None,
+                    "orig_note": f"note {n}",
+                    "pism_bucket": pism,
+                    "pism_lambda_star": LAMBDA[pism],
+                    "pism_pc": [1.0, 0.5] if pism != "unsolved" else [0.0, None],
+                    "cmab_bucket": cmab,
+                    "cmab_rho": RHO[cmab],
+                }
+            )
+    for i in range(6):
+        stage = ("read", "pism", "cmab")[i % 3]
+        rows.append(
+            {
+                S.ID: f"bad-{i}",
+                S.DATA_SOURCE: "hand",
+                S.TASK: TASKS[i % 3],
+                S.QUESTION: "<image>?",
+                S.IMAGES: [],
+                S.IMAGE_PATHS: [],
+                S.GROUND_TRUTH: "0",
+                S.VERIFIER: None,
+                S.STATUS: S.STATUS_ERROR,
+                S.ERROR: f"{stage}: something failed",
+                "orig_note": None,
+                "pism_bucket": None,
+                "pism_lambda_star": None,
+                "pism_pc": None,
+                "cmab_bucket": None,
+                "cmab_rho": None,
+            }
+        )
+    return rows
+
+
+SCHEMA = pa.schema(
+    [
+        *S.CANONICAL_SCHEMA,
+        pa.field("orig_note", pa.string()),
+        S.PISM_SCHEMA.field("pism_bucket"),
+        S.PISM_SCHEMA.field("pism_lambda_star"),
+        S.PISM_SCHEMA.field("pism_pc"),
+        S.CMAB_SCHEMA.field("cmab_bucket"),
+        S.CMAB_SCHEMA.field("cmab_rho"),
+    ]
+)
+
+
+def write_annotated(
+    run: Path,
+    rows: list[dict] | None = None,
+    shards: int = 3,
+    order_seed: int = 0,
+    run_record: dict | None = None,
+) -> Path:
+    """``rows`` as Parquet shards under ``run/annotated`` in a shuffled order, plus run.json."""
+    rows = list(rows if rows is not None else annotated_rows())
+    np.random.default_rng(order_seed).shuffle(rows)
+    annotated = run / "annotated"
+    annotated.mkdir(parents=True)
+    for k in range(shards):
+        pq.write_table(
+            pa.Table.from_pylist(rows[k::shards], schema=SCHEMA), annotated / f"shard-{k:03d}.parquet"
+        )
+    record = (
+        run_record
+        if run_record is not None
+        else {
+            "fingerprint": "abc123",
+            "model": "toy",
+            "config": {
+                "prompt": {
+                    "system_prompt": "Think, then answer.",
+                    "template": "{question}",
+                    "image_position": "first",
+                },
+                "pism": {"enabled": True},
+                "cmab": {"enabled": True},
+            },
+        }
+    )
+    (run / "run.json").write_text(json.dumps(record))
+    return run
