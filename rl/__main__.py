@@ -12,6 +12,7 @@ COMMANDS: dict[str, str] = {
     "train": "rl.train",
     "sft": "rl.sft",
     "eval": "rl.eval",
+    "study": "rl.study",
 }
 DESCRIPTION = "Train vision-language models with verl (GRPO, SFT) on the samples curation selected."
 

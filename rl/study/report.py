@@ -1,0 +1,245 @@
+"""The study's results: what each arm and seed produced, gathered, compared and written down.
+
+Read from what the commands wrote, never from the runner's memory (so a report can be rebuilt from
+a finished directory): ``rl eval``'s JSON (held-out accuracy per task), verl's file-logger metrics
+(reward per step), verl's rollout dumps (``trainer.rollout_data_dir``: every response with its group
+and score, hence the effective-sample ratio — the share of GRPO groups whose rewards differ, the
+only groups with a non-zero advantage — and the generations training spent), the selections'
+manifests (subset sizes) and the curation run record (generations curation spent).
+
+Written to ``<study>/report``: ``study.json`` (everything, for machines), ``study.md`` (tables and the
+verdict) and PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from rl.study.config import StudyConfig
+from rl.study.plan import StudyLayout
+from rl.study.stats import compare, interval, verdict_sentence
+
+__all__ = ["ArmSeedResult", "collect", "effective_ratio_per_step", "write_report"]
+
+SCORE_KEY = "critic/score/mean"  # verl's mean sequence score (our reward: accuracy + format) per step
+
+
+@dataclass
+class ArmSeedResult:
+    arm: str
+    seed: int
+    accuracy: Optional[float] = None
+    per_task: dict[str, float] = field(default_factory=dict)
+    train_rows: Optional[int] = None
+    reward_per_step: list[float] = field(default_factory=list)
+    effective_ratio_per_step: list[float] = field(default_factory=list)
+    generations: int = 0  # responses generated in training (rollout dumps)
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _accuracies(evaluation: dict) -> tuple[float, dict[str, float]]:
+    summary = evaluation["summary"]
+    return summary["overall"]["accuracy"], {t: s["accuracy"] for t, s in summary["per_task"].items()}
+
+
+def _group(uid: str) -> str:
+    """A rollout's prompt group from verl's key ``{sample}_{rollout}_{output}``."""
+    parts = uid.rsplit("_", 2)
+    return parts[0] if len(parts) == 3 else uid
+
+
+def effective_ratio_per_step(rollouts: Path) -> tuple[list[float], int]:
+    """(share of groups with differing scores, per step in order; responses counted) from verl's dumps."""
+    ratios, responses = [], 0
+    steps = sorted(rollouts.glob("*.jsonl"), key=lambda p: int(p.stem)) if rollouts.is_dir() else []
+    for path in steps:
+        groups: dict[str, set[float]] = defaultdict(set)
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            groups[_group(str(row.get("uid") or row["input"]))].add(round(float(row["score"]), 9))
+            responses += 1
+        if groups:
+            ratios.append(sum(len(scores) > 1 for scores in groups.values()) / len(groups))
+    return ratios, responses
+
+
+def _rewards(metrics: Path) -> list[float]:
+    if not metrics.is_file():
+        return []
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda r: r.get("step", 0))
+    return [float(r.get("data", r)[SCORE_KEY]) for r in rows if SCORE_KEY in r.get("data", r)]
+
+
+def collect(cfg: StudyConfig, layout: StudyLayout) -> list[ArmSeedResult]:
+    results = []
+    for name, arm in cfg.chosen_arms().items():
+        for seed in cfg.seeds:
+            result = ArmSeedResult(name, seed)
+            evaluation = _read_json(layout.eval(name, seed))
+            if evaluation is not None:
+                result.accuracy, result.per_task = _accuracies(evaluation)
+            manifest = _read_json(layout.selection(name, seed) / "manifest.json")
+            if manifest is not None and arm.subset in manifest["subsets"]:
+                result.train_rows = manifest["subsets"][arm.subset].get("train_rows")
+            result.reward_per_step = _rewards(layout.metrics(name, seed))
+            result.effective_ratio_per_step, result.generations = effective_ratio_per_step(
+                layout.rollouts(name, seed))
+            results.append(result)
+    return results
+
+
+def _curation_cost(cfg: StudyConfig) -> dict[str, Any]:
+    run = _read_json(Path(cfg.run) / "run.json") or {}
+    summary = run.get("summary", {})
+    cmab = (run.get("config") or {}).get("cmab", {}) if isinstance(run.get("config"), dict) else {}
+    return {
+        "rows": summary.get("rows_in"),
+        "pism_generations": summary.get("pism_generations"),
+        "cmab_generations": (cmab.get("k") or 0) * (summary.get("scored") or 0) if cmab.get("enabled") else 0,
+        "pism_buckets": summary.get("pism_buckets"),
+        "cmab_buckets": summary.get("cmab_buckets"),
+    }
+
+
+def _mean_curve(curves: list[list[float]]) -> list[float]:
+    length = max((len(c) for c in curves), default=0)
+    return [sum(c[i] for c in curves if len(c) > i) / sum(1 for c in curves if len(c) > i) for i in range(length)]
+
+
+def summarize(cfg: StudyConfig, layout: StudyLayout, results: list[ArmSeedResult]) -> dict[str, Any]:
+    """Per arm: accuracy intervals (overall, per task), curves, costs; arm-vs-control comparisons."""
+    by_arm: dict[str, list[ArmSeedResult]] = defaultdict(list)
+    for r in results:
+        by_arm[r.arm].append(r)
+    base = _read_json(layout.base_eval)
+    arms: dict[str, Any] = {}
+    by_seed: dict[str, dict[int, float]] = {}
+    for name, rs in by_arm.items():
+        done = [r for r in rs if r.accuracy is not None]
+        by_seed[name] = {r.seed: r.accuracy for r in done}
+        tasks = sorted({t for r in done for t in r.per_task})
+        arms[name] = {
+            "seeds_done": [r.seed for r in done],
+            "accuracy": interval([r.accuracy for r in done]).to_dict() if done else None,
+            "per_task": {t: interval([r.per_task[t] for r in done if t in r.per_task]).to_dict() for t in tasks},
+            "train_rows": [r.train_rows for r in rs],
+            "reward_per_step": _mean_curve([r.reward_per_step for r in done]),
+            "effective_ratio_per_step": _mean_curve([r.effective_ratio_per_step for r in done]),
+            "effective_ratio_mean": (interval([sum(r.effective_ratio_per_step) / len(r.effective_ratio_per_step)
+                                               for r in done if r.effective_ratio_per_step]).to_dict()
+                                     if any(r.effective_ratio_per_step for r in done) else None),
+            "training_generations": [r.generations for r in rs],
+        }
+    comparisons = [c for c in (compare(a, cfg.control, by_seed) for a in by_arm if a != cfg.control) if c]
+    return {
+        "output": str(layout.root),
+        "run": cfg.run,
+        "seeds": list(cfg.seeds),
+        "control": cfg.control,
+        "train_steps": cfg.train.steps,
+        "base": {"accuracy": base["summary"]["overall"]["accuracy"],
+                 "per_task": _accuracies(base)[1]} if base else None,
+        "heldout_rows": base["summary"]["overall"]["n"] if base else None,
+        "curation": _curation_cost(cfg),
+        "arms": arms,
+        "comparisons": [c.to_dict() for c in comparisons],
+        "verdict": [verdict_sentence(c) for c in comparisons],
+        "runs": [r.__dict__ for r in results],
+    }
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    from rl.study.stats import Interval
+
+    def cell(d: Optional[dict]) -> str:
+        return Interval(d["mean"], d["half"], d["n"]).text() if d else "—"
+
+    arms = summary["arms"]
+    tasks = sorted({t for a in arms.values() for t in a["per_task"]})
+    lines = [
+        "# Selection study", "",
+        f"Annotated run: `{summary['run']}`; seeds {summary['seeds']}; "
+        f"GRPO steps per arm: {summary['train_steps'] or 'the recipe’s epochs'}; "
+        f"held-out rows: {summary['heldout_rows']}; control: **{summary['control']}**.", "",
+        "Held-out accuracy (%), mean ± 95% t-interval over seeds:", "",
+        "| arm | seeds | train rows | overall | " + " | ".join(tasks) + " | effective ratio | generations |",
+        "|---|---|---|---|" + "---|" * len(tasks) + "---|---|",
+    ]
+    if summary["base"]:
+        b = summary["base"]
+        lines.append("| base (no training) | — | — | " + f"{b['accuracy'] * 100:.1f} | "
+                     + " | ".join(f"{b['per_task'].get(t, float('nan')) * 100:.1f}" for t in tasks) + " | — | — |")
+    for name, a in arms.items():
+        rows = sorted({r for r in a["train_rows"] if r is not None})
+        gens = [g for g in a["training_generations"] if g]
+        lines.append(
+            f"| {name} | {len(a['seeds_done'])} | {'/'.join(map(str, rows)) or '—'} | {cell(a['accuracy'])} | "
+            + " | ".join(cell(a["per_task"].get(t)) for t in tasks)
+            + f" | {cell(a['effective_ratio_mean'])} | {round(sum(gens) / len(gens)) if gens else '—'} |"
+        )
+    c = summary["curation"]
+    lines += ["", f"Curation spent {c['pism_generations']} PISM and {c['cmab_generations']} CMAB generations on "
+              f"{c['rows']} rows (buckets PISM {c['pism_buckets']}, CMAB {c['cmab_buckets']}). Training "
+              "generations are per arm and seed; the effective ratio is the share of GRPO groups whose "
+              "rewards differ (non-zero advantage), averaged over steps.", "", "## Verdict", ""]
+    lines += [f"- {v}" for v in summary["verdict"]] or ["- (no arm could be compared with the control yet)"]
+    lines += ["", "![accuracy](accuracy.png)", "", "![training](training.png)", ""]
+    return "\n".join(lines)
+
+
+def _plots(summary: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = {n: a for n, a in summary["arms"].items() if a["accuracy"]}
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * max(len(arms), 1), 3.6))
+    names = list(arms)
+    means = [arms[n]["accuracy"]["mean"] * 100 for n in names]
+    errors = [(arms[n]["accuracy"]["half"] or 0) * 100 for n in names]
+    ax.bar(names, means, yerr=errors, capsize=4, color=["#888" if n == summary["control"] else "#3a6" for n in names])
+    if summary["base"]:
+        ax.axhline(summary["base"]["accuracy"] * 100, color="k", linestyle=":", label="base model")
+        ax.legend(loc="lower right")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title("mean ± 95% interval over seeds")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=110)
+    plt.close(fig)
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name, a in summary["arms"].items():
+        if a["reward_per_step"]:
+            left.plot(range(1, len(a["reward_per_step"]) + 1), a["reward_per_step"], label=name)
+        if a["effective_ratio_per_step"]:
+            right.plot(range(1, len(a["effective_ratio_per_step"]) + 1), a["effective_ratio_per_step"], label=name)
+    left.set(xlabel="GRPO step", ylabel="mean reward (seeds averaged)")
+    right.set(xlabel="GRPO step", ylabel="effective-sample ratio", ylim=(0, 1.05))
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "training.png", dpi=110)
+    plt.close(fig)
+
+
+def write_report(cfg: StudyConfig, layout: StudyLayout) -> dict[str, Any]:
+    summary = summarize(cfg, layout, collect(cfg, layout))
+    layout.report.mkdir(parents=True, exist_ok=True)
+    (layout.report / "study.json").write_text(json.dumps(summary, indent=2, default=str))
+    (layout.report / "study.md").write_text(_markdown(summary))
+    _plots(summary, layout.report)
+    return summary

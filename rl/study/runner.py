@@ -1,0 +1,211 @@
+"""Run a study's steps: skip what is finished, run the rest as child processes (or Ray tasks), log.
+
+Every step's output goes to ``logs/<step>.log``; the console gets one line per step. A failed step
+stops its arm and seed (later steps of that chain need its output) and the study goes on with the
+others; the exit status says whether everything finished. After each selection the study checks that
+no held-out id is in the arm's data: a leak fails that arm loudly instead of inflating its score.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from rl.study.config import StudyConfig
+from rl.study.plan import Step, StudyLayout
+
+__all__ = ["HeldoutLeak", "StudyRun", "arm_training_ids", "heldout_ids", "stale_steps"]
+
+
+class HeldoutLeak(RuntimeError):
+    """An arm's selection holds rows of the held-out split."""
+
+
+def _marker_path(layout: StudyLayout, step: Step) -> Path:
+    return layout.steps / f"{step.name}.json"
+
+
+def read_marker(layout: StudyLayout, step: Step) -> Optional[dict]:
+    path = _marker_path(layout, step)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def stale_steps(steps: Sequence[Step], layout: StudyLayout) -> set[str]:
+    """Names of the steps that must run: no marker, another command, a dependency that changed or runs,
+    or outputs a step that runs needs and that are gone (then that producer runs again too)."""
+    by_name = {s.name: s for s in steps}
+    markers = {s.name: read_marker(layout, s) for s in steps}
+    stale: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for step in steps:  # forward: a step is stale if it or what it depends on is
+            if step.name in stale:
+                continue
+            marker = markers[step.name]
+            current = (
+                marker is not None
+                and not any(d in stale for d in step.deps)
+                and marker.get("deps") == {d: (markers[d] or {}).get("token") for d in step.deps}
+                and step.command(False) == marker.get("definition")
+            )
+            if not current:
+                stale.add(step.name)
+                changed = True
+        for step in reversed(steps):  # backward: a stale step needs its dependencies' outputs
+            if step.name not in stale:
+                continue
+            for dep in step.deps:
+                if dep not in stale and not by_name[dep].outputs_present():
+                    stale.add(dep)
+                    changed = True
+    return stale
+
+
+def _read_ids(parquet: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    return {str(i) for i in pq.read_table(parquet, columns=["id"]).column("id").to_pylist()}
+
+
+def heldout_ids(cfg: StudyConfig, layout: StudyLayout) -> set[str]:
+    """Ids of the held-out rows: the drawn split's, or those ``rl eval`` read from an external set."""
+    if cfg.heldout.path is None:
+        return _read_ids(layout.heldout_ids())
+    samples = json.loads(layout.base_eval.read_text())["samples"]
+    return {str(s["id"]) for s in samples}
+
+
+def arm_training_ids(selection: Path) -> set[str]:
+    """Ids of every row any subset of a written selection holds (train and val splits)."""
+    manifest = json.loads((selection / "manifest.json").read_text())
+    ids: set[str] = set()
+    for subset in manifest["subsets"].values():
+        for relative in subset.get("files", {}).get("canonical", {}).values():
+            ids |= _read_ids(selection / relative)
+    return ids
+
+
+def check_disjoint(cfg: StudyConfig, layout: StudyLayout, arm: str, seed: int) -> None:
+    leaked = heldout_ids(cfg, layout) & arm_training_ids(layout.selection(arm, seed))
+    if leaked:
+        raise HeldoutLeak(f"arm {arm!r} seed {seed}: {len(leaked)} held-out row(s) in its selection, "
+                          f"e.g. {sorted(leaked)[0]!r}")
+
+
+@dataclass
+class StudyRun:
+    """Runs the stale steps of a study in order."""
+
+    cfg: StudyConfig
+    layout: StudyLayout
+    steps: list[Step]
+    # Prints one line per event (the console); the full output of each step goes to its log file.
+    say: Callable[[str], None] = print
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def run(self) -> bool:
+        """True when every step is finished (now or before)."""
+        self.layout.steps.mkdir(parents=True, exist_ok=True)
+        self.layout.logs.mkdir(parents=True, exist_ok=True)
+        stale = stale_steps(self.steps, self.layout)
+        todo = [s for s in self.steps if s.name in stale]
+        self.say(f"study {self.layout.root}: {len(self.steps)} steps, {len(self.steps) - len(todo)} finished "
+                 f"before, {len(todo)} to run")
+        blocked: set[str] = set()
+        for index, step in enumerate(todo, 1):
+            if any(d in blocked or d in self.failed for d in step.deps):
+                blocked.add(step.name)
+                self.say(f"[{index}/{len(todo)}] {step.name}: skipped (a step it needs failed)")
+                continue
+            self.say(f"[{index}/{len(todo)}] {step.name} ...")
+            started = time.monotonic()
+            error = self._run_step(step)
+            seconds = time.monotonic() - started
+            if error is None:
+                self.say(f"[{index}/{len(todo)}] {step.name}: done in {seconds:.0f} s")
+            else:
+                self.failed[step.name] = error
+                self.say(f"[{index}/{len(todo)}] {step.name}: FAILED after {seconds:.0f} s: {error}")
+        return not self.failed and not blocked
+
+    def _run_step(self, step: Step) -> Optional[str]:
+        command = step.command(True)
+        for owned in step.owns:
+            shutil.rmtree(owned, ignore_errors=True)
+        _marker_path(self.layout, step).unlink(missing_ok=True)
+        if step.kind == "train":  # verl's file logger opens its file without creating the folder
+            Path(step.env["VERL_FILE_LOGGER_PATH"]).parent.mkdir(parents=True, exist_ok=True)
+        log = self.layout.logs / f"{step.name}.log"
+        started = time.monotonic()
+        rc = self._execute(step, command, log)
+        if rc != 0:
+            return f"exit code {rc} (log: {log})"
+        try:
+            if step.kind == "select":
+                check_disjoint(self.cfg, self.layout, step.arm, step.seed)
+        except HeldoutLeak as err:
+            return str(err)
+        if step.kind == "eval" and step.arm is not None and not self.cfg.train.keep_checkpoints:
+            shutil.rmtree(self.layout.checkpoints(step.arm, step.seed), ignore_errors=True)
+        markers = {d: (read_marker(self.layout, s) or {}).get("token")
+                   for d, s in ((d, self._by_name(d)) for d in step.deps)}
+        _write_json(_marker_path(self.layout, step), {
+            "definition": step.command(False), "command": command, "deps": markers, "token": uuid.uuid4().hex,
+            "seconds": round(time.monotonic() - started, 1), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        })
+        return None
+
+    def _by_name(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+    def _execute(self, step: Step, command: list[str], log: Path) -> int:
+        argv = [sys.executable, *command[1:]] if command[0] == "python" else command
+        env = {**os.environ, **step.env}
+        if step.num_gpus > 0:
+            return _on_ray(argv, step.env, log, step.num_gpus)
+        with open(log, "w") as out:
+            out.write("$ " + " ".join(command) + "\n")
+            out.flush()
+            return subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """Write then rename: a marker is whole or absent."""
+    scratch = path.with_name(f".{path.name}.partial")
+    scratch.write_text(json.dumps(value, indent=2))
+    os.replace(scratch, path)
+
+
+def _on_ray(argv: list[str], extra_env: dict[str, str], log: Path, num_gpus: float) -> int:
+    """Run ``argv`` in a Ray task that reserves ``num_gpus`` on the study's cluster; its output comes back
+    to ``log``. The task's node sees the study's paths (shared storage, as for every Ray job); it keeps
+    its own environment (Ray's CUDA_VISIBLE_DEVICES for the GPUs it reserved) plus ``extra_env``."""
+    import ray
+
+    if not os.environ.get("RAY_ADDRESS"):
+        raise RuntimeError("eval.num_gpus > 0 runs evaluations as Ray tasks: run the study on a Ray cluster "
+                           "(RAY_ADDRESS, as `ray job submit` sets it) or set eval.num_gpus=0")
+    ray.init(ignore_reinit_error=True, log_to_driver=False)
+
+    @ray.remote(num_gpus=num_gpus)
+    def run(argv: list[str], extra_env: dict[str, str]) -> tuple[int, str]:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, **extra_env})
+        return done.returncode, done.stdout
+
+    rc, output = ray.get(run.remote(argv, extra_env))
+    log.write_text("$ " + " ".join(argv) + "\n" + output)
+    return rc
+

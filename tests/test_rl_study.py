@@ -1,0 +1,293 @@
+"""``python -m rl study``: arm composition, resume, the statistics, held-out disjointness.
+
+The statistics are checked against values computed by hand (Student-t quantiles from a table); the
+resume rules against a study of real child processes that count how often each step ran; the
+held-out rule against real ``curate select`` runs on a hand-built annotated dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from curate.config import ConfigError
+from rl.study import check_recipes, load_study
+from rl.study.plan import Step, StudyLayout, build_steps, latest_checkpoint
+from rl.study.report import effective_ratio_per_step
+from rl.study.runner import HeldoutLeak, StudyRun, arm_training_ids, check_disjoint, heldout_ids, stale_steps
+from rl.study.stats import compare, interval
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = REPO / "configs" / "study" / "toy.yaml"
+ORSTA = REPO / "configs" / "study" / "orsta_qwen25vl7b.yaml"
+
+# ---- statistics -------------------------------------------------------------------------------------
+
+
+def test_interval_matches_a_hand_computed_t_interval():
+    # values 0.5, 0.6, 0.7: mean 0.6, s = 0.1; t(0.975, 2) = 4.302653 (printed tables)
+    iv = interval([0.5, 0.6, 0.7])
+    assert iv.mean == pytest.approx(0.6)
+    assert iv.half == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-6)
+    assert (iv.low, iv.high) == pytest.approx((0.6 - 0.248414, 0.6 + 0.248414), abs=1e-6)
+    # five values: s = sqrt(sum((x - 3)^2) / 4) = sqrt(10 / 4); t(0.975, 4) = 2.776445
+    iv = interval([1, 2, 3, 4, 5])
+    assert iv.half == pytest.approx(2.776445 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
+    single = interval([0.4])
+    assert single.half is None and single.low is None and single.text() == "40.0 (n=1)"
+
+
+def test_comparison_is_paired_by_seed_and_its_verdict_follows_the_interval():
+    by_seed = {
+        "mid": {0: 0.62, 1: 0.70, 2: 0.55},
+        "random": {0: 0.60, 1: 0.66, 2: 0.52},  # mid is ahead by 0.02, 0.04, 0.03 on every seed
+        "noisy": {0: 0.70, 1: 0.60, 2: 0.55},  # +0.10, -0.06, +0.03
+        "worse": {0: 0.50, 1: 0.55, 2: 0.42, 3: 0.9},  # seed 3 has no control: left out
+    }
+    better = compare("mid", "random", by_seed)
+    # differences 0.02, 0.04, 0.03: mean 0.03, s = 0.01, half = 4.302653 * 0.01 / sqrt(3)
+    assert better.difference.mean == pytest.approx(0.03)
+    assert better.difference.half == pytest.approx(4.302653 * 0.01 / math.sqrt(3), rel=1e-6)
+    assert better.verdict == "better"  # the arms' own intervals overlap widely; the paired one does not
+    assert interval(list(by_seed["mid"].values())).low < interval(list(by_seed["random"].values())).high
+    assert compare("noisy", "random", by_seed).verdict == "within noise"
+    worse = compare("worse", "random", by_seed)
+    assert worse.seeds == (0, 1, 2) and worse.verdict == "worse"
+    assert compare("mid", "absent", by_seed) is None
+    assert compare("mid", "random", {"mid": {0: 0.5}, "random": {0: 0.4}}).verdict == "unknown"
+
+
+# ---- composition ------------------------------------------------------------------------------------
+
+
+def _commands(steps: list[Step]) -> dict[str, list[str]]:
+    return {s.name: s.command(False) for s in steps}
+
+
+def test_toy_study_composes_every_arm_and_seed(tmp_path):
+    cfg = load_study(str(TOY), [f"output={tmp_path}"])
+    assert cfg.run == f"{tmp_path}/curate"  # ${output}/curate
+    layout = StudyLayout(tmp_path)
+    steps = build_steps(cfg, layout)
+    names = [s.name for s in steps]
+    assert names[:3] == ["curation", "heldout", "base.eval"]
+    arms = list(cfg.arms)
+    assert names[3:] == [f"{a}.seed{s}.{k}" for s in cfg.seeds for a in arms for k in ("select", "train", "eval")]
+    commands = _commands(steps)
+    for arm in arms:
+        for seed in cfg.seeds:
+            select = commands[f"{arm}.seed{seed}.select"]
+            assert select[:5] == ["python", "-m", "curate", "select", "--config"]
+            assert f"seed={seed}" in select and f"exclude_ids={layout.heldout_ids()}" in select
+            assert f"output={layout.selection(arm, seed)}" in select
+            train = commands[f"{arm}.seed{seed}.train"]
+            assert train[:6] == ["python", "-m", "rl", "train", "--config", cfg.train.recipe]
+            for key in ("data.seed", "actor_rollout_ref.rollout.seed", "actor_rollout_ref.actor.data_loader_seed"):
+                assert f"{key}={seed}" in train
+            assert "trainer.total_training_steps=20" in train and "actor_rollout_ref.model.path=toy-study" in train
+            assert f"data.train_files={layout.selection(arm, seed)}/grpo/verl/train.parquet" in train
+            evaluation = commands[f"{arm}.seed{seed}.eval"]
+            assert evaluation[4] == f"{layout.checkpoints(arm, seed)}/global_step_LAST"
+            assert evaluation[5] == str(layout.heldout / "heldout" / "verl" / "train.parquet")
+    assert "subsets.grpo.random.stratify_by_task=true" in commands["random.seed0.select"]
+    # every evaluation, the base model's included, reads the same held-out file
+    assert len({c[5] for n, c in commands.items() if n.endswith("eval")}) == 1
+
+
+def test_quick_and_command_line_overrides(tmp_path):
+    cfg = load_study(str(TOY), [f"output={tmp_path}", "train.steps=3"], quick=True)
+    assert cfg.seeds == [0, 1] and cfg.train.steps == 3  # the command line wins over `quick`
+    assert list(cfg.chosen_arms()) == ["mid_hard_pism", "random"]
+    with pytest.raises(ConfigError, match="config key 'only'"):
+        load_study(str(TOY), [f"output={tmp_path}", "only=[nope]"])
+    with pytest.raises(ConfigError, match="config key 'control'"):
+        load_study(str(TOY), [f"output={tmp_path}", "only=[full]"])
+    with pytest.raises(ConfigError, match="config key 'arms.x.sft_subset'"):
+        load_study(str(TOY), [f"output={tmp_path}", "arms.x.select=configs/select/full.yaml",
+                              "arms.x.sft_subset=grpo"])
+
+
+def test_sft_arms_train_grpo_from_the_sft_checkpoint(tmp_path):
+    cfg = load_study(str(ORSTA), [f"output={tmp_path}"])
+    layout = StudyLayout(tmp_path)
+    commands = _commands(build_steps(cfg, layout))
+    sft = commands["sft_hard_grpo_mid.seed1.sft"]
+    assert sft[:6] == ["python", "-m", "rl", "sft", "--config", "configs/rl/qwen25vl7b_sft.yaml"]
+    assert f"model.path={cfg.base_model}" in sft
+    assert f"data.train_files={layout.selection('sft_hard_grpo_mid', 1)}/sft/verl_sft/train.parquet" in sft
+    train = commands["sft_hard_grpo_mid.seed1.train"]
+    assert f"actor_rollout_ref.model.path={layout.sft('sft_hard_grpo_mid', 1)}/global_step_LAST/huggingface" in train
+    assert not any(a.startswith("trainer.total_training_steps") for a in train)  # one epoch, as in the paper
+    assert "actor_rollout_ref.model.path=" + cfg.base_model in commands["random.seed1.train"]
+    assert "curation" not in commands  # the run exists already on the cluster
+
+
+def test_orsta_study_passes_verl_config_checks(tmp_path):
+    """The GPU study's exact training and SFT commands pass verl's own config composition."""
+    cfg = load_study(str(ORSTA), [f"output={tmp_path}"])
+    check_recipes(cfg, StudyLayout(tmp_path))
+
+
+def test_a_selection_without_the_trained_subset_fails_naming_the_arm(tmp_path):
+    cfg = load_study(str(TOY), [f"output={tmp_path}", "arms.full.subset=sft"])
+    with pytest.raises(ConfigError, match=r"arms\.full\.select.*no subset 'sft'"):
+        check_recipes(cfg, StudyLayout(tmp_path))
+
+
+# ---- resume -----------------------------------------------------------------------------------------
+
+
+def _counting_step(name: str, root: Path, deps: list[str], tag: str = "v1", needs_output: bool = True) -> Step:
+    """A real child process that appends to ``<name>.runs`` and writes ``<name>.out``."""
+    out, runs = root / f"{name}.out", root / f"{name}.runs"
+    code = f"import pathlib; pathlib.Path({str(runs)!r}).open('a').write('x'); pathlib.Path({str(out)!r}).write_text('ok')"
+    return Step(name=name, command=lambda resolved: ["python", "-c", code, tag], deps=deps,
+                outputs_present=(lambda: out.is_file()) if needs_output else (lambda: True))
+
+
+def _runs(root: Path, name: str) -> int:
+    path = root / f"{name}.runs"
+    return len(path.read_text()) if path.exists() else 0
+
+
+def _study(tmp_path: Path, steps: list[Step]) -> StudyRun:
+    cfg = load_study(str(TOY), [f"output={tmp_path}"])
+    return StudyRun(cfg, StudyLayout(tmp_path / "study"), steps, say=lambda _: None)
+
+
+def test_resume_runs_only_what_changed_and_what_follows(tmp_path):
+    def chain(b_tag="v1"):
+        return [_counting_step("a", tmp_path, []), _counting_step("b", tmp_path, ["a"], b_tag),
+                _counting_step("c", tmp_path, ["b"]), _counting_step("d", tmp_path, ["a"])]
+
+    assert _study(tmp_path, chain()).run()
+    assert [_runs(tmp_path, n) for n in "abcd"] == [1, 1, 1, 1]
+    assert _study(tmp_path, chain()).run()  # finished: nothing runs again
+    assert [_runs(tmp_path, n) for n in "abcd"] == [1, 1, 1, 1]
+    assert _study(tmp_path, chain("v2")).run()  # b's command changed: b and c run, a and d do not
+    assert [_runs(tmp_path, n) for n in "abcd"] == [1, 2, 2, 1]
+    # c must run again (its marker is gone) and b's output it reads was deleted: b runs too
+    (tmp_path / "study" / "steps" / "c.json").unlink()
+    (tmp_path / "b.out").unlink()
+    assert stale_steps(chain("v2"), StudyLayout(tmp_path / "study")) == {"b", "c"}
+    assert _study(tmp_path, chain("v2")).run()
+    assert [_runs(tmp_path, n) for n in "abcd"] == [1, 3, 3, 1]
+    # a deleted output nobody needs now (c is finished) costs nothing
+    (tmp_path / "c.out").unlink()
+    assert stale_steps(chain("v2"), StudyLayout(tmp_path / "study")) == set()
+
+
+def test_a_failed_step_blocks_its_chain_only(tmp_path):
+    bad = Step(name="bad", command=lambda resolved: ["python", "-c", "raise SystemExit(3)"])
+    steps = [bad, _counting_step("after_bad", tmp_path, ["bad"]), _counting_step("other", tmp_path, [])]
+    study = _study(tmp_path, steps)
+    assert not study.run()
+    assert "exit code 3" in study.failed["bad"]
+    assert _runs(tmp_path, "after_bad") == 0 and _runs(tmp_path, "other") == 1
+    log = (tmp_path / "study" / "logs" / "bad.log").read_text()
+    assert log.startswith("$ python -c raise SystemExit(3)")
+
+
+def test_latest_checkpoint_follows_verls_marker(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    (tmp_path / "global_step_4").mkdir()
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("4")
+    assert latest_checkpoint(tmp_path) == tmp_path / "global_step_4"
+
+
+# ---- what the report reads --------------------------------------------------------------------------
+
+
+def test_effective_ratio_counts_groups_whose_rewards_differ(tmp_path):
+    rows = {  # verl's dump: uid = {sample}_{rollout}_{output}; score = the sequence reward
+        1: [("s1_0_0", 1.0), ("s1_0_1", 1.0), ("s2_0_0", 0.0), ("s2_0_1", 2.0), ("s3_0_0", 0.5), ("s3_0_1", 0.5)],
+        2: [("s1_0_0", 2.0), ("s1_0_1", 0.0), ("s2_0_0", 1.0), ("s2_0_1", 0.0)],
+    }
+    for step, items in rows.items():
+        (tmp_path / f"{step}.jsonl").write_text("\n".join(
+            json.dumps({"input": "q", "output": "a", "score": score, "step": step, "uid": uid})
+            for uid, score in items))
+    ratios, responses = effective_ratio_per_step(tmp_path)
+    assert ratios == pytest.approx([1 / 3, 1.0]) and responses == 10
+
+
+# ---- held-out disjointness --------------------------------------------------------------------------
+
+
+def test_no_arm_selection_holds_a_heldout_row(tmp_path):
+    from curate.select import main as select_main
+    from support.annotated import write_annotated
+
+    run = write_annotated(tmp_path / "run")
+    cfg = load_study(str(TOY), [f"output={tmp_path / 'study'}", f"run={run}", "heldout.per_task=5"])
+    layout = StudyLayout(tmp_path / "study")
+    commands = _commands(build_steps(cfg, layout))
+
+    def select(command: list[str]) -> None:
+        from curate.cli import run as cli_run
+
+        assert cli_run("python -m curate", "", {"select": "curate.select"}, command[3:]) == 0
+
+    select(commands["heldout"])
+    held = heldout_ids(cfg, layout)
+    assert len(held) == 15  # 5 per task, three tasks
+    for arm in cfg.arms:
+        for seed in cfg.seeds:
+            select(commands[f"{arm}.seed{seed}.select"])
+            check_disjoint(cfg, layout, arm, seed)
+            assert not held & arm_training_ids(layout.selection(arm, seed))
+    # the full arm takes every other usable row: exactly the complement of the held-out split
+    assert len(arm_training_ids(layout.selection("full", 0))) == 72 - 15
+    # without the exclusion, the check catches the leak
+    leaky = [a for a in commands["full.seed0.select"] if not a.startswith("exclude_ids=")]
+    select(leaky)
+    with pytest.raises(HeldoutLeak, match="held-out row"):
+        check_disjoint(cfg, layout, "full", 0)
+
+
+# ---- end to end -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_toy_study_end_to_end_then_resumed(tmp_path):
+    """The real commands on the demo model: curation, held-out split, base eval, two arms (selection,
+    verl GRPO on CPU, eval), the report; run again, nothing runs twice."""
+    import subprocess
+
+    out = tmp_path / "study"
+    command = [
+        sys.executable, "-m", "rl", "study", "--config", str(TOY), f"output={out}", "base_model=toy",
+        "curation.config=configs/curate/toy.yaml",
+        "curation.overrides=[data.toy.num_samples=60,cmab.enabled=false]",
+        "seeds=[0]", "only=[mid_hard_pism,random]", "train.recipe=configs/rl/toy_cpu.yaml", "train.steps=2",
+        "heldout.per_task=4",
+    ]
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    layout = StudyLayout(out)
+    markers = {p.name: json.loads(p.read_text())["token"] for p in layout.steps.glob("*.json")}
+    assert set(markers) == {f"{n}.json" for n in (
+        "curation", "heldout", "base.eval", *(f"{a}.seed0.{k}" for a in ("mid_hard_pism", "random")
+                                              for k in ("select", "train", "eval")))}
+    summary = json.loads((layout.report / "study.json").read_text())
+    assert summary["heldout_rows"] == 20  # 4 per task, five tasks
+    for arm in ("mid_hard_pism", "random"):
+        a = summary["arms"][arm]
+        assert a["seeds_done"] == [0] and len(a["reward_per_step"]) == 2
+        assert len(a["effective_ratio_per_step"]) == 2
+        # verl's dumps: 2 steps x train_batch_size 4 prompts x rollout.n 4
+        assert a["training_generations"] == [2 * 4 * 4]
+        assert not (layout.checkpoints(arm, 0)).exists()  # deleted once evaluated
+        evaluation = json.loads(layout.eval(arm, 0).read_text())
+        assert evaluation["summary"]["overall"]["n"] == 20
+    assert summary["comparisons"][0]["verdict"] == "unknown"  # one seed: no noise estimate, no claim
+    assert (layout.report / "accuracy.png").stat().st_size > 0 and "Verdict" in (layout.report / "study.md").read_text()
+
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "9 steps, 9 finished before, 0 to run" in again.stdout
+    assert {p.name: json.loads(p.read_text())["token"] for p in layout.steps.glob("*.json")} == markers
