@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from curate.grading.verdict import GradingOptions
 from curate.images import ImageOptions
-from curate.modeling import TOY_MODEL
+from curate.modeling import is_toy_model
 
 __all__ = [
     "ConfigError",
@@ -101,7 +101,8 @@ class OpenAIConfig:
 class EngineConfig:
     # transformers | vllm | openai
     backend: str = "transformers"
-    # A model directory or hub id; "toy" is the tiny Qwen2.5-VL trained offline on the toy corpus.
+    # A model directory or hub id; "toy" is the tiny Qwen2.5-VL trained offline on the toy corpus,
+    # "toy-study" its partly trained 3-layer sibling (curate.toy.presets).
     model: str = "toy"
     # auto | float32 | bfloat16 | float16
     dtype: str = "auto"
@@ -396,8 +397,12 @@ class CurateConfig:
         e = self.engine
         if e.backend == "openai":
             return
-        _check("engine.model", not (e.model == TOY_MODEL and self.ray.num_gpus > 0),
-               f"'toy' is the offline CPU demo model, and this run gives each scoring actor "
+        try:
+            toy = is_toy_model(e.model)
+        except ValueError as err:  # "toy-…" naming no preset
+            _check("engine.model", False, str(err))
+        _check("engine.model", not (toy and self.ray.num_gpus > 0),
+               f"{e.model!r} is an offline CPU toy model, and this run gives each scoring actor "
                f"ray.num_gpus={self.ray.num_gpus:g}: pass engine.model=<a local checkpoint directory>")
         if e.local_files_only and not (Path(e.model) / "config.json").is_file():
             name = e.model if e.model.count("/") == 1 and not Path(e.model).exists() else "ORG/NAME"
@@ -407,7 +412,7 @@ class CurateConfig:
                    f"read. Download it once (hf download {name} --local-dir /shared/models/{name.split('/')[-1]}) "
                    "and pass engine.model=/shared/models/...")
         looks_local = e.model.startswith(("/", "./", "../", "~")) or e.model.count("/") > 1
-        _check("engine.model", e.model == TOY_MODEL or not looks_local or Path(e.model).expanduser().exists(),
+        _check("engine.model", toy or not looks_local or Path(e.model).expanduser().exists(),
                f"{e.model!r} does not exist (a local checkpoint directory, or a hub id such as "
                "Qwen/Qwen2.5-VL-7B-Instruct)")
 

@@ -1,7 +1,8 @@
 """Load a vision-language model and its processor the same way everywhere (engines, probe, verl glue).
 
-``resolve_model_path("toy")`` gives the offline toy model (trained on first use, then cached); any
-other name is a local directory or hub id and is returned unchanged.
+``resolve_model_path("toy")`` gives the offline toy model (trained on first use, then cached), and
+``"toy-study"`` or any other preset of ``curate.toy.presets`` that preset's; any other name is a local
+directory or hub id and is returned unchanged.
 
 ``load_processor`` returns transformers' processor for the model. Where torchvision does not work (CPU
 machines: PyPI's torchvision is a CUDA build), transformers' Qwen-VL processors cannot be built at all
@@ -20,16 +21,24 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TOY_MODEL = "toy"
+TOY_MODEL = "toy"  # the default toy preset; is_toy_model() knows them all
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def is_toy_model(name: object) -> bool:
+    """Whether ``name`` names a toy preset (``toy``, ``toy-study``); an unknown ``toy-…`` name raises
+    ``curate.toy.presets.UnknownToyModel`` (a ``ValueError``) naming the presets."""
+    from curate.toy.presets import is_toy_model as _is_toy
+
+    return _is_toy(name)
+
+
 def resolve_model_path(name: str) -> str:
-    """``"toy"`` → the trained toy model's directory (built if needed); anything else unchanged."""
-    if name == TOY_MODEL:
+    """A toy preset's name → its trained directory (built if needed); anything else unchanged."""
+    if is_toy_model(name):
         from curate.toy.cache import toy_model_path
 
-        return str(toy_model_path())
+        return str(toy_model_path(preset=name))
     return name
 
 

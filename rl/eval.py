@@ -2,7 +2,7 @@
 
     python -m rl eval CHECKPOINT DATA [--task-key KEY] [--limit N] [--out results.json] [--backend vllm]
 
-CHECKPOINT is a Hugging Face model directory (``toy`` names the project's toy model), a verl
+CHECKPOINT is a Hugging Face model directory (``toy``, ``toy-study``: the project's toy models), a verl
 checkpoint step ``<trainer.default_local_dir>/global_step_N``, or its ``actor`` directory. verl 0.9.1
 saves the actor as FSDP shards (``model_world_size_W_rank_R.pt``) plus ``huggingface/`` holding the
 config and processor, and full weights there only with ``actor.checkpoint.save_contents`` including
@@ -78,9 +78,9 @@ def _has_weights(directory: Path) -> bool:
 
 def resolve_checkpoint(checkpoint: str, merged_dir: Optional[str] = None) -> str:
     """A directory ``transformers`` can load for ``checkpoint`` (merging verl's FSDP shards if needed)."""
-    if checkpoint == "toy":
-        from curate.modeling import resolve_model_path
+    from curate.modeling import is_toy_model, resolve_model_path
 
+    if is_toy_model(checkpoint):  # "toy", "toy-study": the trained toy preset (an unknown "toy-…" raises)
         return resolve_model_path(checkpoint)
     path = Path(checkpoint)
     if not path.exists():
@@ -436,7 +436,9 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="HF model dir, 'toy', verl global_step_N or its actor/ directory")
+    parser.add_argument(
+        "checkpoint", help="HF model dir, a toy preset (toy, toy-study), verl global_step_N or its actor/ dir"
+    )
     parser.add_argument("data", help="held-out data: verl parquet (our exports) or any layout curate reads")
     parser.add_argument(
         "--task-key",

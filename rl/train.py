@@ -72,7 +72,9 @@ EXTERNAL_MODULES = "VERL_USE_EXTERNAL_MODULES"  # verl imports these modules ins
 SAMPLER_HOOK = "rl.sampler"
 # A verl 0.9.1 bug fix every run needs on every platform (mRoPE position ids of equal-length batches).
 VERL_FIXES = "rl.verl_fixes"
-TOY_MODEL = "toy"  # actor_rollout_ref.model.path value: the project's tiny trained model (curate.toy.cache)
+# A toy preset's name as this key's value (toy, toy-study: curate.toy.presets) becomes the trained
+# model's directory (curate.toy.cache), in a recipe or on the command line.
+MODEL_PATH_KEY = "actor_rollout_ref.model.path"
 WORKER_MODULES_KEY = f"ray_kwargs.ray_init.runtime_env.env_vars.{EXTERNAL_MODULES}"
 METRICS_ROOT = "outputs/rl"  # where verl's file logger writes <project>/<experiment>.jsonl by default
 _UNQUOTED = re.compile(
@@ -274,14 +276,19 @@ def as_overrides(merged: Mapping[str, tuple[bool, Any]], verl_cli: Sequence[str]
     return composed + list(verl_cli)
 
 
-def _toy_model_path() -> str:
+def _toy_model_path(name: Any) -> str | None:
+    """The trained directory of the toy preset ``name`` (``toy``, ``toy-study``; built if needed) or None."""
     try:
+        from curate.modeling import is_toy_model
+
+        if not is_toy_model(name):
+            return None
         from curate.toy.cache import toy_model_path
     except ImportError as err:
-        raise ConfigError(
-            f"config key 'actor_rollout_ref.model.path': 'toy' needs curate.toy ({err})"
-        ) from None
-    return str(toy_model_path())
+        raise ConfigError(f"config key '{MODEL_PATH_KEY}': {name!r} needs curate.toy ({err})") from None
+    except ValueError as err:  # "toy-…" naming no preset
+        raise ConfigError(f"config key '{MODEL_PATH_KEY}': {err}") from None
+    return str(toy_model_path(preset=name))
 
 
 def plan_training(
@@ -317,11 +324,18 @@ def plan_training(
 
     merged = {**implied, **recipe}
     check_given(merged, cli_keys)
-    if (
-        merged.get("actor_rollout_ref.model.path", (False, None))[1] == TOY_MODEL
-        and "actor_rollout_ref.model.path" not in cli_keys
-    ):
-        merged["actor_rollout_ref.model.path"] = (False, _toy_model_path())
+    # A toy preset's name (recipe or command line) becomes its trained directory.
+    if MODEL_PATH_KEY in merged and MODEL_PATH_KEY not in cli_keys:
+        add, value = merged[MODEL_PATH_KEY]
+        toy = _toy_model_path(value)
+        if toy is not None:
+            merged[MODEL_PATH_KEY] = (add, toy)
+    for i, override in enumerate(verl_cli):
+        if override_key(override) == MODEL_PATH_KEY:
+            head, value = override.split("=", 1)
+            toy = _toy_model_path(value.strip("'\""))
+            if toy is not None:
+                verl_cli[i] = f"{head}={hydra_value(toy)}"
     return TrainPlan(overrides=as_overrides(merged, verl_cli), env=env)
 
 

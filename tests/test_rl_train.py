@@ -181,7 +181,7 @@ def test_config_mistakes_fail_naming_the_key(tmp_path, recipe, cli, message):
 
 def test_toy_model_path_is_resolved_to_the_cached_directory(tmp_path, monkeypatch):
     cache = pytest.importorskip("curate.toy.cache")
-    monkeypatch.setattr(cache, "toy_model_path", lambda: tmp_path / "toy-model" / "abc")
+    monkeypatch.setattr(cache, "toy_model_path", lambda **_: tmp_path / "toy-model" / "abc")
     plan = plan_training(TOY_CPU, ["data.train_files=/data/t.parquet"], environ=NO_RAY)
     assert _keys(plan)["actor_rollout_ref.model.path"] == f"{tmp_path}/toy-model/abc"
     given = plan_training(TOY_CPU, ["data.train_files=t", "actor_rollout_ref.model.path=/m"], environ=NO_RAY)

@@ -10,6 +10,10 @@ Several processes may ask at once (tests, the demo, Ray actors): the first takes
 lock and trains, the others wait on the lock and then find the directory. Training writes into a
 temporary directory that is renamed into place when complete, so a crash never leaves a half-written
 model where readers look.
+
+Which model: ``toy_model_path(preset=NAME)`` takes a named preset of ``curate.toy.presets`` (``toy``, the
+default, or ``toy-study``); ``arch=`` / ``settings=`` replace the preset's. Each distinct
+(architecture, settings) pair has its own key and directory under ``<cache root>/toy-model/``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from curate.config import PromptConfig
 from curate.prompts import build_messages
 from curate.schema import IMAGE_PLACEHOLDER
 from curate.toy.model import ToyArchitecture
+from curate.toy.presets import DEFAULT_PRESET, toy_preset
 from curate.toy.train import TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -81,13 +86,15 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
 
 
-def _train_into(directory: Path, arch: ToyArchitecture, settings: TrainSettings, key: str) -> None:
+def _train_into(directory: Path, arch: ToyArchitecture, settings: TrainSettings, key: str,
+                preset: str | None = None) -> None:
     from curate.toy.model import save_toy_model
     from curate.toy.train import train_toy_model
 
     model, processor, report = train_toy_model(arch, settings)
     save_toy_model(model, processor, directory, extra={
         "key": key,
+        "preset": preset,
         "architecture": arch.to_dict(),
         "training": settings.to_dict(),
         "report": report.to_dict(),
@@ -97,11 +104,16 @@ def _train_into(directory: Path, arch: ToyArchitecture, settings: TrainSettings,
     })
 
 
-def toy_model_path(cache_dir: str | os.PathLike | None = None, *, arch: ToyArchitecture | None = None,
-                   settings: TrainSettings | None = None) -> Path:
-    """The directory of the trained toy model, training it first if this machine has none yet."""
-    arch = arch or ToyArchitecture()
-    settings = settings or TrainSettings()
+def toy_model_path(cache_dir: str | os.PathLike | None = None, *, preset: str = DEFAULT_PRESET,
+                   arch: ToyArchitecture | None = None, settings: TrainSettings | None = None) -> Path:
+    """The directory of the trained toy model ``preset``, training it first if this machine has none yet.
+
+    ``arch`` / ``settings`` replace the preset's; an unknown preset name raises ``UnknownToyModel``.
+    """
+    named = toy_preset(preset)
+    arch = arch or named.arch
+    settings = settings or named.settings
+    label = preset if (arch, settings) == (named.arch, named.settings) else None
     key = cache_key(arch, settings)
     root = cache_root(cache_dir) / "toy-model"
     final = root / key
@@ -115,11 +127,12 @@ def toy_model_path(cache_dir: str | os.PathLike | None = None, *, arch: ToyArchi
         for stale in [final, *root.glob(f".{key}-*")]:
             if stale.exists():
                 shutil.rmtree(stale)
-        logger.info("training toy model %s (once per machine; a few minutes on one CPU core)", key)
+        logger.info("training toy model %s (%s; once per machine, a few minutes on one CPU core)", key,
+                    label or "custom sizes")
         start = time.perf_counter()
         scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
         try:
-            _train_into(scratch, arch, settings, key)
+            _train_into(scratch, arch, settings, key, label)
             os.rename(scratch, final)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)

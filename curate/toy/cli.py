@@ -1,12 +1,14 @@
 """The offline toy world: a synthetic multimodal corpus and a tiny Qwen2.5-VL trained on it.
 
   corpus OUT.parquet  write N toy samples in the canonical schema (deterministic from --seed)
-  model               print the trained toy model's directory (trains and caches it on first use)
+  model [--preset P]  print a trained toy model's directory (trains and caches it on first use)
   eval                greedy accuracy per task, unmasked and under PISM block masks of each ratio
 
 The toy model trains once per machine (a few minutes on one CPU core) into $HARDMODE_CACHE
 (default ~/.cache/hardmode), keyed by a hash of its architecture, training settings and code.
-Use it anywhere a model is expected with engine.model=toy.
+Use it anywhere a model is expected with engine.model=toy. Presets (curate.toy.presets): ``toy`` (the
+default, nearly saturated) and ``toy-study`` (4 layers, an early checkpoint: partly competent), each
+usable by name wherever ``toy`` is.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 from curate.toy.corpus import TASKS
+from curate.toy.presets import DEFAULT_PRESET, PRESETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     model = sub.add_parser("model", help="print the toy model directory, training it if needed")
     model.add_argument("--cache-dir", type=Path, default=None, help="cache root (default: $HARDMODE_CACHE)")
+    model.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                       help=f"which toy model (default: {DEFAULT_PRESET}); "
+                       + "; ".join(f"{n}: {p.summary}" for n, p in PRESETS.items()))
 
     evaluate = sub.add_parser("eval", help="accuracy per task, unmasked and masked (held-out samples)")
     evaluate.add_argument("--num-samples", type=int, default=250, help="held-out samples (default: 250)")
@@ -38,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 0.9],
                           help="block-mask area ratios λ (default: 0 0.25 0.5 0.75 0.9)")
     evaluate.add_argument("--realizations", type=int, default=3, help="masks per sample and ratio (default: 3)")
-    evaluate.add_argument("--model", default="toy", help="model directory (default: the toy model)")
+    evaluate.add_argument("--model", default=DEFAULT_PRESET,
+                          help=f"model directory or toy preset ({', '.join(PRESETS)}; "
+                          f"default: {DEFAULT_PRESET})")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -57,7 +65,7 @@ def _corpus(args: argparse.Namespace) -> int:
 def _model(args: argparse.Namespace) -> int:
     from curate.toy.cache import toy_model_path
 
-    print(toy_model_path(args.cache_dir))
+    print(toy_model_path(args.cache_dir, preset=args.preset))
     return 0
 
 
