@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 def load_study(path: str, overrides: list[str], quick: bool = False) -> StudyConfig:
-    """The study config: defaults ← YAML ← its ``quick`` overrides (with ``--quick``) ← the command line."""
+    """The study config: defaults ← YAML ← its ``quick`` overrides (``--quick``) ← the command line."""
     cfg = load_structured(StudyConfig, path, overrides)
     if quick and cfg.quick:
         cfg = load_structured(StudyConfig, path, [*cfg.quick, *overrides])
@@ -66,8 +66,8 @@ def check_recipes(cfg: StudyConfig, layout: StudyLayout) -> None:
                 raise ConfigError(f"config key 'arms.{name}.select': {arm.select} has no subset {subset!r} "
                                   f"(it has {sorted(select.subsets)})")
             if fmt not in select.subsets[subset].formats:
-                raise ConfigError(f"config key 'arms.{name}.select': subset {subset!r} of {arm.select} is not "
-                                  f"exported as {fmt} (formats: {select.subsets[subset].formats})")
+                raise ConfigError(f"config key 'arms.{name}.select': subset {subset!r} of {arm.select} is "
+                                  f"not exported as {fmt} (formats: {select.subsets[subset].formats})")
     steps = build_steps(cfg, layout)
     for kind, plan in (("train", plan_training), ("sft", plan_sft)):
         step = next((s for s in steps if s.kind == kind), None)

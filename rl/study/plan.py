@@ -162,8 +162,9 @@ def _heldout_steps(cfg: StudyConfig, layout: StudyLayout, upstream: list[str]) -
         kind="heldout",
         deps=upstream,
         command=lambda resolved: _py(
-            "curate", "select", "--config", str(HELDOUT_RECIPE), f"input={cfg.run}", f"output={layout.heldout}",
-            f"seed={cfg.heldout.seed}", f"subsets.{HELDOUT_SUBSET}.balance.cap_per_task={cfg.heldout.per_task}",
+            "curate", "select", "--config", str(HELDOUT_RECIPE), f"input={cfg.run}",
+            f"output={layout.heldout}", f"seed={cfg.heldout.seed}",
+            f"subsets.{HELDOUT_SUBSET}.balance.cap_per_task={cfg.heldout.per_task}",
             "overwrite=true",
         ),
         outputs_present=lambda: layout.heldout_ids().is_file(),
@@ -196,8 +197,9 @@ def _arm_steps(cfg: StudyConfig, layout: StudyLayout, name: str, arm: ArmConfig,
     exclude = [f"exclude_ids={layout.heldout_ids()}"] if cfg.heldout.path is None else []
     steps = [Step(
         name=f"{tag}.select", kind="select", arm=name, seed=seed, deps=upstream + heldout,
-        command=lambda resolved: _py("curate", "select", "--config", arm.select, f"input={cfg.run}", f"output={selection}",
-                            f"seed={seed}", *exclude, "overwrite=true", *arm.overrides),
+        command=lambda resolved: _py("curate", "select", "--config", arm.select, f"input={cfg.run}",
+                                     f"output={selection}", f"seed={seed}", *exclude, "overwrite=true",
+                                     *arm.overrides),
         outputs_present=lambda: (selection / "manifest.json").is_file(),
     )]
     if arm.sft_subset is not None:
@@ -206,7 +208,8 @@ def _arm_steps(cfg: StudyConfig, layout: StudyLayout, name: str, arm: ArmConfig,
             command=lambda resolved: _py(
                 "rl", "sft", "--config", str(cfg.train.sft_recipe),
                 f"data.train_files={_split_file(selection, arm.sft_subset, 'verl_sft', 'train', resolved)}",
-                f"data.val_files={_split_file(selection, arm.sft_subset, 'verl_sft', 'val', resolved) or 'null'}",
+                "data.val_files="
+                + (_split_file(selection, arm.sft_subset, "verl_sft", "val", resolved) or "null"),
                 *([f"model.path={cfg.base_model}"] if cfg.base_model else []),
                 f"trainer.default_local_dir={sft}", f"trainer.experiment_name=study-{name}-s{seed}-sft",
                 *cfg.train.sft_overrides),
@@ -244,8 +247,8 @@ def _arm_steps(cfg: StudyConfig, layout: StudyLayout, name: str, arm: ArmConfig,
     steps.append(Step(
         name=f"{tag}.eval", kind="eval", arm=name, seed=seed, deps=[steps[-1].name, *heldout],
         num_gpus=cfg.eval.num_gpus,
-        command=lambda resolved: _eval_command(cfg, layout, _checkpoint_arg(layout.checkpoints(name, seed), resolved),
-                                      layout.eval(name, seed)),
+        command=lambda resolved: _eval_command(
+            cfg, layout, _checkpoint_arg(layout.checkpoints(name, seed), resolved), layout.eval(name, seed)),
         outputs_present=lambda: layout.eval(name, seed).is_file(),
     ))
     return steps

@@ -116,7 +116,15 @@ def _curation_cost(cfg: StudyConfig) -> dict[str, Any]:
 
 def _mean_curve(curves: list[list[float]]) -> list[float]:
     length = max((len(c) for c in curves), default=0)
-    return [sum(c[i] for c in curves if len(c) > i) / sum(1 for c in curves if len(c) > i) for i in range(length)]
+    at = [[c[i] for c in curves if len(c) > i] for i in range(length)]
+    return [sum(values) / len(values) for values in at]
+
+
+def _mean_ratio(done: list[ArmSeedResult]) -> Optional[dict]:
+    """The effective-sample ratio averaged over steps, as an interval over seeds."""
+    means = [sum(r.effective_ratio_per_step) / len(r.effective_ratio_per_step)
+             for r in done if r.effective_ratio_per_step]
+    return interval(means).to_dict() if means else None
 
 
 def summarize(cfg: StudyConfig, layout: StudyLayout, results: list[ArmSeedResult]) -> dict[str, Any]:
@@ -134,13 +142,12 @@ def summarize(cfg: StudyConfig, layout: StudyLayout, results: list[ArmSeedResult
         arms[name] = {
             "seeds_done": [r.seed for r in done],
             "accuracy": interval([r.accuracy for r in done]).to_dict() if done else None,
-            "per_task": {t: interval([r.per_task[t] for r in done if t in r.per_task]).to_dict() for t in tasks},
+            "per_task": {t: interval([r.per_task[t] for r in done if t in r.per_task]).to_dict()
+                         for t in tasks},
             "train_rows": [r.train_rows for r in rs],
             "reward_per_step": _mean_curve([r.reward_per_step for r in done]),
             "effective_ratio_per_step": _mean_curve([r.effective_ratio_per_step for r in done]),
-            "effective_ratio_mean": (interval([sum(r.effective_ratio_per_step) / len(r.effective_ratio_per_step)
-                                               for r in done if r.effective_ratio_per_step]).to_dict()
-                                     if any(r.effective_ratio_per_step for r in done) else None),
+            "effective_ratio_mean": _mean_ratio(done),
             "training_generations": [r.generations for r in rs],
         }
     comparisons = [c for c in (compare(a, cfg.control, by_seed) for a in by_arm if a != cfg.control) if c]
@@ -181,18 +188,21 @@ def _markdown(summary: dict[str, Any]) -> str:
     if summary["base"]:
         b = summary["base"]
         lines.append("| base (no training) | — | — | " + f"{b['accuracy'] * 100:.1f} | "
-                     + " | ".join(f"{b['per_task'].get(t, float('nan')) * 100:.1f}" for t in tasks) + " | — | — |")
+                     + " | ".join(f"{b['per_task'].get(t, float('nan')) * 100:.1f}" for t in tasks)
+                     + " | — | — |")
     for name, a in arms.items():
         rows = sorted({r for r in a["train_rows"] if r is not None})
         gens = [g for g in a["training_generations"] if g]
         lines.append(
-            f"| {name} | {len(a['seeds_done'])} | {'/'.join(map(str, rows)) or '—'} | {cell(a['accuracy'])} | "
+            f"| {name} | {len(a['seeds_done'])} | {'/'.join(map(str, rows)) or '—'} | "
+            f"{cell(a['accuracy'])} | "
             + " | ".join(cell(a["per_task"].get(t)) for t in tasks)
             + f" | {cell(a['effective_ratio_mean'])} | {round(sum(gens) / len(gens)) if gens else '—'} |"
         )
     c = summary["curation"]
-    lines += ["", f"Curation spent {c['pism_generations']} PISM and {c['cmab_generations']} CMAB generations on "
-              f"{c['rows']} rows (buckets PISM {c['pism_buckets']}, CMAB {c['cmab_buckets']}). Training "
+    lines += ["", f"Curation spent {c['pism_generations']} PISM and {c['cmab_generations']} CMAB "
+              f"generations on {c['rows']} rows (buckets PISM {c['pism_buckets']}, "
+              f"CMAB {c['cmab_buckets']}). Training "
               "generations are per arm and seed; the effective ratio is the share of GRPO groups whose "
               "rewards differ (non-zero advantage), averaged over steps.", "", "## Verdict", ""]
     lines += [f"- {v}" for v in summary["verdict"]] or ["- (no arm could be compared with the control yet)"]
@@ -211,7 +221,8 @@ def _plots(summary: dict[str, Any], out: Path) -> None:
     names = list(arms)
     means = [arms[n]["accuracy"]["mean"] * 100 for n in names]
     errors = [(arms[n]["accuracy"]["half"] or 0) * 100 for n in names]
-    ax.bar(names, means, yerr=errors, capsize=4, color=["#888" if n == summary["control"] else "#3a6" for n in names])
+    colors = ["#888" if n == summary["control"] else "#3a6" for n in names]
+    ax.bar(names, means, yerr=errors, capsize=4, color=colors)
     if summary["base"]:
         ax.axhline(summary["base"]["accuracy"] * 100, color="k", linestyle=":", label="base model")
         ax.legend(loc="lower right")
@@ -227,7 +238,8 @@ def _plots(summary: dict[str, Any], out: Path) -> None:
         if a["reward_per_step"]:
             left.plot(range(1, len(a["reward_per_step"]) + 1), a["reward_per_step"], label=name)
         if a["effective_ratio_per_step"]:
-            right.plot(range(1, len(a["effective_ratio_per_step"]) + 1), a["effective_ratio_per_step"], label=name)
+            ratios = a["effective_ratio_per_step"]
+            right.plot(range(1, len(ratios) + 1), ratios, label=name)
     left.set(xlabel="GRPO step", ylabel="mean reward (seeds averaged)")
     right.set(xlabel="GRPO step", ylabel="effective-sample ratio", ylim=(0, 1.05))
     left.legend(fontsize=7)

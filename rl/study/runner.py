@@ -163,7 +163,8 @@ class StudyRun:
                    for d, s in ((d, self._by_name(d)) for d in step.deps)}
         _write_json(_marker_path(self.layout, step), {
             "definition": step.command(False), "command": command, "deps": markers, "token": uuid.uuid4().hex,
-            "seconds": round(time.monotonic() - started, 1), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seconds": round(time.monotonic() - started, 1),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
         return None
 

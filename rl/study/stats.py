@@ -43,7 +43,7 @@ class Interval:
 
 
 def interval(values: Sequence[float], level: float = 0.95) -> Interval:
-    """mean ± t_{(1+level)/2, n-1} · s / √n (s: the sample standard deviation, n - 1 in its denominator)."""
+    """mean ± t_{(1+level)/2, n-1} · s / √n (s: the sample standard deviation, n - 1 denominator)."""
     from scipy.stats import t
 
     n = len(values)
