@@ -107,7 +107,7 @@ def test_scorer_refuses_before_vllm_loads(model_7b, monkeypatch):
 
 
 def test_the_toy_model_is_refused_on_gpus():
-    with pytest.raises(ConfigError, match="engine.model.*'toy' is the offline CPU demo model"):
+    with pytest.raises(ConfigError, match="engine.model.*'toy' is an offline CPU toy model"):
         cfg("ray.num_gpus=1")
     with pytest.raises(ConfigError, match="engine.model.*'toy'"):
         load_config("configs/curate/single_gpu.yaml", ["data.path=x"])
