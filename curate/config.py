@@ -22,6 +22,7 @@ from curate.modeling import is_toy_model
 
 __all__ = [
     "ConfigError",
+    "check_key",
     "CurateConfig",
     "load_config",
     "to_yaml",
@@ -37,7 +38,8 @@ def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:
         raise ConfigError(f"config key '{key}': {value!r} is not one of {list(choices)}")
 
 
-def _check(key: str, ok: bool, why: str) -> None:
+def check_key(key: str, ok: bool, why: str) -> None:
+    """Fail fast naming the config key: ``config key 'a.b': why`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"config key '{key}': {why}")
 
@@ -312,84 +314,84 @@ class CurateConfig:
         """Semantic checks the types cannot express; each error names its key."""
         _choice("data.format", self.data.format,
                 ["auto", "canonical", "verl", "orsta", "difficulty_sampling", "swift", "hf_disk", "toy"])
-        _check("data.path", self.data.format == "toy" or bool(self.data.path),
+        check_key("data.path", self.data.format == "toy" or bool(self.data.path),
                "is required unless data.format=toy")
-        _check("data.limit", self.data.limit is None or self.data.limit > 0, "must be positive or null")
-        _check("data.max_depth", self.data.max_depth >= 2, "must be >= 2 (a row is a dict of values)")
-        _check("data.max_text_chars", self.data.max_text_chars > 0, "must be positive")
+        check_key("data.limit", self.data.limit is None or self.data.limit > 0, "must be positive or null")
+        check_key("data.max_depth", self.data.max_depth >= 2, "must be >= 2 (a row is a dict of values)")
+        check_key("data.max_text_chars", self.data.max_text_chars > 0, "must be positive")
         im = self.data.images
-        _check("data.images.max_pixels", im.max_pixels > 0, "must be positive")
-        _check("data.images.max_bytes", im.max_bytes > 0, "must be positive")
-        _check("data.images.max_aspect_ratio", im.max_aspect_ratio >= 1, "must be >= 1")
+        check_key("data.images.max_pixels", im.max_pixels > 0, "must be positive")
+        check_key("data.images.max_bytes", im.max_bytes > 0, "must be positive")
+        check_key("data.images.max_aspect_ratio", im.max_aspect_ratio >= 1, "must be >= 1")
         try:
             from PIL import ImageColor
 
             ImageColor.getrgb(im.background)
         except ValueError:
-            _check("data.images.background", False, f"{im.background!r} is not a colour (a name or #rrggbb)")
+            check_key("data.images.background", False, f"{im.background!r} is not a colour (a name or #rrggbb)")
         _choice("engine.backend", self.engine.backend, ["transformers", "vllm", "openai"])
         _choice("engine.dtype", self.engine.dtype, ["auto", "float32", "bfloat16", "float16"])
         _choice("engine.device", self.engine.device, ["auto", "cpu", "cuda"])
-        _check("engine.batch_size", self.engine.batch_size > 0, "must be positive")
-        _check("engine.max_model_len", self.engine.max_model_len > 0, "must be positive")
+        check_key("engine.batch_size", self.engine.batch_size > 0, "must be positive")
+        check_key("engine.max_model_len", self.engine.max_model_len > 0, "must be positive")
         for key in ("min_pixels", "max_pixels"):
             value = getattr(self.engine, key)
-            _check(f"engine.{key}", value is None or value > 0, "must be positive or null")
-        _check("engine.openai.concurrency", self.engine.openai.concurrency > 0, "must be positive")
+            check_key(f"engine.{key}", value is None or value > 0, "must be positive or null")
+        check_key("engine.openai.concurrency", self.engine.openai.concurrency > 0, "must be positive")
         self._check_model()
         tp = self.engine.vllm.tensor_parallel_size
-        _check("engine.vllm.tensor_parallel_size", tp >= 1, "must be >= 1")
+        check_key("engine.vllm.tensor_parallel_size", tp >= 1, "must be >= 1")
 
-        _check("sampling.temperature", self.sampling.temperature >= 0, "must be >= 0")
-        _check("sampling.top_p", 0 < self.sampling.top_p <= 1, "must be in (0, 1]")
-        _check("sampling.max_tokens", self.sampling.max_tokens > 0, "must be positive")
-        _check("prompt.template", "{question}" in self.prompt.template, "must contain {question}")
+        check_key("sampling.temperature", self.sampling.temperature >= 0, "must be >= 0")
+        check_key("sampling.top_p", 0 < self.sampling.top_p <= 1, "must be in (0, 1]")
+        check_key("sampling.max_tokens", self.sampling.max_tokens > 0, "must be positive")
+        check_key("prompt.template", "{question}" in self.prompt.template, "must contain {question}")
         _choice("prompt.image_position", self.prompt.image_position, ["first", "last"])
         p = self.pism
         _choice("pism.mode", p.mode, ["early_exit", "full"])
         _choice("pism.mask", p.mask, ["block", "pixel", "patch"])
-        _check("pism.ratios", len(p.ratios) > 0 and all(0 <= r < 1 for r in p.ratios),
+        check_key("pism.ratios", len(p.ratios) > 0 and all(0 <= r < 1 for r in p.ratios),
                "must be a non-empty list of ratios in [0, 1)")
-        _check("pism.ratios", list(p.ratios) == sorted(set(p.ratios)), "must be strictly increasing")
-        _check("pism.ratios", p.ratios[0] == 0.0, "must start at 0.0 (the unmasked level decides 'unsolved')")
-        _check("pism.k", p.k > 0, "must be positive")
-        _check("pism.tau", 0 < p.tau <= 1, "must be in (0, 1]")
-        _check("pism.wave_attempts", 1 <= p.wave_attempts <= p.k, "must be in [1, pism.k]")
-        _check("pism.patch_size", p.patch_size > 0, "must be positive")
-        _check("pism.buckets", p.buckets.hard_max < p.buckets.easy_from, "hard_max must be < easy_from")
+        check_key("pism.ratios", list(p.ratios) == sorted(set(p.ratios)), "must be strictly increasing")
+        check_key("pism.ratios", p.ratios[0] == 0.0, "must start at 0.0 (the unmasked level decides 'unsolved')")
+        check_key("pism.k", p.k > 0, "must be positive")
+        check_key("pism.tau", 0 < p.tau <= 1, "must be in (0, 1]")
+        check_key("pism.wave_attempts", 1 <= p.wave_attempts <= p.k, "must be in [1, pism.k]")
+        check_key("pism.patch_size", p.patch_size > 0, "must be positive")
+        check_key("pism.buckets", p.buckets.hard_max < p.buckets.easy_from, "hard_max must be < easy_from")
         c = self.cmab
         _choice("cmab.variant", c.variant, ["code", "paper"])
         _choice("cmab.response", c.response, ["first_correct", "mean_correct"])
         _choice("cmab.image_position", c.image_position, ["auto", "first", "last"])
-        _check("cmab.k", c.k > 0, "must be positive")
-        _check(f"cmab.thresholds.{c.variant}", c.variant in c.thresholds, "missing for the chosen variant")
+        check_key("cmab.k", c.k > 0, "must be positive")
+        check_key(f"cmab.thresholds.{c.variant}", c.variant in c.thresholds, "missing for the chosen variant")
         for name, t in c.thresholds.items():
-            _check(f"cmab.thresholds.{name}", t.easy_low <= t.hard_low <= t.hard_high <= t.easy_high,
+            check_key(f"cmab.thresholds.{name}", t.easy_low <= t.hard_low <= t.hard_high <= t.easy_high,
                    "must satisfy easy_low <= hard_low <= hard_high <= easy_high")
         cal = c.calibration
         _choice("cmab.calibration.mode", cal.mode, ["fixed", "calibrated"])
         q = list(cal.quantiles)
-        _check("cmab.calibration.quantiles", len(q) == 4,
+        check_key("cmab.calibration.quantiles", len(q) == 4,
                f"must list 4 levels [easy_low, hard_low, hard_high, easy_high], got {len(q)}")
-        _check("cmab.calibration.quantiles", all(0 < x < 1 for x in q), f"levels must be in (0, 1), got {q}")
-        _check("cmab.calibration.quantiles", all(a < b for a, b in zip(q, q[1:])),
+        check_key("cmab.calibration.quantiles", all(0 < x < 1 for x in q), f"levels must be in (0, 1), got {q}")
+        check_key("cmab.calibration.quantiles", all(a < b for a, b in zip(q, q[1:])),
                f"levels must be strictly increasing, got {q}")
-        _check("cmab.calibration.min_values", cal.min_values >= 4,
+        check_key("cmab.calibration.min_values", cal.min_values >= 4,
                "must be >= 4 (at least one ρ̄ value per cut point)")
-        _check("pism.enabled", p.enabled or c.enabled, "enable at least one of pism, cmab")
+        check_key("pism.enabled", p.enabled or c.enabled, "enable at least one of pism, cmab")
         r = self.ray
-        _check("ray.min_actors", 1 <= r.min_actors <= r.max_actors, "must satisfy 1 <= min_actors <= max_actors")
-        _check("ray.batch_size", r.batch_size > 0, "must be positive")
-        _check("ray.num_gpus", r.num_gpus >= 0, "must be >= 0")
-        _check("ray.num_gpus", r.num_gpus <= 1 or float(r.num_gpus).is_integer(),
+        check_key("ray.min_actors", 1 <= r.min_actors <= r.max_actors, "must satisfy 1 <= min_actors <= max_actors")
+        check_key("ray.batch_size", r.batch_size > 0, "must be positive")
+        check_key("ray.num_gpus", r.num_gpus >= 0, "must be >= 0")
+        check_key("ray.num_gpus", r.num_gpus <= 1 or float(r.num_gpus).is_integer(),
                "must be a whole number above 1 (Ray cannot split several GPUs)")
-        _check("ray.num_cpus", r.num_cpus > 0, "must be positive")
-        _check("ray.max_restarts", r.max_restarts >= -1, "must be >= -1 (-1: always restart)")
-        _check("ray.max_task_retries", r.max_task_retries >= 0,
+        check_key("ray.num_cpus", r.num_cpus > 0, "must be positive")
+        check_key("ray.max_restarts", r.max_restarts >= -1, "must be >= -1 (-1: always restart)")
+        check_key("ray.max_task_retries", r.max_task_retries >= 0,
                "must be >= 0 (a batch that always crashes its actor would otherwise be retried forever)")
-        _check("ray.capacity_wait_s", r.capacity_wait_s > 0, "must be positive")
-        _check("ray.restart_grace_s", r.restart_grace_s >= 0, "must be >= 0")
-        _check("output.rows_per_shard", self.output.rows_per_shard > 0, "must be positive")
+        check_key("ray.capacity_wait_s", r.capacity_wait_s > 0, "must be positive")
+        check_key("ray.restart_grace_s", r.restart_grace_s >= 0, "must be >= 0")
+        check_key("output.rows_per_shard", self.output.rows_per_shard > 0, "must be positive")
         return self
 
 
@@ -400,19 +402,19 @@ class CurateConfig:
         try:
             toy = is_toy_model(e.model)
         except ValueError as err:  # "toy-…" naming no preset
-            _check("engine.model", False, str(err))
-        _check("engine.model", not (toy and self.ray.num_gpus > 0),
+            check_key("engine.model", False, str(err))
+        check_key("engine.model", not (toy and self.ray.num_gpus > 0),
                f"{e.model!r} is an offline CPU toy model, and this run gives each scoring actor "
                f"ray.num_gpus={self.ray.num_gpus:g}: pass engine.model=<a local checkpoint directory>")
         if e.local_files_only and not (Path(e.model) / "config.json").is_file():
             name = e.model if e.model.count("/") == 1 and not Path(e.model).exists() else "ORG/NAME"
-            _check("engine.model", False,
+            check_key("engine.model", False,
                    f"{e.model!r} is not a local model directory (no config.json) and engine.local_files_only "
                    "is set: every scoring actor loads the checkpoint at once, from a path all nodes can "
                    f"read. Download it once (hf download {name} --local-dir /shared/models/{name.split('/')[-1]}) "
                    "and pass engine.model=/shared/models/...")
         looks_local = e.model.startswith(("/", "./", "../", "~")) or e.model.count("/") > 1
-        _check("engine.model", toy or not looks_local or Path(e.model).expanduser().exists(),
+        check_key("engine.model", toy or not looks_local or Path(e.model).expanduser().exists(),
                f"{e.model!r} does not exist (a local checkpoint directory, or a hub id such as "
                "Qwen/Qwen2.5-VL-7B-Instruct)")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from curate.config import ConfigError, PromptConfig
+from curate.config import ConfigError, PromptConfig, check_key
 from curate.schema import BUCKETS
 
 __all__ = [
@@ -36,10 +36,6 @@ def _choice(key: str, value: object, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"config key '{key}': {value!r} is not one of {list(choices)}")
 
-
-def _check(key: str, ok: bool, why: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}': {why}")
 
 
 @dataclass
@@ -174,28 +170,28 @@ class SelectConfig:
     batch_rows: int = 256
 
     def validate(self) -> "SelectConfig":
-        _check("input", self.input not in ("", "???"), "is required")
-        _check("output", self.output not in ("", "???"), "is required")
-        _check("subsets", bool(self.subsets), "define at least one subset (e.g. subsets.grpo.kind=rule)")
+        check_key("input", self.input not in ("", "???"), "is required")
+        check_key("output", self.output not in ("", "???"), "is required")
+        check_key("subsets", bool(self.subsets), "define at least one subset (e.g. subsets.grpo.kind=rule)")
         _choice("prompt_source", self.prompt_source, ("run", "config"))
-        _check("batch_rows", self.batch_rows > 0, "must be positive")
+        check_key("batch_rows", self.batch_rows > 0, "must be positive")
         seen: list[str] = []
         for name, sub in self.subsets.items():
             key = f"subsets.{name}"
-            _check(key, name.isidentifier(), "subset names must be identifiers (they name folders)")
+            check_key(key, name.isidentifier(), "subset names must be identifiers (they name folders)")
             _choice(f"{key}.kind", sub.kind, KINDS)
             _choice(f"{key}.rule.by", sub.rule.by, RULE_BY)
             for score in ("pism", "cmab"):
-                _check(
+                check_key(
                     f"{key}.rule.{score}_buckets",
                     set(sub.rule.buckets_for(score)) <= set(BUCKETS),
                     f"buckets must be among {list(BUCKETS)}",
                 )
-                _check(f"{key}.rule.{score}_buckets", bool(sub.rule.buckets_for(score)), "must not be empty")
+                check_key(f"{key}.rule.{score}_buckets", bool(sub.rule.buckets_for(score)), "must not be empty")
             r = sub.random
             _choice(f"{key}.random.pool", r.pool, ("all", "outside_rule"))
-            _check(f"{key}.random.size", r.size is None or r.size > 0, "must be positive or null")
-            _check(
+            check_key(f"{key}.random.size", r.size is None or r.size > 0, "must be positive or null")
+            check_key(
                 f"{key}.random.size",
                 not (r.size is not None and r.stratify_by_task),
                 "a stratified draw takes its size per type from the rule; leave size null",
@@ -203,33 +199,33 @@ class SelectConfig:
             b = sub.balance
             _choice(f"{key}.balance.mode", b.mode, ("none", "cap", "proportional"))
             if b.mode == "cap":
-                _check(
+                check_key(
                     f"{key}.balance.cap_per_task",
                     b.cap_per_task is not None and b.cap_per_task > 0,
                     "must be a positive number with balance.mode=cap",
                 )
             if b.quotas is not None:
-                _check(
+                check_key(
                     f"{key}.balance.quotas",
                     bool(b.quotas) and all(w >= 0 for w in b.quotas.values()) and sum(b.quotas.values()) > 0,
                     "weights must be >= 0 with a positive sum",
                 )
-            _check(f"{key}.balance.size", b.size is None or b.size > 0, "must be positive or null")
+            check_key(f"{key}.balance.size", b.size is None or b.size > 0, "must be positive or null")
             q = sub.quadmix
             _choice(f"{key}.quadmix.score", q.score, QUADMIX_SCORES)
             for task, p in {"default": q.default, **q.per_task}.items():
                 pkey = f"{key}.quadmix." + ("default" if task == "default" else f"per_task.{task}")
-                _check(f"{pkey}.omega", 0 <= p.omega <= 1, "must be in [0, 1]")
-                _check(f"{pkey}.epsilon", p.epsilon >= 0, "must be >= 0")
-                _check(f"{pkey}.eta", p.eta > 0, "must be > 0")
+                check_key(f"{pkey}.omega", 0 <= p.omega <= 1, "must be in [0, 1]")
+                check_key(f"{pkey}.epsilon", p.epsilon >= 0, "must be >= 0")
+                check_key(f"{pkey}.eta", p.eta > 0, "must be > 0")
             s = sub.split
-            _check(f"{key}.split.val_fraction", 0 <= s.val_fraction < 1, "must be in [0, 1)")
-            _check(f"{key}.split.val_size", s.val_size is None or s.val_size >= 0, "must be >= 0 or null")
-            _check(f"{key}.formats", bool(sub.formats), "list at least one format")
+            check_key(f"{key}.split.val_fraction", 0 <= s.val_fraction < 1, "must be in [0, 1)")
+            check_key(f"{key}.split.val_size", s.val_size is None or s.val_size >= 0, "must be >= 0 or null")
+            check_key(f"{key}.formats", bool(sub.formats), "list at least one format")
             for fmt in sub.formats:
                 _choice(f"{key}.formats", fmt, FORMATS)
             for other in sub.disjoint_from:
-                _check(
+                check_key(
                     f"{key}.disjoint_from", other in seen, f"{other!r} is not a subset listed before {name!r}"
                 )
             seen.append(name)

@@ -12,14 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from curate.config import ConfigError
+from curate.config import check_key
 
 __all__ = ["ArmConfig", "CurationStep", "EvalConfig", "HeldoutConfig", "StudyConfig", "TrainConfig"]
 
-
-def _check(key: str, ok: bool, why: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}': {why}")
 
 
 @dataclass
@@ -114,27 +110,27 @@ class StudyConfig:
         return {name: arm for name, arm in self.arms.items() if self.only is None or name in self.only}
 
     def validate(self) -> "StudyConfig":
-        _check("output", self.output not in ("", "???"), "is required")
-        _check("run", self.run not in ("", "???"), "is required")
-        _check("arms", bool(self.arms), "define at least one arm (arms.<name>.select=configs/select/...)")
-        _check("seeds", bool(self.seeds), "list at least one seed")
-        _check("seeds", len(set(self.seeds)) == len(self.seeds), f"seeds repeat: {self.seeds}")
+        check_key("output", self.output not in ("", "???"), "is required")
+        check_key("run", self.run not in ("", "???"), "is required")
+        check_key("arms", bool(self.arms), "define at least one arm (arms.<name>.select=configs/select/...)")
+        check_key("seeds", bool(self.seeds), "list at least one seed")
+        check_key("seeds", len(set(self.seeds)) == len(self.seeds), f"seeds repeat: {self.seeds}")
         for name, arm in self.arms.items():
-            _check(f"arms.{name}", name.isidentifier(), "arm names must be identifiers (they name folders)")
-            _check(f"arms.{name}.select", arm.select not in ("", "???"), "is required")
-            _check(f"arms.{name}.sft_subset", arm.sft_subset != arm.subset,
+            check_key(f"arms.{name}", name.isidentifier(), "arm names must be identifiers (they name folders)")
+            check_key(f"arms.{name}.select", arm.select not in ("", "???"), "is required")
+            check_key(f"arms.{name}.sft_subset", arm.sft_subset != arm.subset,
                    "SFT and GRPO on the same subset: name another subset of the selection")
             if arm.sft_subset is not None:
-                _check("train.sft_recipe", self.train.sft_recipe is not None,
+                check_key("train.sft_recipe", self.train.sft_recipe is not None,
                        f"arm {name!r} has an SFT stage (sft_subset) but no SFT recipe is given")
         unknown = sorted(set(self.only or ()) - set(self.arms))
-        _check("only", not unknown, f"unknown arm(s) {unknown}; arms are {sorted(self.arms)}")
-        _check("control", self.control in self.chosen_arms(),
+        check_key("only", not unknown, f"unknown arm(s) {unknown}; arms are {sorted(self.arms)}")
+        check_key("control", self.control in self.chosen_arms(),
                f"{self.control!r} is not among the arms run ({sorted(self.chosen_arms())})")
-        _check("train.recipe", self.train.recipe not in ("", "???"), "is required")
-        _check("train.steps", self.train.steps is None or self.train.steps > 0, "must be positive or null")
-        _check("heldout.per_task", self.heldout.per_task > 0, "must be positive")
-        _check("eval.backend", self.eval.backend in ("transformers", "vllm"), "transformers or vllm")
-        _check("eval.max_tokens", self.eval.max_tokens > 0, "must be positive")
-        _check("eval.num_gpus", self.eval.num_gpus >= 0, "must be >= 0")
+        check_key("train.recipe", self.train.recipe not in ("", "???"), "is required")
+        check_key("train.steps", self.train.steps is None or self.train.steps > 0, "must be positive or null")
+        check_key("heldout.per_task", self.heldout.per_task > 0, "must be positive")
+        check_key("eval.backend", self.eval.backend in ("transformers", "vllm"), "transformers or vllm")
+        check_key("eval.max_tokens", self.eval.max_tokens > 0, "must be positive")
+        check_key("eval.num_gpus", self.eval.num_gpus >= 0, "must be >= 0")
         return self

@@ -29,12 +29,12 @@ class HeldoutLeak(RuntimeError):
     """An arm's selection holds rows of the held-out split."""
 
 
-def _marker_path(layout: StudyLayout, step: Step) -> Path:
-    return layout.steps / f"{step.name}.json"
+def _marker_path(layout: StudyLayout, name: str) -> Path:
+    return layout.steps / f"{name}.json"
 
 
-def read_marker(layout: StudyLayout, step: Step) -> Optional[dict]:
-    path = _marker_path(layout, step)
+def read_marker(layout: StudyLayout, name: str) -> Optional[dict]:
+    path = _marker_path(layout, name)
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -45,7 +45,7 @@ def stale_steps(steps: Sequence[Step], layout: StudyLayout) -> set[str]:
     """Names of the steps that must run: no marker, another command, a dependency that changed or runs,
     or outputs a step that runs needs and that are gone (then that producer runs again too)."""
     by_name = {s.name: s for s in steps}
-    markers = {s.name: read_marker(layout, s) for s in steps}
+    markers = {s.name: read_marker(layout, s.name) for s in steps}
     stale: set[str] = set()
     changed = True
     while changed:
@@ -144,7 +144,7 @@ class StudyRun:
         command = step.command(True)
         for owned in step.owns:
             shutil.rmtree(owned, ignore_errors=True)
-        _marker_path(self.layout, step).unlink(missing_ok=True)
+        _marker_path(self.layout, step.name).unlink(missing_ok=True)
         if step.kind == "train":  # verl's file logger opens its file without creating the folder
             Path(step.env["VERL_FILE_LOGGER_PATH"]).parent.mkdir(parents=True, exist_ok=True)
         log = self.layout.logs / f"{step.name}.log"
@@ -159,17 +159,13 @@ class StudyRun:
             return str(err)
         if step.kind == "eval" and step.arm is not None and not self.cfg.train.keep_checkpoints:
             shutil.rmtree(self.layout.checkpoints(step.arm, step.seed), ignore_errors=True)
-        markers = {d: (read_marker(self.layout, s) or {}).get("token")
-                   for d, s in ((d, self._by_name(d)) for d in step.deps)}
-        _write_json(_marker_path(self.layout, step), {
-            "definition": step.command(False), "command": command, "deps": markers, "token": uuid.uuid4().hex,
+        tokens = {d: (read_marker(self.layout, d) or {}).get("token") for d in step.deps}
+        _write_json(_marker_path(self.layout, step.name), {
+            "definition": step.command(False), "command": command, "deps": tokens, "token": uuid.uuid4().hex,
             "seconds": round(time.monotonic() - started, 1),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
         return None
-
-    def _by_name(self, name: str) -> Step:
-        return next(s for s in self.steps if s.name == name)
 
     def _execute(self, step: Step, command: list[str], log: Path) -> int:
         argv = [sys.executable, *command[1:]] if command[0] == "python" else command
