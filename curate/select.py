@@ -5,8 +5,10 @@
 A recipe names one or more subsets (``configs/select/*.yaml``; keys in ``curate.selection.config``):
 the paper's proposal (medium + hard by PISM, by CMAB, or by either/both), its controls (a seeded
 random subset of the same size, optionally with the same task mix or disjoint from the rule's rows;
-the full set; the unsolved rows), per-task balancing, QuaDMix-style resampling, and a seeded train/val
-split stratified by task. Error rows are never exported (they are counted in the manifest).
+the full set; the unsolved rows), a pass-rate pre-filter over the scorers' rollouts (drop the rows
+always or never answered correctly, DAPO's filter done offline), per-task balancing, QuaDMix-style
+resampling, and a seeded train/val split stratified by task. Error rows are never exported (they are
+counted in the manifest).
 
 ``OUT`` gets ``manifest.json`` (input, run fingerprint, seed, resolved config, counts per task and
 bucket before and after each subset, files) and one folder per subset::
@@ -132,6 +134,8 @@ def _subset_record(cfg: SubsetConfig, sel: Any, scores: Any) -> dict[str, Any]:
         record["reference_tasks"] = scores.counts(sel.reference)
     if sel.train_copies is not None:
         record["distinct_train_rows"] = len(sel.train)
+    if sel.pass_rate is not None:
+        record["pass_rate"] = sel.pass_rate
     for column in ("pism_bucket", "cmab_bucket"):
         if column in scores.columns:
             record[column] = scores.counts(rows, by=column)
@@ -319,6 +323,15 @@ def summary_table(manifest: dict[str, Any]) -> str:
             f"{name:<{width}}  {rec['kind']:<7} {rec['rows']:>6} {rec['train_rows']:>6} "
             f"{rec['val_rows']:>5}  {rec['what']}"
         )
+    for name, rec in subsets.items():
+        pr = rec.get("pass_rate")
+        if pr:
+            dropped = ", ".join(f"{c.replace('_', '-')} {n}" for c, n in pr["dropped"].items())
+            unknown_kept = pr["classes"]["unknown"] - pr["dropped"]["unknown"]
+            lines.append(
+                f"{name} pass-rate pre-filter ({' + '.join(pr['sources'])} rollouts): of {pr['rows_in']} "
+                f"rows dropped {dropped}; kept {pr['rows_out']} ({unknown_kept} of unknown pass rate)"
+            )
     calibration = (inp.get("run") or {}).get("cmab_calibration")
     if calibration:
         cuts = ", ".join(f"{k} {v:.4g}" for k, v in calibration["thresholds"].items())

@@ -2,9 +2,10 @@
 
 A selection reads one annotated dataset and writes one or more named *subsets* (e.g. ``grpo`` and
 ``sft``), each a training set chosen by a rule over the difficulty buckets, or one of the paper's
-controls (a seeded random subset of the same size, the full set), optionally balanced across task
-types or resampled QuaDMix-style, and split into train/val. ``configs/select/*.yaml`` are the
-recipes; every key is listed below with its default.
+controls (a seeded random subset of the same size, the full set), optionally narrowed by a pass-rate
+pre-filter over the rollouts the scorers made, balanced across task types or resampled QuaDMix-style,
+and split into train/val. ``configs/select/*.yaml`` are the recipes; every key is listed below with
+its default.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from curate.schema import BUCKETS
 
 __all__ = [
     "BalanceConfig",
+    "PassRateConfig",
     "QuadMixConfig",
     "QuadMixParams",
     "RandomConfig",
@@ -27,7 +29,8 @@ __all__ = [
 ]
 
 KINDS = ("rule", "random", "full", "quadmix")
-RULE_BY = ("pism", "cmab", "either", "both")
+RULE_BY = ("pism", "cmab", "either", "both", "none")
+PASS_RATE_SOURCES = ("auto", "pism", "cmab", "pooled")
 FORMATS = ("verl", "verl_sft", "swift_grpo", "sft_jsonl")
 QUADMIX_SCORES = ("pism_lambda_star", "cmab_rho")
 
@@ -37,29 +40,75 @@ def _choice(key: str, value: object, choices: tuple) -> None:
         raise ConfigError(f"config key '{key}': {value!r} is not one of {list(choices)}")
 
 
+@dataclass
+class PassRateConfig:
+    """The offline pre-filter from pre-rollouts (method.md §5, DAPO's dynamic sampling done once,
+    before training): a GRPO group whose rollouts all get the same reward has zero advantage, so a
+    prompt the model always or never solves teaches nothing and only takes a batch slot.
+
+    Each row's rollouts (correct of attempted, from the scorers' own generations: no new ones) put it
+    in one class: ``mixed`` when both outcomes were seen (0 < pass rate < 1, however few rollouts),
+    ``all_correct`` / ``all_wrong`` when at least ``min_attempts`` rollouts all agree, else ``unknown``.
+    Every dropped row is counted per class in the manifest.
+    """
+
+    # Drop rows whose rollouts were all correct (pass rate 1) / all wrong (pass rate 0).
+    drop_all_correct: bool = True
+    drop_all_wrong: bool = True
+    # Whose rollouts count. pism: PISM's λ = 0 level, plain rollouts on the unmasked image
+    # (pism_correct[0] of pism_attempts[0]; pism.mode=early_exit stops that level at its first
+    # correct answer, so it rarely shows all-correct: see rules.rollouts) | cmab: CMAB's K responses
+    # (cmab_correct of cmab_generations; its prompt puts the image where cmab.image_position says)
+    # | pooled: both summed (refused unless the run made both) | auto: pooled over those the run made.
+    source: str = "auto"
+    # Agreeing rollouts needed to call a row all-correct or all-wrong (mixed rows need no minimum).
+    min_attempts: int = 4
+    # keep | drop: rows with fewer agreeing rollouts (their pass rate is unknown, not 0 or 1).
+    unknown: str = "keep"
+
+    def dropped_classes(self) -> list[str]:
+        flags = {"all_correct": self.drop_all_correct, "all_wrong": self.drop_all_wrong,
+                 "unknown": self.unknown == "drop"}
+        return [name for name, drop in flags.items() if drop]
+
+    def describe(self) -> str:
+        return (f"pass rate ({self.source} rollouts, >= {self.min_attempts} alike) not "
+                + " / ".join(self.dropped_classes()))
+
 
 @dataclass
 class RuleConfig:
-    """Which difficulty buckets a row must be in (method.md §3: the proposal keeps medium + hard)."""
+    """Which difficulty buckets a row must be in (method.md §3: the proposal keeps medium + hard),
+    and, with ``pass_rate``, which rows the pre-filter leaves (ANDed with the buckets)."""
 
     # pism | cmab: that score's bucket decides; either: PISM's OR CMAB's bucket is kept;
-    # both: PISM's AND CMAB's bucket are kept.
+    # both: PISM's AND CMAB's bucket are kept; none: no bucket rule, only the pass-rate pre-filter.
     by: str = "pism"
     buckets: list[str] = field(default_factory=lambda: ["medium", "hard"])
     # Per-score bucket lists (null: `buckets`), e.g. PISM hard OR CMAB medium+hard.
     pism_buckets: Optional[list[str]] = None
     cmab_buckets: Optional[list[str]] = None
+    # The pass-rate pre-filter (PassRateConfig); null: none. `pass_rate: {}` sets it with its defaults.
+    pass_rate: Optional[PassRateConfig] = None
 
     def buckets_for(self, score: str) -> list[str]:
         specific = self.pism_buckets if score == "pism" else self.cmab_buckets
         return list(specific if specific is not None else self.buckets)
 
     def scores(self) -> tuple[str, ...]:
+        if self.by == "none":
+            return ()
         return ("pism", "cmab") if self.by in ("either", "both") else (self.by,)
 
     def describe(self) -> str:
         parts = [f"{s}_bucket in {self.buckets_for(s)}" for s in self.scores()]
-        return (" AND " if self.by == "both" else " OR ").join(parts)
+        buckets = (" AND " if self.by == "both" else " OR ").join(parts)
+        if self.pass_rate is None:
+            return buckets
+        prefilter = self.pass_rate.describe()
+        if not parts:
+            return prefilter
+        return f"({buckets}) AND {prefilter}" if len(parts) > 1 else f"{buckets} AND {prefilter}"
 
 
 @dataclass
@@ -181,6 +230,7 @@ class SelectConfig:
             check_key(key, name.isidentifier(), "subset names must be identifiers (they name folders)")
             _choice(f"{key}.kind", sub.kind, KINDS)
             _choice(f"{key}.rule.by", sub.rule.by, RULE_BY)
+            _check_pass_rate(key, sub)
             for score in ("pism", "cmab"):
                 check_key(
                     f"{key}.rule.{score}_buckets",
@@ -230,3 +280,18 @@ class SelectConfig:
                 )
             seen.append(name)
         return self
+
+
+def _check_pass_rate(key: str, sub: SubsetConfig) -> None:
+    pr = sub.rule.pass_rate
+    check_key(f"{key}.rule.by", sub.rule.by != "none" or pr is not None,
+              "none leaves only the pass-rate pre-filter: set rule.pass_rate (every row: kind=full)")
+    if pr is None:
+        return
+    check_key(f"{key}.rule.pass_rate", sub.kind in ("rule", "random"),
+              f"kind={sub.kind} takes no rule; for the pre-filter alone use kind=rule with rule.by=none")
+    _choice(f"{key}.rule.pass_rate.source", pr.source, PASS_RATE_SOURCES)
+    _choice(f"{key}.rule.pass_rate.unknown", pr.unknown, ("keep", "drop"))
+    check_key(f"{key}.rule.pass_rate.min_attempts", pr.min_attempts >= 1, "must be >= 1")
+    check_key(f"{key}.rule.pass_rate", bool(pr.dropped_classes()),
+              "drops nothing: set drop_all_correct, drop_all_wrong or unknown=drop")

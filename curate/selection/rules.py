@@ -11,20 +11,30 @@ import hashlib
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from curate import schema as S
 from curate.config import ConfigError
-from curate.selection.config import BalanceConfig, QuadMixConfig, RuleConfig, SplitConfig, SubsetConfig
+from curate.selection.config import (
+    BalanceConfig,
+    PassRateConfig,
+    QuadMixConfig,
+    RuleConfig,
+    SplitConfig,
+    SubsetConfig,
+)
 
 __all__ = [
+    "PASS_CLASSES",
     "ScoreTable",
     "SubsetSelection",
+    "apply_rule",
     "balance",
     "largest_remainder",
+    "pass_classes",
     "quadmix_copies",
     "rule_mask",
     "select_subset",
@@ -41,7 +51,17 @@ SCORE_COLUMNS = (
     "pism_lambda_star",
     "cmab_bucket",
     "cmab_rho",
+    # the scorers' rollouts, which the pass-rate pre-filter counts
+    "pism_attempts",
+    "pism_correct",
+    "cmab_correct",
+    "cmab_generations",
 )
+
+# (correct, attempted) columns of each scorer's rollouts; PISM's are lists, one entry per mask ratio.
+ROLLOUT_COLUMNS = {"pism": ("pism_correct", "pism_attempts"), "cmab": ("cmab_correct", "cmab_generations")}
+# A row's pass-rate class (curate.selection.config.PassRateConfig).
+PASS_CLASSES = ("all_correct", "all_wrong", "mixed", "unknown")
 
 
 @dataclass
@@ -74,7 +94,8 @@ class ScoreTable:
             raise ConfigError(f"config key 'input': ids must be unique; {len(dup)} repeat, e.g. {dup[0]!r}")
 
         def col(name: str) -> np.ndarray:
-            return np.array(table.column(name).to_pylist(), dtype=object)[order]
+            # fromiter keeps a list column 1-D (np.array would make equal-length lists a 2-D array)
+            return np.fromiter(table.column(name).to_pylist(), dtype=object, count=table.num_rows)[order]
 
         status = col(S.STATUS)
         errors = col(S.ERROR) if S.ERROR in table.column_names else np.full(len(ids), None, dtype=object)
@@ -116,15 +137,92 @@ def draw(rng: np.random.Generator, rows: np.ndarray, k: int) -> np.ndarray:
 
 
 def rule_mask(scores: ScoreTable, rule: RuleConfig, key: str) -> np.ndarray:
-    """Rows whose bucket(s) the rule keeps (a null bucket is never kept)."""
+    """Rows whose bucket(s) the rule keeps (a null bucket is never kept); by=none keeps every row."""
     masks = []
     for score in rule.scores():
         buckets = scores.column(f"{score}_bucket", f"{key}.rule.by")
         keep = set(rule.buckets_for(score))
         masks.append(np.array([b in keep for b in buckets], dtype=bool))
+    if not masks:
+        return np.ones(len(scores), dtype=bool)
     if rule.by == "both":
         return masks[0] & masks[1]
     return masks[0] | masks[1] if len(masks) == 2 else masks[0]
+
+
+def rollouts(scores: ScoreTable, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(correct, attempted) rollouts per row by one scorer; a row without them (null) has 0 of 0.
+
+    PISM's are those of its λ = 0 level (``pism.ratios`` always starts at 0.0), K plain rollouts
+    with ``pism.mode=full``. Under ``early_exit`` that level stops once its outcome against τ is
+    certain: at its ⌈τK⌉-th correct answer (the first, for K = 10 and τ = 0.1; a whole wave of
+    ``pism.wave_attempts`` at once), or when too few attempts are left to pass. A never-solved row
+    then still shows only wrong answers (all K at τK <= 1), a row answered wrong before right shows
+    both, as it should; but a row answered right from the start shows only ⌈τK⌉ (or wave_attempts)
+    correct of as many: all-correct only if that reaches ``min_attempts``, else unknown. So early
+    exit hides all-correct rows (never turning them into mixed or all-wrong ones), and correct /
+    attempted is biased upwards (the count stops at a success): the pre-filter decides on the
+    classes, never on that ratio. ``configs/curate/prerollout.yaml`` makes K unstopped rollouts.
+    """
+    correct, attempted = (scores.columns[c] for c in ROLLOUT_COLUMNS[source])
+    if source == "pism":
+        correct, attempted = ([None if v is None else v[0] for v in col] for col in (correct, attempted))
+    return _counts(correct), _counts(attempted)
+
+
+def _counts(values: Iterable[Any]) -> np.ndarray:
+    return np.array([0 if v is None else int(v) for v in values], dtype=np.int64)
+
+
+def pass_classes(scores: ScoreTable, cfg: PassRateConfig, key: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Each row's pass-rate class (PASS_CLASSES) over the rollouts ``cfg.source`` names, and the
+    scorers whose rollouts were counted."""
+    have = tuple(s for s, cols in ROLLOUT_COLUMNS.items() if all(c in scores.columns for c in cols))
+    sources = {"auto": have, "pooled": ("pism", "cmab")}.get(cfg.source, (cfg.source,))
+    missing = [s for s in sources or ROLLOUT_COLUMNS if s not in have]
+    if missing:
+        columns = " / ".join(c for s in missing for c in ROLLOUT_COLUMNS[s])
+        raise ConfigError(
+            f"config key '{key}.rule.pass_rate.source': {cfg.source!r} needs the rollouts of "
+            f"{(' or ' if cfg.source == 'auto' else ' and ').join(missing)} ({columns}), which the dataset "
+            "does not have (did that score run?); configs/curate/prerollout.yaml makes rollouts"
+        )
+    correct = np.zeros(len(scores), dtype=np.int64)
+    attempted = np.zeros(len(scores), dtype=np.int64)
+    for source in sources:
+        c, a = rollouts(scores, source)
+        correct += c
+        attempted += a
+    classes = np.full(len(scores), "unknown", dtype=object)
+    enough = attempted >= cfg.min_attempts  # min_attempts >= 1: the two uniform classes never overlap
+    classes[(correct > 0) & (correct < attempted)] = "mixed"
+    classes[enough & (correct == attempted)] = "all_correct"
+    classes[enough & (correct == 0)] = "all_wrong"
+    return classes, sources
+
+
+def apply_rule(
+    scores: ScoreTable, rule: RuleConfig, rows: np.ndarray, key: str
+) -> tuple[np.ndarray, Optional[dict[str, Any]]]:
+    """The ``rows`` the rule keeps (its buckets, then its pass-rate pre-filter) and, with a pre-filter,
+    its counts for the manifest: the rows the buckets kept per class, and those it dropped."""
+    bucketed = rows[rule_mask(scores, rule, key)[rows]]
+    cfg = rule.pass_rate
+    if cfg is None:
+        return bucketed, None
+    classes, sources = pass_classes(scores, cfg, key)
+    seen = classes[bucketed].tolist()
+    drop = cfg.dropped_classes()
+    dropped = np.array([c in drop for c in seen], dtype=bool)
+    counts = Counter(seen)
+    record = {
+        "sources": list(sources),
+        "rows_in": len(bucketed),
+        "classes": {c: counts[c] for c in PASS_CLASSES},
+        "dropped": {c: counts[c] if c in drop else 0 for c in PASS_CLASSES if c != "mixed"},
+        "rows_out": int((~dropped).sum()),
+    }
+    return bucketed[~dropped], record
 
 
 def largest_remainder(weights: Mapping[str, float], total: int) -> dict[str, int]:
@@ -268,6 +366,8 @@ class SubsetSelection:
     pool: np.ndarray  # the usable rows the subset could take
     reference: Optional[np.ndarray]  # the rule's rows a random control matched
     excluded_by_disjointness: int  # usable rows left out because earlier subsets took them
+    # The pass-rate pre-filter's counts over the rule's rows (a random control's: its reference's).
+    pass_rate: Optional[dict[str, Any]] = None
 
     @property
     def rows(self) -> np.ndarray:
@@ -312,16 +412,16 @@ def select_subset(
     def rng(purpose: str) -> np.random.Generator:
         return rng_for(seed, name, purpose)
 
-    copies = reference = None
+    copies = reference = prefilter = None
     if cfg.kind == "full":
         chosen = balance(scores, pool, cfg.balance, base, rng("balance"), key)
     elif cfg.kind == "quadmix":
         chosen, copies = quadmix_copies(scores, pool, cfg.quadmix, rng("quadmix"), key)
     elif cfg.kind == "rule":
-        ruled = pool[rule_mask(scores, cfg.rule, key)[pool]]
+        ruled, prefilter = apply_rule(scores, cfg.rule, pool, key)
         chosen = balance(scores, ruled, cfg.balance, base, rng("balance"), key)
     else:  # random: the size (and task mix) of what the rule would take from the whole base
-        ruled = base[rule_mask(scores, cfg.rule, key)[base]]
+        ruled, prefilter = apply_rule(scores, cfg.rule, base, key)
         reference = balance(scores, ruled, cfg.balance, base, rng("balance"), key)
         candidates = np.setdiff1d(pool, ruled) if cfg.random.pool == "outside_rule" else pool
         chosen = _random_control(scores, candidates, reference, cfg, rng("random"), key)
@@ -330,7 +430,7 @@ def select_subset(
 
     train, val = split_rows(scores, chosen, cfg.split, rng("split"), key)
     train_copies = copies[np.isin(chosen, train)] if copies is not None else None
-    return SubsetSelection(name, train, val, train_copies, pool, reference, len(base) - len(pool))
+    return SubsetSelection(name, train, val, train_copies, pool, reference, len(base) - len(pool), prefilter)
 
 
 def _random_control(

@@ -1,5 +1,6 @@
 """A hand-built annotated dataset (what ``curate run`` writes) for selection tests: 3 tasks x 24 rows
-with known PISM/CMAB buckets, plus 6 error rows, in shuffled Parquet shards with a run record."""
+with known PISM/CMAB buckets and rollouts, plus 6 error rows, in shuffled Parquet shards with a run
+record."""
 
 from __future__ import annotations
 
@@ -22,6 +23,21 @@ PISM_CYCLE = ("easy", "medium", "hard", "unsolved")
 CMAB_CYCLE = ("easy", "medium", "hard")
 LAMBDA = {"easy": None, "medium": 0.5, "hard": 0.3, "unsolved": 0.0}
 RHO = {"easy": 0.05, "medium": 0.3, "hard": 1.0, "unsolved": None}
+# The scorers' rollouts of row i, by pattern i % 8 (so the PISM bucket is PISM_CYCLE[pattern % 4]):
+# ((correct, attempted) at PISM's λ = 0 level, (cmab_correct, cmab_generations)).
+ROLLOUTS = (
+    ((1, 1), (4, 4)),  # 0 easy: right at once (early exit stops there); CMAB 4 of 4
+    ((1, 2), (4, 4)),  # 1 medium: wrong, then right
+    ((1, 3), (2, 4)),  # 2 hard
+    ((0, 10), (0, 4)),  # 3 unsolved: never right
+    ((1, 1), (3, 4)),  # 4 easy
+    ((10, 10), (1, 4)),  # 5 medium: a full level, all right
+    ((2, 2), (1, 4)),  # 6 hard: one wave of two, both right
+    ((0, 2), (0, 1)),  # 7 unsolved: few rollouts (a run with pism.k=2, cmab.k=1)
+)
+# PISM's second level: 5 of 10 where λ = 0 passed, never reached (0 of 0) where it failed; a reader
+# that summed the levels would get other counts than λ = 0's.
+LEVEL1 = {True: (5, 10), False: (0, 0)}
 
 
 def png(value: int) -> bytes:
@@ -37,6 +53,8 @@ def annotated_rows() -> list[dict]:
             pism = PISM_CYCLE[i % 4]
             cmab = "unsolved" if pism == "unsolved" else CMAB_CYCLE[i % 3]
             n = t * 100 + i
+            (pism_c, pism_a), (cmab_c, cmab_k) = ROLLOUTS[i % 8]
+            level1 = LEVEL1[pism_c > 0]
             rows.append(
                 {
                     S.ID: f"{task}-{i:02d}",
@@ -55,6 +73,10 @@ def annotated_rows() -> list[dict]:
                     "pism_pc": [1.0, 0.5] if pism != "unsolved" else [0.0, None],
                     "cmab_bucket": cmab,
                     "cmab_rho": RHO[cmab],
+                    "pism_attempts": [pism_a, level1[1]],
+                    "pism_correct": [pism_c, level1[0]],
+                    "cmab_correct": cmab_c,
+                    "cmab_generations": cmab_k,
                 }
             )
     for i in range(6):
@@ -77,6 +99,10 @@ def annotated_rows() -> list[dict]:
                 "pism_pc": None,
                 "cmab_bucket": None,
                 "cmab_rho": None,
+                "pism_attempts": None,
+                "pism_correct": None,
+                "cmab_correct": None,
+                "cmab_generations": None,
             }
         )
     return rows
@@ -91,6 +117,10 @@ SCHEMA = pa.schema(
         S.PISM_SCHEMA.field("pism_pc"),
         S.CMAB_SCHEMA.field("cmab_bucket"),
         S.CMAB_SCHEMA.field("cmab_rho"),
+        S.PISM_SCHEMA.field("pism_attempts"),
+        S.PISM_SCHEMA.field("pism_correct"),
+        S.CMAB_SCHEMA.field("cmab_correct"),
+        S.CMAB_SCHEMA.field("cmab_generations"),
     ]
 )
 
