@@ -44,7 +44,7 @@ from torch.utils.data import Sampler
 
 from curate.config import ConfigError
 
-__all__ = ["DifficultySampler", "DifficultySamplerConfig", "install"]
+__all__ = ["DifficultySampler", "DifficultySamplerConfig", "install", "sampler_config"]
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,9 @@ class DifficultySamplerConfig:
         return self
 
 
-def _sampler_config(data_config: Any) -> DifficultySamplerConfig:
+def sampler_config(schema: type, data_config: Any) -> Any:
+    """``data.sampler.*`` (less the hook's own keys) typed by ``schema``, a dataclass with a ``seed``
+    key; an unset seed becomes ``data.seed``. A mistake fails naming the key."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -98,13 +100,13 @@ def _sampler_config(data_config: Any) -> DifficultySamplerConfig:
     given = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else dict(raw or {})
     given = {k: v for k, v in given.items() if k not in _HOOK_KEYS}
     try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DifficultySamplerConfig), given))
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), given))
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ConfigError(f"config key 'data.sampler.{key}': {str(err).splitlines()[0]}") from None
     if cfg.seed is None:
         cfg.seed = int(data_config.get("seed") or 0) if data_config is not None else 0
-    return cfg.validate()
+    return cfg
 
 
 def bucket_labels(data_source: Any, key: str) -> list[Optional[str]]:
@@ -133,7 +135,7 @@ class DifficultySampler(Sampler[int]):
 
     def __init__(self, data_source: Sized, data_config: Any = None):
         self.data_source = data_source
-        self.config = _sampler_config(data_config)
+        self.config = sampler_config(DifficultySamplerConfig, data_config).validate()
         self.labels = bucket_labels(data_source, self.config.key)
         self.next_epoch = 0
         counts = {b: self.labels.count(b) for b in sorted(set(self.labels), key=str)}

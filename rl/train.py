@@ -29,7 +29,9 @@ the node running verl's driver task sees (``HARDMODE_CACHE`` on a shared filesys
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import os
 import re
 import shlex
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.config import ConfigError
+from rl.signal.config import SignalConfig
 
 __all__ = [
     "HardmodeSection",
@@ -62,6 +65,7 @@ __all__ = [
     "split_cli",
     "take_worker_modules",
     "verl_config",
+    "validate_like_verl",
 ]
 
 VERL_ENTRY = "verl.trainer.main_ppo"
@@ -76,6 +80,16 @@ VERL_FIXES = "rl.verl_fixes"
 # model's directory (curate.toy.cache), in a recipe or on the command line.
 MODEL_PATH_KEY = "actor_rollout_ref.model.path"
 WORKER_MODULES_KEY = f"ray_kwargs.ray_init.runtime_env.env_vars.{EXTERNAL_MODULES}"
+# verl's replay-buffer hook and what rl.signal's buffer reads from the rest of verl's config.
+CUSTOM_SAMPLER = "trainer.v1.sampler.custom_sampler"
+SIGNAL_BUFFER = ("pkg://rl.signal.buffer", "SignalReplayBuffer")
+SIGNAL_KWARGS = {
+    "filter_groups": "${algorithm.filter_groups}",
+    "train_batch_size": "${data.train_batch_size}",
+    "seed": "${data.seed}",
+    "norm_adv_by_std_in_grpo": "${algorithm.norm_adv_by_std_in_grpo}",
+}
+CURRICULUM = "PassRateCurriculum"
 METRICS_ROOT = "outputs/rl"  # where verl's file logger writes <project>/<experiment>.jsonl by default
 _UNQUOTED = re.compile(
     r"[A-Za-z_/.][A-Za-z0-9_.\-/:]*|\$\{[^{}'\\]+\}"
@@ -94,6 +108,9 @@ class HardmodeSection:
     # with verl's registries. rl.cpu.plugin (hardmode.cpu) and rl.sampler (data.sampler.class_path)
     # are added when needed, rl.verl_fixes always; so are the ones already in the environment.
     verl_modules: list[str] = field(default_factory=list)
+    # GRPO signal keeping (rl.signal): band-pass group filtering and selective replay. Always on for
+    # the sync trainer is its measurement: signal/effective_ratio and friends, every step.
+    signal: SignalConfig = field(default_factory=SignalConfig)
 
 
 @dataclass
@@ -322,6 +339,7 @@ def plan_training(
     for name, value in env.items():
         implied[f"ray_kwargs.ray_init.runtime_env.env_vars.{name}"] = (True, value)
 
+    implied.update(_signal_keys(hardmode.signal, recipe, verl_cli))
     merged = {**implied, **recipe}
     check_given(merged, cli_keys)
     # A toy preset's name (recipe or command line) becomes its trained directory.
@@ -337,6 +355,59 @@ def plan_training(
             if toy is not None:
                 verl_cli[i] = f"{head}={hydra_value(toy)}"
     return TrainPlan(overrides=as_overrides(merged, verl_cli), env=env)
+
+
+def _given(key: str, recipe: Mapping[str, tuple[bool, Any]], verl_cli: Sequence[str], default: Any) -> Any:
+    """A verl key's value as the command line or else the recipe sets it (``default``: verl's)."""
+    for override in reversed(verl_cli):
+        if override_key(override) == key:
+            return override.split("=", 1)[1].strip("'\"")
+    return recipe[key][1] if key in recipe else default
+
+
+def _signal_keys(
+    signal: SignalConfig, recipe: Mapping[str, tuple[bool, Any]], verl_cli: Sequence[str]
+) -> dict[str, tuple[bool, Any]]:
+    """verl keys installing rl.signal's replay buffer (sync trainer, no custom sampler of the user's);
+    a ``hardmode.signal`` option or the curriculum that needs it, where it cannot be installed, fails."""
+    from dataclasses import asdict
+
+    signal.validate()
+    mode = str(_given("trainer.v1.trainer_mode", recipe, verl_cli, "sync"))
+    own = _given(f"{CUSTOM_SAMPLER}.path", recipe, verl_cli, None)
+    curriculum = _given("data.sampler.class_name", recipe, verl_cli, None) == CURRICULUM
+    needs = [
+        name
+        for name, wanted in (
+            ("hardmode.signal.band", signal.band is not None),
+            ("hardmode.signal.replay.enable", signal.replay.enable),
+            ("data.sampler.class_name", curriculum),
+        )
+        if wanted
+    ]
+    if mode != "sync" or own not in (None, "null", SIGNAL_BUFFER[0]):
+        if needs:
+            why = f"trainer.v1.trainer_mode={mode}" if mode != "sync" else f"{CUSTOM_SAMPLER}.path={own}"
+            raise ConfigError(
+                f"config key '{needs[0]}': needs rl.signal's replay buffer, which {why} rules out"
+            )
+        return {}
+    filtering = str(_given("algorithm.filter_groups.enable", recipe, verl_cli, False)).lower() == "true"
+    if signal.band is not None and not filtering:
+        raise ConfigError(
+            "config key 'hardmode.signal.band': narrows verl's group filter; "
+            "set algorithm.filter_groups.enable=true"
+        )
+    kwargs = {"signal": asdict(signal), **SIGNAL_KWARGS}
+    # Dataloader workers prefetch (workers × 2) batches of indices: the curriculum would draw them from
+    # estimates that many steps old. A recipe or the command line may still set them.
+    fresh_draws = {"data.dataloader_num_workers": (False, 0)} if curriculum else {}
+    return {
+        **fresh_draws,
+        f"{CUSTOM_SAMPLER}.path": (False, SIGNAL_BUFFER[0]),
+        f"{CUSTOM_SAMPLER}.name": (False, SIGNAL_BUFFER[1]),
+        **{f"trainer.v1.sampler.sampler_kwargs.{k}": (True, v) for k, v in kwargs.items()},
+    }
 
 
 def _verl_config_dir() -> str:
@@ -368,6 +439,21 @@ def verl_config(plan: TrainPlan) -> Any:
     if unset:
         raise ConfigError(f"config key '{unset[0]}' must be set (it is {MISSING})")
     return cfg
+
+
+def validate_like_verl(plan: TrainPlan, cfg: Any) -> None:
+    """The checks verl's ``main_ppo`` runs before it starts anything (batch sizes against GPUs, micro
+    batches, the critic and reference model a recipe implies), as a ``ConfigError``."""
+    if plan.config_name != "ppo_trainer":
+        return
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # verl prints a line per check
+            validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    except (AssertionError, ValueError) as err:
+        raise ConfigError(f"verl's validate_config: {err}") from None
 
 
 DATA_FILE_KEYS = ("data.train_files", "data.val_files")
@@ -425,6 +511,7 @@ def run(prog: str, plan_of: Callable[[], TrainPlan], dry_run: bool) -> int:
     try:
         plan = plan_of()
         cfg = verl_config(plan)
+        validate_like_verl(plan, cfg)
         if not dry_run:
             plan = localize_data_files(plan, cfg)
             cfg = verl_config(plan)

@@ -9,51 +9,19 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 from omegaconf import OmegaConf
+from support.verl_rows import bucket, bucketed_verl_parquet, rlhf_dataset
 
-from curate import schema as S
 from curate.config import ConfigError
-from curate.io import write_verl_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 RANK = {"easy": 0, "medium": 1, "hard": 2, "unsolved": 3}
-# 40 text-only rows: bucket of row i is BUCKETS[i % 5] (None: a row scored by nothing)
-BUCKETS = ("easy", "medium", "hard", "unsolved", None)
-
-
-def _verl_parquet(path: Path, n: int = 40) -> Path:
-    rows = [
-        {
-            S.ID: f"r{i:02d}",
-            S.DATA_SOURCE: "hand",
-            S.TASK: "counting",
-            S.QUESTION: f"How many? {i}",
-            S.IMAGES: [],
-            S.IMAGE_PATHS: [],
-            S.GROUND_TRUTH: str(i % 4),
-            S.VERIFIER: None,
-            S.STATUS: "ok",
-            S.ERROR: None,
-            "pism_bucket": BUCKETS[i % 5],
-        }
-        for i in range(n)
-    ]
-    schema = pa.schema([*S.CANONICAL_SCHEMA, S.PISM_SCHEMA.field("pism_bucket")])
-    write_verl_parquet(pa.Table.from_pylist(rows, schema=schema), path, extra_info_columns=["pism_bucket"])
-    return path
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from verl.utils.dataset.rl_dataset import RLHFDataset
-
-    build_tokenizer = pytest.importorskip("curate.toy.tokenizer").build_tokenizer
-    root = tmp_path_factory.mktemp("sampler")
-    tokenizer = build_tokenizer(512)
-    config = OmegaConf.create({"max_prompt_length": 256, "prompt_key": "prompt", "image_key": "images"})
-    return RLHFDataset(str(_verl_parquet(root / "train.parquet")), tokenizer, config)
+    return rlhf_dataset(bucketed_verl_parquet(tmp_path_factory.mktemp("sampler") / "train.parquet"))
 
 
 def _data_config(**sampler) -> object:
@@ -66,10 +34,6 @@ def _data_config(**sampler) -> object:
     )
 
 
-def _bucket(i: int):
-    return BUCKETS[i % 5]
-
-
 def test_curriculum_visits_every_row_once_easy_to_hard(dataset):
     from rl.sampler import DifficultySampler
 
@@ -77,7 +41,7 @@ def test_curriculum_visits_every_row_once_easy_to_hard(dataset):
     epochs = [list(sampler) for _ in range(2)]
     for order in epochs:
         assert sorted(order) == list(range(40))
-        ranks = [RANK.get(_bucket(i), 4) for i in order]  # unlabelled rows last
+        ranks = [RANK.get(bucket(i), 4) for i in order]  # unlabelled rows last
         assert ranks == sorted(ranks)
     assert epochs[0] != epochs[1]  # reshuffled within buckets every epoch
     again = DifficultySampler(dataset, _data_config(mode="curriculum"))
@@ -90,7 +54,7 @@ def test_curriculum_custom_order(dataset):
     from rl.sampler import DifficultySampler
 
     order = list(DifficultySampler(dataset, _data_config(order=["hard", "medium"])))
-    buckets = [_bucket(i) for i in order]
+    buckets = [bucket(i) for i in order]
     assert buckets[:8] == ["hard"] * 8 and buckets[8:16] == ["medium"] * 8
     assert set(buckets[16:]) == {"easy", "unsolved", None}
 
@@ -106,7 +70,7 @@ def test_weighted_draws_follow_bucket_weights(dataset):
     )
     draws = list(sampler)
     assert len(draws) == len(sampler) == 8000
-    share = Counter(_bucket(i) for i in draws)
+    share = Counter(bucket(i) for i in draws)
     assert set(share) == {"hard", "medium"}  # weight 0 for everything else
     # 8 rows per bucket: P(hard) = 3*8 / (3*8 + 1*8) = 0.75; binomial sd at n=8000 is 0.005
     assert abs(share["hard"] / 8000 - 0.75) < 0.025
@@ -186,7 +150,7 @@ _HOOK = textwrap.dedent("""
 
 def test_verl_builds_the_sampler_from_data_sampler_keys(tmp_path):
     """In a fresh process where verl loads rl.sampler as an external module (what its workers do)."""
-    data = _verl_parquet(tmp_path / "train.parquet")
+    data = bucketed_verl_parquet(tmp_path / "train.parquet")
     env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": "rl.sampler", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, "-c", _HOOK, str(data)],
@@ -215,7 +179,7 @@ def test_verl_alone_ignores_data_sampler(tmp_path):
         dataset = RLHFDataset(sys.argv[1], build_tokenizer(512), config)
         print(type(u.create_rl_sampler(config, dataset)).__name__)
     """)
-    data = _verl_parquet(tmp_path / "train.parquet")
+    data = bucketed_verl_parquet(tmp_path / "train.parquet")
     env = {k: v for k, v in os.environ.items() if k != "VERL_USE_EXTERNAL_MODULES"}
     proc = subprocess.run(
         [sys.executable, "-c", code, str(data)],
