@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from curate.config import ConfigError
 from rl.sft import VERL_SFT_ENTRY, plan_sft
-from rl.train import MISSING, VERL_ENTRY, flatten, load_recipe, plan_training, verl_config
+from rl.train import MISSING, VERL_ENTRY, flatten, load_recipe, plan_training, validate_like_verl, verl_config
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "configs" / "rl"
@@ -79,6 +79,7 @@ def test_every_recipe_composes_with_verls_config(recipe):
     else:
         assert plan.entry == VERL_ENTRY and cfg.algorithm.adv_estimator == "grpo"
         _typed(cfg, "actor_rollout_ref.actor", "actor_rollout_ref.rollout", "algorithm")
+        validate_like_verl(plan, cfg)  # what verl's main_ppo checks before it starts anything
     missing = {k for k, (_, v) in flatten(load_recipe(recipe)[1]).items() if v == MISSING}
     for key in missing:  # what the command line gave reached verl
         assert OmegaConf.select(cfg, key) == f"/given/{key}"
@@ -123,8 +124,13 @@ def test_gpu_recipes_load_the_verl_fix_in_every_worker():
     """The position-ids fix is not a CPU matter: the GPU recipes' workers load it too."""
     plan, cfg = _compose(GRPO)
     assert "rl.verl_fixes" in plan.env["VERL_USE_EXTERNAL_MODULES"].split(",")
-    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == plan.env["VERL_USE_EXTERNAL_MODULES"]
-    assert "rl.verl_fixes" in plan_sft(SFT, _placeholders(SFT), environ=NO_RAY).env["VERL_USE_EXTERNAL_MODULES"]
+    assert (
+        cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES
+        == plan.env["VERL_USE_EXTERNAL_MODULES"]
+    )
+    assert (
+        "rl.verl_fixes" in plan_sft(SFT, _placeholders(SFT), environ=NO_RAY).env["VERL_USE_EXTERNAL_MODULES"]
+    )
 
 
 def test_multi_node_is_one_override():
@@ -155,6 +161,57 @@ def test_grpo_after_sft_differs_from_grpo_only_in_the_start_and_the_name():
     after_sft = OmegaConf.to_container(_compose(SFT_GRPO, cli)[1], resolve=False)
     assert after_sft["trainer"].pop("experiment_name") != grpo["trainer"].pop("experiment_name")
     assert after_sft == grpo
+
+
+SIGNAL_VARIANTS = {  # GRPO signal keeping (rl/signal): what each variant changes, and nothing else
+    "qwen25vl7b_grpo_dapo.yaml": {
+        "algorithm.filter_groups.enable": True,
+        "algorithm.filter_groups.metric": "acc",
+        "algorithm.filter_groups.max_num_gen_batches": 4,
+    },
+    "qwen25vl7b_grpo_replay.yaml": {
+        "trainer.v1.sampler.sampler_kwargs.signal.replay.enable": True,
+        "trainer.v1.sampler.sampler_kwargs.signal.replay.max_age": 4,
+    },
+    "qwen25vl7b_grpo_curriculum.yaml": {
+        "data.sampler.class_path": "pkg://rl.signal.curriculum",
+        "data.sampler.class_name": "PassRateCurriculum",
+        "data.sampler.band": [0.2, 0.8],
+        "data.sampler.key": "pism_bucket",
+        "data.sampler.prior_means.easy": 0.9,
+        "data.sampler.prior_means.medium": 0.6,
+        "data.sampler.prior_means.hard": 0.3,
+        "data.sampler.prior_means.unsolved": 0.05,
+        "data.sampler.prior_strength": 2.0,
+        "data.dataloader_num_workers": 0,
+        # verl's workers load the data.sampler hook
+        "ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES": "rl.verl_fixes,rl.sampler",
+    },
+}
+
+
+@pytest.mark.parametrize("variant", sorted(SIGNAL_VARIANTS))
+def test_signal_variants_differ_from_the_grpo_recipe_in_their_own_keys_only(variant):
+    cli = _placeholders(GRPO)
+
+    def resolved(recipe: Path) -> dict:
+        return flatten(OmegaConf.to_container(_compose(recipe, cli)[1], resolve=True))
+
+    base, changed = resolved(GRPO), resolved(RECIPES / variant)
+    diff = {
+        k: changed.get(k, (False, None))[1]
+        for k in base.keys() | changed.keys()
+        if base.get(k) != changed.get(k)
+    }
+    for name in ("trainer.experiment_name", "actor_rollout_ref.rollout.trace.experiment_name"):
+        assert diff.pop(name) == variant.removesuffix(".yaml")
+    # the filter's settings reach rl.signal's buffer too (sampler_kwargs interpolate algorithm.filter_groups)
+    mirrored = {
+        f"trainer.v1.sampler.sampler_kwargs.{k.split('.', 1)[1]}": v
+        for k, v in diff.items()
+        if k.startswith("algorithm.filter_groups.")
+    }
+    assert diff == {**SIGNAL_VARIANTS[variant], **mirrored}
 
 
 def test_typos_fail_naming_the_key(tmp_path):
