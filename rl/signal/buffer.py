@@ -243,7 +243,10 @@ class SignalReplayBuffer(ReplayBuffer):
         sampleable = self._sampleable_terminal_keys(TRAIN, reasons)
         chosen, snapshot, _ = self._select_prompt_uids(TRAIN, sampleable, batch_size)
         self._clear_groups(TRAIN, sampleable - set(chosen))
-        return self._materialize_batch(TRAIN, chosen, snapshot), metrics, batch_size - len(chosen)
+        batch = (
+            self._materialize_batch(TRAIN, chosen, snapshot) if chosen else KVBatchMeta(partition_id=TRAIN)
+        )
+        return batch, metrics, batch_size - len(chosen)
 
     # ---------------------------------------------------------------------------------- replay
 
@@ -323,10 +326,9 @@ class SignalReplayBuffer(ReplayBuffer):
 
     def _shortfall(self, batch_size: int, have: int) -> str:
         verdicts = FilterVerdicts.of(self.outcomes.values(), self.signal.band)
-        values = [v for g in self.outcomes.values() for v in g.metric]
-        top, bottom = (max(values), min(values)) if values else (math.nan, math.nan)
-        easy = verdicts.identical.get(top, 0) + verdicts.above_band
-        hard = (verdicts.identical.get(bottom, 0) if bottom != top else 0) + verdicts.below_band
+        # A group whose responses all score >= 0.5 (acc 1, a full reward) was solved: too easy.
+        easy = sum(n for value, n in verdicts.identical.items() if value >= 0.5) + verdicts.above_band
+        hard = sum(n for value, n in verdicts.identical.items() if value < 0.5) + verdicts.below_band
         cause = (
             "the data is too easy for this policy (select harder rows, e.g. configs/select/prefilter.yaml)"
             if easy >= hard
