@@ -149,6 +149,11 @@ def test_two_grpo_steps_with_reference_model_on_cpu(tmp_path):
             assert math.isfinite(m[key]), (key, m[key])
     advantages = [(s["data"]["critic/advantages/min"], s["data"]["critic/advantages/max"]) for s in steps]
     assert any(hi > 0 > lo for lo, hi in advantages), f"no group with mixed rewards: {advantages}"
+    # rl.signal's effective ratio (every run logs it): > 0 exactly when some advantage is not zero
+    for s, (lo, hi) in zip(steps, advantages):
+        ratio = s["data"]["signal/effective_ratio"]
+        assert 0 <= ratio <= 1 and (ratio > 0) == (hi > 0 > lo), (ratio, lo, hi)
+        assert s["data"]["signal/groups_generated"] == 4  # no filter: the batch's 4 prompts
     trained = next(i for i, (lo, hi) in enumerate(advantages) if hi > 0 > lo)
     assert steps[trained]["data"]["actor/grad_norm"] > 0
     # KL to the reference model: 0 while the actor is the reference, > 0 once it was updated

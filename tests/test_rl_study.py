@@ -24,6 +24,7 @@ from rl.study.stats import compare, interval
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "configs" / "study" / "toy.yaml"
 ORSTA = REPO / "configs" / "study" / "orsta_qwen25vl7b.yaml"
+SIGNAL = REPO / "configs" / "study" / "toy_signal.yaml"
 
 # ---- statistics -------------------------------------------------------------------------------------
 
@@ -130,6 +131,20 @@ def test_orsta_study_passes_verl_config_checks(tmp_path):
     """The GPU study's exact training and SFT commands pass verl's own config composition."""
     cfg = load_study(str(ORSTA), [f"output={tmp_path}"])
     check_recipes(cfg, StudyLayout(tmp_path))
+
+
+def test_arms_may_train_with_their_own_recipe_and_overrides(tmp_path):
+    """The signal-keeping study: one selection, four ways to train it; each command passes verl's checks."""
+    cfg = load_study(str(SIGNAL), [f"output={tmp_path}"])
+    check_recipes(cfg, StudyLayout(tmp_path))
+    commands = _commands(build_steps(cfg, StudyLayout(tmp_path)))
+    assert commands["signal.seed0.train"][5] == "configs/rl/toy_signal.yaml"
+    assert commands["plain.seed0.train"][5] == commands["dapo.seed0.train"][5] == cfg.train.recipe
+    dapo = commands["dapo.seed1.train"]
+    # the arm's overrides come last (they win), after the study's own
+    assert dapo[-4:] == ["actor_rollout_ref.rollout.temperature=1.0", *cfg.arms["dapo"].train_overrides]
+    assert not any("filter_groups" in a for a in commands["plain.seed1.train"])
+    assert {commands[f"{arm}.seed2.select"][5] for arm in cfg.arms} == {"configs/select/full.yaml"}
 
 
 def test_a_selection_without_the_trained_subset_fails_naming_the_arm(tmp_path):

@@ -306,6 +306,7 @@ class SignalReplayBuffer(ReplayBuffer):
             "signal/effective_ratio": (with_signal + len(replayed)) / max(1, len(trained) + len(replayed)),
             "signal/effective_ratio_generated": effective_ratio(generated),
             "signal/groups_generated": len(generated),
+            "signal/responses_generated": responses,
             "signal/prompts_dispatched": self.dispatched,
             "signal/generations_per_signal_group": responses / with_signal if with_signal else math.nan,
             "signal/pass_rate_generated": sum(g.pass_rate for g in generated) / max(1, len(generated)),

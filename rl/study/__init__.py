@@ -56,7 +56,7 @@ def check_recipes(cfg: StudyConfig, layout: StudyLayout) -> None:
     study will run must pass verl's own config check."""
     from curate.selection.config import SelectConfig
     from rl.sft import plan_sft
-    from rl.train import plan_training, verl_config
+    from rl.train import plan_training, validate_like_verl, verl_config
 
     for name, arm in cfg.chosen_arms().items():
         select = load_structured(SelectConfig, arm.select, [*arm.overrides, "input=unused", "output=unused"])
@@ -68,12 +68,12 @@ def check_recipes(cfg: StudyConfig, layout: StudyLayout) -> None:
             if fmt not in select.subsets[subset].formats:
                 raise ConfigError(f"config key 'arms.{name}.select': subset {subset!r} of {arm.select} is "
                                   f"not exported as {fmt} (formats: {select.subsets[subset].formats})")
-    steps = build_steps(cfg, layout)
-    for kind, plan in (("train", plan_training), ("sft", plan_sft)):
-        step = next((s for s in steps if s.kind == kind), None)
-        if step is not None:
+    plans = {"train": plan_training, "sft": plan_sft}
+    for step in build_steps(cfg, layout):  # every arm's training, on the first seed
+        if step.kind in plans and step.seed == cfg.seeds[0]:
             command = step.command(False)  # python -m rl train|sft --config RECIPE overrides...
-            verl_config(plan(command[5], command[6:]))
+            plan = plans[step.kind](command[5], command[6:])
+            validate_like_verl(plan, verl_config(plan))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

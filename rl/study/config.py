@@ -50,6 +50,10 @@ class ArmConfig:
     # SFT first on this subset of the same selection (verl's SFT trainer: accelerators only), then
     # GRPO from its last checkpoint. Null: GRPO only.
     sft_subset: Optional[str] = None
+    # This arm's own ``rl train`` recipe (null: train.recipe) and overrides after train.overrides:
+    # arms that differ in how they train on the same selection (e.g. GRPO signal keeping).
+    train_recipe: Optional[str] = None
+    train_overrides: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -225,7 +225,8 @@ def _arm_steps(cfg: StudyConfig, layout: StudyLayout, name: str, arm: ArmConfig,
         else:
             model = [f"actor_rollout_ref.model.path={cfg.base_model}"] if cfg.base_model else []
         return _py(
-            "rl", "train", "--config", cfg.train.recipe, f"data.train_files={train}", f"data.val_files={val}",
+            "rl", "train", "--config", arm.train_recipe or cfg.train.recipe,
+            f"data.train_files={train}", f"data.val_files={val}",
             *model,
             f"trainer.default_local_dir={layout.checkpoints(name, seed)}",
             f"trainer.rollout_data_dir={layout.rollouts(name, seed)}",
@@ -237,6 +238,7 @@ def _arm_steps(cfg: StudyConfig, layout: StudyLayout, name: str, arm: ArmConfig,
             f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}",
             f"actor_rollout_ref.actor.data_loader_seed={seed}",
             *cfg.train.overrides,
+            *arm.train_overrides,
         )
 
     steps.append(Step(

@@ -26,6 +26,8 @@ from rl.study.stats import compare, interval, verdict_sentence
 __all__ = ["ArmSeedResult", "collect", "effective_ratio_per_step", "write_report"]
 
 SCORE_KEY = "critic/score/mean"  # verl's mean sequence score (our reward: accuracy + format) per step
+# rl.signal.buffer's per-step counts: groups trained with a signal, responses generated (filtered ones too)
+RATIO_KEY, RESPONSES_KEY = "signal/effective_ratio", "signal/responses_generated"
 
 
 @dataclass
@@ -37,7 +39,7 @@ class ArmSeedResult:
     train_rows: Optional[int] = None
     reward_per_step: list[float] = field(default_factory=list)
     effective_ratio_per_step: list[float] = field(default_factory=list)
-    generations: int = 0  # responses generated in training (rollout dumps)
+    generations: int = 0  # responses generated in training (rl.signal metrics, else the rollout dumps)
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -75,12 +77,18 @@ def effective_ratio_per_step(rollouts: Path) -> tuple[list[float], int]:
     return ratios, responses
 
 
-def _rewards(metrics: Path) -> list[float]:
+def _series(metrics: Path) -> dict[str, list[float]]:
+    """Every metric of verl's file logger as a list over steps, in step order."""
     if not metrics.is_file():
-        return []
+        return {}
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     rows.sort(key=lambda r: r.get("step", 0))
-    return [float(r.get("data", r)[SCORE_KEY]) for r in rows if SCORE_KEY in r.get("data", r)]
+    series: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        for key, value in row.get("data", row).items():
+            if isinstance(value, (int, float)):
+                series[key].append(float(value))
+    return series
 
 
 def collect(cfg: StudyConfig, layout: StudyLayout) -> list[ArmSeedResult]:
@@ -94,9 +102,13 @@ def collect(cfg: StudyConfig, layout: StudyLayout) -> list[ArmSeedResult]:
             manifest = _read_json(layout.selection(name, seed) / "manifest.json")
             if manifest is not None and arm.subset in manifest["subsets"]:
                 result.train_rows = manifest["subsets"][arm.subset].get("train_rows")
-            result.reward_per_step = _rewards(layout.metrics(name, seed))
+            series = _series(layout.metrics(name, seed))
+            result.reward_per_step = series.get(SCORE_KEY, [])
             result.effective_ratio_per_step, result.generations = effective_ratio_per_step(
                 layout.rollouts(name, seed))
+            if RATIO_KEY in series:  # rl.signal's count: also right when groups were filtered or replayed
+                result.effective_ratio_per_step = series[RATIO_KEY]
+                result.generations = int(sum(series.get(RESPONSES_KEY, [])))
             results.append(result)
     return results
 
