@@ -1,5 +1,5 @@
 """rl.signal inside verl 0.9.1's real GRPO trainer on CPU: replay swaps silent groups for stored ones
-and verl trains on them; the curriculum learns from every group and resumes from verl's checkpoint.
+and verl trains on them; the curriculum learns from every group and is saved in verl's checkpoint.
 
 ``python -m rl train --config configs/rl/toy_signal.yaml`` on the `toy-study` model (the filter is
 off here so that silent groups reach the batch; the filter itself runs in tests/test_signal_buffer.py
@@ -41,13 +41,13 @@ def _corpus(path: Path) -> None:
 
 
 def _train(tmp_path: Path, steps: int, metrics: Path) -> list[dict]:
+    """``rl train`` for ``steps`` steps, a checkpoint at the last; verl's metrics per step."""
     command = [
         sys.executable, "-m", "rl", "train", "--config", str(TOY_SIGNAL),
         f"data.train_files={tmp_path / 'train.parquet'}",
         f"trainer.total_training_steps={steps}",
         "trainer.save_freq=3",
         "trainer.total_epochs=100",  # the step count decides
-        "trainer.resume_mode=auto",
         f"trainer.default_local_dir={tmp_path / 'checkpoints'}",
         "algorithm.filter_groups.enable=false",
         "hardmode.signal.band=null",  # the band narrows the filter: off with it
@@ -66,7 +66,7 @@ def _train(tmp_path: Path, steps: int, metrics: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_replay_and_curriculum_in_verls_trainer_then_resumed(tmp_path):
+def test_replay_and_curriculum_in_verls_trainer(tmp_path):
     _corpus(tmp_path / "train.parquet")
     steps = _train(tmp_path, 3, tmp_path / "metrics.jsonl")
     assert len(steps) == 3
@@ -86,8 +86,14 @@ def test_replay_and_curriculum_in_verls_trainer_then_resumed(tmp_path):
     assert steps[-1]["curriculum/unmatched_groups"] == 0
     assert steps[0]["curriculum/pass_rate_mean"] != steps[-1]["curriculum/pass_rate_mean"]
 
-    # resume from the last checkpoint (step 3): the curriculum's estimates come back with the dataloader
-    resumed = _train(tmp_path, 4, tmp_path / "resumed.jsonl")
-    assert len(resumed) == 1  # step 4 only: verl resumed from step 3
-    # every row seen before (a fresh curriculum would show the 8 rows of this step only)
-    assert resumed[0]["curriculum/observed_rows"] == 24
+    # verl's dataloader checkpoint (data.pt) holds the curriculum: every response of the 3 steps, as
+    # the metrics counted them (a resume loads it through StatefulDataLoader: tests/test_signal.py)
+    import torch
+
+    saved = torch.load(tmp_path / "checkpoints" / "global_step_3" / "data.pt", weights_only=False)
+    curriculum = saved["_sampler_iter_state"]["sampler_state"]
+    assert sum(curriculum["passes"]) + sum(curriculum["fails"]) == 3 * 64
+    assert sum(curriculum["passes"]) == pytest.approx(
+        sum(m["signal/pass_rate_generated"] * 64 for m in steps)
+    )
+    assert len(saved["_sampler_iter_state"]["sampler_iter_state"]["drawn"]) == 24  # the epoch's position
