@@ -82,6 +82,7 @@ def plan(cfg: SelectConfig) -> tuple[Any, Any, dict[str, Any]]:
     from curate.selection.rules import ScoreTable, select_subset
 
     dataset = AnnotatedDataset(cfg.input)
+    _refuse_buckets_of_one_level(cfg, dataset.run_metadata())
     scores = ScoreTable.from_table(dataset.read_scores())
     if cfg.exclude_ids is not None:
         wanted = excluded_ids(cfg.exclude_ids)
@@ -94,6 +95,21 @@ def plan(cfg: SelectConfig) -> tuple[Any, Any, dict[str, Any]]:
             scores, name, sub, cfg.seed, {k: s.rows for k, s in selections.items()}
         )
     return dataset, scores, selections
+
+
+def _refuse_buckets_of_one_level(cfg: SelectConfig, metadata: dict[str, Any]) -> None:
+    """A run that scored PISM at one masking level (configs/curate/prerollout.yaml) has pism_bucket
+    columns that say only solved or not: no difficulty to select by."""
+    ratios = ((metadata.get("config") or {}).get("pism") or {}).get("ratios")
+    if ratios is None or len(ratios) > 1:
+        return
+    for name, sub in cfg.subsets.items():
+        if sub.kind in ("rule", "random") and "pism" in sub.rule.scores():
+            raise ConfigError(
+                f"config key 'subsets.{name}.rule.by': the run scored PISM at one masking level "
+                f"(pism.ratios={list(ratios)}, a pre-rollout run): its pism_bucket is no difficulty. Select "
+                "from it with the pass-rate pre-filter alone (rule.by=none; configs/select/prefilter.yaml)"
+            )
 
 
 def excluded_ids(where: str) -> set[str]:

@@ -167,6 +167,17 @@ def test_a_run_with_one_scorer(tmp_path, ran, auto, refused):
             plan(_cfg(run, None, None, *PREFILTER_ONLY, f"subsets.grpo.rule.pass_rate.source={source}"))
 
 
+def test_buckets_of_a_one_level_pism_run_are_refused(tmp_path):
+    """A pre-rollout run (PISM at λ = 0 only) has no difficulty buckets; its pass rates are fine."""
+    pism = {"enabled": True, "ratios": [0.0]}
+    record = {"fingerprint": "x", "config": {"pism": pism, "cmab": {"enabled": False}}}
+    run = write_annotated(tmp_path / "run", run_record=record)
+    with pytest.raises(ConfigError, match=r"'subsets\.grpo\.rule\.by'.*one masking level"):
+        plan(_cfg(run, None, "mid_hard_pism.yaml"))
+    _, _, sel = plan(_cfg(run, None, None, *PREFILTER_ONLY, "subsets.grpo.rule.pass_rate.source=auto"))
+    assert sel["grpo"].pass_rate["sources"] == ["pism"]
+
+
 def test_a_dataset_without_rollouts_is_refused_naming_the_key(tmp_path):
     rollout_columns = ("pism_attempts", "pism_correct", "cmab_correct", "cmab_generations")
     schema = pa.schema([f for f in SCHEMA if f.name not in rollout_columns])
