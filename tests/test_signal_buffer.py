@@ -188,6 +188,15 @@ def test_replay_swaps_silent_groups_for_stored_ones_and_logs_their_age(tq):
     assert not (tq.kv_list(REPLAY_PARTITION) or {}).get(REPLAY_PARTITION)  # their trajectories too
 
 
+def test_the_whole_budget_is_spent_before_a_step_fails(tq):
+    """verl refills in chunks (2 × the groups it dropped, up to a batch): the last chunk is cut to
+    the budget, not skipped. 7 mixed groups, then nothing but solved ones: 8 + 2 + 4 + 8 + 2 = 24."""
+    rollouts = Rollouts(tq, [HALF] * 7 + [ALL_RIGHT] * 100)
+    with pytest.raises(SignalKeepingError, match="7 of 8 groups with a learning signal after 24 prompts"):
+        rollouts.step_batch(_buffer(rollouts, 8, filtering=True, gen_batches=3), 1, 8)
+    assert rollouts.made == 24
+
+
 @pytest.mark.parametrize("max_share", [1.0, 0.5])
 def test_replay_fills_what_the_filter_budget_left_empty(tq, max_share):
     rollouts = Rollouts(tq, [HALF, ONE_RIGHT] + [ALL_RIGHT] * 20)

@@ -140,8 +140,12 @@ class SignalReplayBuffer(ReplayBuffer):
         return self.max_gen_batches * self.batch_prompts
 
     def _budgeted_refill(self, num_prompts: int) -> int:
-        if self.budget is not None and self.dispatched + num_prompts > self.budget:
-            raise _BudgetSpent
+        """verl's refill, cut to what is left of the budget (verl counts in-flight prompts from
+        TransferQueue, so a shorter refill only means fewer to wait for); none left: settle."""
+        if self.budget is not None:
+            if self.dispatched >= self.budget:
+                raise _BudgetSpent
+            num_prompts = min(num_prompts, self.budget - self.dispatched)
         self.dispatched += num_prompts
         return self._refill_prompts(num_prompts)
 
