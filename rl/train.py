@@ -12,8 +12,14 @@ command runs locally and as a Ray job (``ray job submit --working-dir . -- pytho
 Precedence, lowest first: verl's defaults, what ``hardmode`` implies (e.g. the CPU path), the recipe,
 the command line. A recipe key written ``+name`` is added to verl's config instead of overridden.
 Every key is checked against verl's config before anything starts (a typo fails naming the key), and
-keys the recipe leaves as ``???`` must be given on the command line. ``hardmode.extends: base.yaml``
-makes a recipe a variant of another: it lists only what differs.
+keys the recipe leaves as ``???`` must be given on the command line, and verl's own
+``validate_config`` runs on the result. ``hardmode.extends: base.yaml`` makes a recipe a variant of
+another: it lists only what differs.
+
+GRPO signal keeping (:mod:`rl.signal`): with the sync trainer, verl's replay-buffer hook
+(``trainer.v1.sampler.custom_sampler``) gets ``rl.signal.buffer.SignalReplayBuffer``, so every run logs
+``signal/effective_ratio`` per step; ``hardmode.signal`` adds a band to verl's DAPO filter and selective
+replay, and ``data.sampler`` = ``PassRateCurriculum`` a curriculum that learns from the rollouts.
 
 Ray: unless ``RAY_ADDRESS`` is set (``ray job submit`` sets it) or the recipe names
 ``ray_kwargs.ray_init.address``, the trainer starts a private local cluster (``address=local``) and
