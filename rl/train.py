@@ -42,6 +42,7 @@ import os
 import re
 import shlex
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -455,8 +456,9 @@ def validate_like_verl(plan: TrainPlan, cfg: Any) -> None:
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # verl prints a line per check
+    try:  # verl prints a line per check and warns of what verl itself will warn of at start
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
     except (AssertionError, ValueError) as err:
         raise ConfigError(f"verl's validate_config: {err}") from None

@@ -242,6 +242,8 @@ def test_command_line_dry_run_prints_the_verl_command_and_config(tmp_path):
     assert "VERL_FILE_LOGGER_ROOT=outputs/rl" in command
     assert "data.train_files=/data/t.parquet" in command
     assert "adv_estimator: grpo" in config and "name: hf" in config
+    # verl's validate_config ran, quietly: its check lines and warnings are verl's to print at start
+    assert "validate_config" not in proc.stdout and "Warning" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_command_line_reports_config_errors_without_a_traceback(tmp_path):
