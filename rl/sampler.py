@@ -26,7 +26,7 @@ constructor signature ``(data_source, data_config)`` and falls back to verl's ow
 
 The variable must reach verl's TaskRunner, a Ray actor, which builds the dataloader: ``python -m rl
 train`` sets it there (with the modules every run needs) whenever ``data.sampler.class_path`` is given;
-``tests/test_sampler_grpo.py`` runs it. The sampler's
+``tests/test_signal_grpo.py`` runs it (verl's first batch is the sampler's). The sampler's
 own keys sit beside ``class_path`` under ``data.sampler`` (:class:`DifficultySamplerConfig`); the seed
 defaults to ``data.seed``. ``data.shuffle`` is ignored when a sampler is given.
 """

@@ -1,7 +1,7 @@
 """rl.signal inside verl 0.9.1's real GRPO trainer on CPU: replay swaps silent groups for stored ones
 and verl trains on them; the curriculum learns from every group and is saved in verl's checkpoint.
 
-``python -m rl train --config configs/rl/toy_signal.yaml`` on the `toy-study` model (the filter is
+``python -m rl train --config configs/rl/toy_signal.yaml`` on the `toy` model (the filter is
 off here so that silent groups reach the batch; the filter itself runs in tests/test_signal_buffer.py
 and in the toy signal study, benchmarks/README.md)."""
 
@@ -52,6 +52,7 @@ def _train(tmp_path: Path, steps: int, metrics: Path) -> list[dict]:
         "algorithm.filter_groups.enable=false",
         "hardmode.signal.band=null",  # the band narrows the filter: off with it
         "hardmode.signal.replay.max_share=0.5",  # up to 4 of 8 groups replayed
+        "actor_rollout_ref.model.path=toy",  # the suite's model (toy-study trains for minutes)
         "actor_rollout_ref.rollout.temperature=1.0",  # a sharp policy: silent groups to swap
     ]  # fmt: skip
     env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(metrics), "RAY_DEDUP_LOGS": "0"}
@@ -96,4 +97,8 @@ def test_replay_and_curriculum_in_verls_trainer(tmp_path):
     assert sum(curriculum["passes"]) == pytest.approx(
         sum(m["signal/pass_rate_generated"] * 64 for m in steps)
     )
-    assert len(saved["_sampler_iter_state"]["sampler_iter_state"]["drawn"]) == 24  # the epoch's position
+    drawn = saved["_sampler_iter_state"]["sampler_iter_state"]["drawn"]
+    assert sorted(drawn) == list(range(24))  # the epoch's position: every row once
+    # verl's first batch came from the curriculum: rows whose prior (their bucket) lies in its band
+    in_band = {i for i in range(24) if BUCKETS[i % len(BUCKETS)] in ("medium", "hard", None)}
+    assert set(drawn[:8]) <= in_band
