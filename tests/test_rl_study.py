@@ -135,7 +135,8 @@ def test_orsta_study_passes_verl_config_checks(tmp_path):
 
 def test_arms_may_train_with_their_own_recipe_and_overrides(tmp_path):
     """The signal-keeping study: one selection, four ways to train it; each command passes verl's checks."""
-    cfg = load_study(str(SIGNAL), [f"output={tmp_path}"])
+    # base_model=toy: the suite's model (resolving toy-study would train it, minutes on a fresh cache)
+    cfg = load_study(str(SIGNAL), [f"output={tmp_path}", "base_model=toy"])
     check_recipes(cfg, StudyLayout(tmp_path))
     commands = _commands(build_steps(cfg, StudyLayout(tmp_path)))
     assert commands["signal.seed0.train"][5] == "configs/rl/toy_signal.yaml"
