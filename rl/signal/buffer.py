@@ -207,8 +207,7 @@ class SignalReplayBuffer(ReplayBuffer):
             for uid in finished
             if uid in self.outcomes and not keeps(self.outcomes[uid], self.signal.band)
         }
-        same = Counter(self.outcomes[u].metric[0] for u in dropped if len(set(self.outcomes[u].metric)) < 2)
-        return dropped, same
+        return dropped, FilterVerdicts.of((self.outcomes[u] for u in dropped), self.signal.band).identical
 
     # ---------------------------------------------------------------------------------- sample
 
