@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from support.verl_rows import bucket, bucketed_verl_parquet, rlhf_dataset
+from test_rl_train import _keys, _recipe
 
 from curate.config import ConfigError
 from rl.signal import curriculum as curriculum_module
@@ -270,16 +271,6 @@ def test_resume_from_verl_dataloader_checkpoint_keeps_estimates_and_sequence(dat
 
 
 # --------------------------------------------------------------------------------- rl train keys
-
-
-def _keys(plan) -> dict[str, str]:
-    return {o.split("=", 1)[0]: o.split("=", 1)[1] for o in plan.overrides}
-
-
-def _recipe(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "recipe.yaml"
-    path.write_text(text)
-    return path
 
 
 @pytest.mark.parametrize(
