@@ -5,7 +5,7 @@ on the same prompt (text, then an image of N tokens, then text) and the same gre
 
 * released: ``generate(output_attentions=True)`` with eager attention, keeping every step's map for
   every layer, then the released code's loop over steps (layer 20, prefill skipped) for ρ̄;
-* probe: one teacher-forced forward over prompt + response with ``curate.attention_probe`` (the
+* probe: one teacher-forced forward over prompt + response with ``curate.scoring.attention_probe`` (the
   response comes from any engine; CMAB's grading generations already exist), for the code variant
   (1 layer, the forward stops after it) and the paper variant (layers 2..L-1);
 * ours end to end: a plain HF ``generate`` (sdpa, no attentions) plus the code-variant probe, for
@@ -167,8 +167,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(spec["threads"])
     sys.path.insert(0, str(ROOT))
-    from curate.attention_probe import pack_responses, probe_attention
-    from curate.cmab import cmab_probe_options, cmab_rho
+    from curate.scoring.attention_probe import pack_responses, probe_attention
+    from curate.scoring.cmab import cmab_probe_options, cmab_rho
 
     device, layers = spec["device"], spec["layers"]
     attn = "eager" if spec["side"] == "released" else "sdpa"

@@ -2,7 +2,7 @@
 
 Sides, each in a fresh subprocess, one after the other (so they never share the CPU):
 
-* ``bare`` — ``curate.scorer.Scorer`` in-process: the toy corpus stage 1 writes, scored in chunks of
+* ``bare`` — ``curate.scoring.scorer.Scorer`` in-process: the toy corpus stage 1 writes, scored in chunks of
   ``ray.batch_size`` rows (the pipeline's batches), one torch thread per scorer like a 1-CPU actor,
   written as one Parquet file. Nothing of Ray is imported.
 * ``bare-2t`` — the same with two torch threads: what one process gets from both cores.
@@ -105,7 +105,7 @@ def bare(spec: dict[str, Any], out: Path, threads: int) -> dict[str, Any]:
 
     from curate.modeling import resolve_model_path
     from curate.pipeline import ANNOTATED_DIR, CORPUS_DIR, ingest
-    from curate.scorer import Scorer
+    from curate.scoring.scorer import Scorer
 
     torch.set_num_threads(threads)
     cfg = load(spec, out)
@@ -237,7 +237,7 @@ def main() -> int:
     if args.worker:
         return serve_worker(args.worker, worker)
     from curate.config import load_config
-    from curate.scorer import output_schema
+    from curate.scoring.registry import output_schema
 
     overrides = list(args.overrides) + (["data.toy.num_samples=40"] if args.quick else [])
     cfg = load_config(args.recipe, overrides)

@@ -3,7 +3,7 @@ procedure, and the certification lower bound — on the same per-attempt outcome
 
 Procedures, for mask ratios Λ (|Λ| = L levels) and K realizations per level (method.md §1):
 
-* ``early_exit`` — the project's scheduler (``curate.pism.PismScorer``, ``pism.mode=early_exit``),
+* ``early_exit`` — the project's scheduler (``curate.scoring.pism.PismScorer``, ``pism.mode=early_exit``),
   run for real: a level passes at its first correct answer, the sample stops at its first level with
   0/K correct.
 * ``full`` — the same scorer with ``pism.mode=full``: L·K generations (the Pc(λ) curves).
@@ -58,8 +58,8 @@ from curate.engines.base import (
     SamplingParams,
 )
 from curate.images import content_id
-from curate.masks import derived_seed, realization_id
-from curate.pism import PismResult, PismScorer, Sample, passes_needed, pism_bucket
+from curate.scoring.masks import derived_seed, realization_id
+from curate.scoring.pism import PismResult, PismScorer, Sample, passes_needed, pism_bucket
 
 PROCEDURES = ("bound", "early_exit", "released", "full")
 BUCKET_ORDER = ("unsolved", "hard", "medium", "easy")
@@ -179,7 +179,7 @@ def bucket_table(rows: list[dict[str, Any]], label: str) -> str:
 def toy_setting(num_samples: int, corpus_seed: int) -> dict[str, Any]:
     from curate.engines import create_engine
     from curate.grading import grade
-    from curate.scorer import sampling_params
+    from curate.scoring.stage import sampling_params
 
     cfg = load_recipe()
     samples = toy_samples(num_samples, corpus_seed)
@@ -346,7 +346,7 @@ class SimulationEngine(GenerationEngine):
     tool, not an engine the project ships.
 
     Each request is mapped back to (sample, level, realization k) from what the scorer put in it:
-    ``image_id`` is the sample's content id (λ = 0) or ``curate.masks.realization_id`` of it (masked:
+    ``image_id`` is the sample's content id (λ = 0) or ``curate.scoring.masks.realization_id`` of it (masked:
     ratio and k are read from it, and the id is rebuilt with that function and must be equal); the
     seed must be ``derived_seed("generate", id, ratio, seed) + k`` for the same k. A request that does
     not map (an unknown image, a seed that disagrees) comes back as an error, which fails the run:

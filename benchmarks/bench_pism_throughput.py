@@ -90,8 +90,8 @@ def score_one_at_a_time(scorer: Any, samples: Sequence[Any], concurrency: int) -
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from curate.engines import create_engine
-    from curate.pism import PismResult, PismScorer
-    from curate.scorer import sampling_params
+    from curate.scoring.pism import PismResult, PismScorer
+    from curate.scoring.stage import sampling_params
 
     side = spec["side"]
     overrides = list(spec["overrides"])

@@ -38,7 +38,7 @@ def load_recipe(recipe: str | Path = TOY_RECIPE, overrides: Sequence[str] = ()):
 def toy_samples(num_samples: int, seed: int = 0):
     """The first ``num_samples`` rows of the toy corpus of ``seed`` as PISM samples."""
     from curate.images import decode_image
-    from curate.pism import Sample
+    from curate.scoring.pism import Sample
     from curate.toy.corpus import generate_corpus
 
     rows = generate_corpus(num_samples, seed=seed).to_pylist()

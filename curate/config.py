@@ -199,7 +199,7 @@ class CmabThresholds:
 
 @dataclass
 class CmabCalibration:
-    """Where CMAB's bucket thresholds come from (``curate.cmab_calibration``).
+    """Where CMAB's bucket thresholds come from (``curate.scoring.cmab_calibration``).
 
     ρ̄'s scale is the model's: the published bands were fitted to Qwen2.5-VL-7B's layer 20, and on
     another model nearly every sample can fall into one bucket (the toy demo put 76-102 of 120 there).
@@ -256,6 +256,42 @@ class CmabConfig:
 
 
 @dataclass
+class AceConfig:
+    """RAP's Attention Confidence Estimator (method.md §4): does one response token soak up the final
+    layer's attention? For response tokens j, ψ_j = Π_{i≥j} σ·A_ij over the later tokens i attending
+    to j, computed in log space from the probe's response→response block (no L×L maps kept)."""
+
+    enabled: bool = True
+    sigma: float = 2.0
+    # λ_a: the sample is flagged when max_j ψ_j > threshold.
+    threshold: float = 0.1
+    # raw: the paper's product (its factor count grows with the distance to the end, so late tokens
+    # dominate) | normalized: the geometric mean of the factors, ψ_j^(1/(n-j)).
+    form: str = "raw"
+    # How the final layer's heads are reduced to one map: mean (the paper) | max.
+    heads: str = "mean"
+    # Which image rollout is scored: first_correct (none correct: no ACE score) | first.
+    response: str = "first_correct"
+    # Query rows per chunk in the probe (bounds its memory).
+    probe_chunk: int = 256
+
+
+@dataclass
+class RapConfig:
+    """RAP's estimators (method.md §4). CDE: M rollouts with the image and M with the image removed
+    from the prompt, D = acc_img − acc_txt; the image rollouts are PISM's λ = 0 attempts k < M (seeded by
+    ``pism.seed``), taken from PISM when it ran in the same pass and generated here where it did not.
+    ACE: ``AceConfig``. DRM is a selection rule (``curate select``, kind ``rap``)."""
+
+    enabled: bool = False
+    # Rollouts per sample with the image, and without it (M).
+    m: int = 5
+    # Seed of the text-only rollouts.
+    seed: int = 0
+    ace: AceConfig = field(default_factory=AceConfig)
+
+
+@dataclass
 class OutputConfig:
     # Directory of Parquet shards of the annotated dataset.
     path: str = "outputs/curate"
@@ -304,6 +340,7 @@ class CurateConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     pism: PismConfig = field(default_factory=PismConfig)
     cmab: CmabConfig = field(default_factory=CmabConfig)
+    rap: RapConfig = field(default_factory=RapConfig)
     # What counts as correct for PISM and CMAB (curate.grading.GradingOptions); rl/reward.py takes
     # the same keys, so training rewards what difficulty was measured against.
     grading: GradingOptions = field(default_factory=GradingOptions)
@@ -378,7 +415,16 @@ class CurateConfig:
                f"levels must be strictly increasing, got {q}")
         check_key("cmab.calibration.min_values", cal.min_values >= 4,
                "must be >= 4 (at least one ρ̄ value per cut point)")
-        check_key("pism.enabled", p.enabled or c.enabled, "enable at least one of pism, cmab")
+        rap = self.rap
+        check_key("rap.m", rap.m > 0, "must be positive")
+        check_key("rap.ace.sigma", rap.ace.sigma > 0, "must be positive")
+        check_key("rap.ace.threshold", rap.ace.threshold > 0, "must be positive")
+        _choice("rap.ace.form", rap.ace.form, ["raw", "normalized"])
+        _choice("rap.ace.heads", rap.ace.heads, ["mean", "max"])
+        _choice("rap.ace.response", rap.ace.response, ["first_correct", "first"])
+        check_key("rap.ace.probe_chunk", rap.ace.probe_chunk > 0, "must be positive")
+        check_key("pism.enabled", p.enabled or c.enabled or rap.enabled,
+                  "enable at least one of pism, cmab, rap")
         r = self.ray
         check_key("ray.min_actors", 1 <= r.min_actors <= r.max_actors, "must satisfy 1 <= min_actors <= max_actors")
         check_key("ray.batch_size", r.batch_size > 0, "must be positive")

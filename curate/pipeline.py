@@ -11,7 +11,7 @@ one; it never joins a cluster merely because it runs on this machine. The output
     report/      plots and report.md (``python -m curate report``)
 
 Stage 2 reads ``corpus/`` and streams it through ``map_batches(ScoringActor)``: each actor loads the
-engine once and runs whole batches through ``curate.scorer.Scorer`` (PISM waves across the batch's
+engine once and runs whole batches through ``curate.scoring.scorer.Scorer`` (PISM waves across the batch's
 samples keep one engine busy), then Ray Data writes the shards. Guarantees:
 
 - **Resume.** Ray Data's checkpointing (``CheckpointConfig`` on the ``id`` column, two-phase commit
@@ -52,6 +52,7 @@ from curate.config import ConfigError, CurateConfig, DataConfig, load_config, to
 from curate.elastic import RESERVED_CPUS, NodeWatch, StepErrors, wait_for_pool
 from curate.placement import check_cluster, cluster_nodes
 from curate.run_record import ANNOTATED_DIR, RUN_METADATA_KEY
+from curate.scoring import registry
 from curate.storage import Location, check_visible_from_every_node, describe_nodes, is_uri, nodes_missing, stage
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class ScoringActor:
     """Ray Data callable class: loads the engine once, scores whole batches."""
 
     def __init__(self, cfg: CurateConfig, counter: Any = None, run_metadata: bytes = b""):
-        from curate.scorer import Scorer
+        from curate.scoring.scorer import Scorer
 
         if cfg.engine.backend == "vllm":
             # vLLM's engine core runs in this process, not in a child: a child outlives an actor
@@ -148,8 +149,9 @@ class ScoringActor:
         out = self.scorer.score_table(batch)
         if self.counter is not None:
             errors = pc.sum(pc.equal(out[schema.STATUS], schema.STATUS_ERROR)).as_py() or 0
-            gens = _column_sum(out, "pism_generations") + _column_sum(out, "cmab_generations")
-            self.counter.add.remote(out.num_rows, errors, gens, _column_sum(out, "pism_tokens"))
+            gens = sum(_column_sum(out, c) for c in registry.generation_columns())
+            tokens = sum(_column_sum(out, c) for c in registry.token_columns())
+            self.counter.add.remote(out.num_rows, errors, gens, tokens)
         return out.replace_schema_metadata({**(out.schema.metadata or {}), RUN_METADATA_KEY: self.run_metadata})
 
 

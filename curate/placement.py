@@ -91,10 +91,11 @@ def _checkpoint_bytes(path: str) -> int:
 
 
 def probe_memory_bytes(cfg: CurateConfig, model_path: str, probe_batch: int) -> int:
-    """GPU bytes the CMAB probe needs beside vLLM: its copy of the weights, the activations of one
-    teacher-forced forward over ``probe_batch`` sequences of up to ``engine.max_model_len`` tokens
-    (hidden states and the MLP's three intermediates of one layer at a time, the probe's fp32
-    softmax chunk and keys), and a CUDA context. An estimate with the largest terms, not a bound."""
+    """GPU bytes the attention probe (CMAB, RAP's ACE) needs beside vLLM: its copy of the weights, the
+    activations of one teacher-forced forward over ``probe_batch`` sequences of up to
+    ``engine.max_model_len`` tokens (hidden states and the MLP's three intermediates of one layer at a
+    time, the probe's fp32 softmax chunk and keys, ACE's response×response block), and a CUDA context.
+    An estimate with the largest terms, not a bound."""
     text = _model_config(model_path)
     stored = str(text.get("torch_dtype") or text.get("dtype") or "bfloat16")
     loaded = stored if cfg.engine.dtype == "auto" else cfg.engine.dtype
@@ -106,9 +107,13 @@ def probe_memory_bytes(cfg: CurateConfig, model_path: str, probe_batch: int) -> 
     tokens = probe_batch * cfg.engine.max_model_len
     element = _DTYPE_BYTES.get(loaded, 2)
     activations = tokens * (4 * hidden + 3 * inter) * element
-    chunk = probe_batch * heads * min(cfg.cmab.probe_chunk, cfg.engine.max_model_len) * cfg.engine.max_model_len * 4
+    ace = cfg.rap.enabled and cfg.rap.ace.enabled
+    rows = max([cfg.cmab.probe_chunk] * cfg.cmab.enabled + [cfg.rap.ace.probe_chunk] * ace, default=0)
+    chunk = probe_batch * heads * min(rows, cfg.engine.max_model_len) * cfg.engine.max_model_len * 4
+    ace_heads = heads if cfg.rap.ace.heads == "max" else 1
+    ace_block = probe_batch * ace_heads * (cfg.sampling.max_tokens + 1) ** 2 * 4 if ace else 0
     keys = 2 * tokens * kv_heads * head_dim * 4
-    return weights + activations + chunk + keys + _CONTEXT_BYTES
+    return weights + activations + chunk + ace_block + keys + _CONTEXT_BYTES
 
 
 def check_probe_memory(cfg: CurateConfig, total_bytes: int, probe_bytes: int) -> None:
@@ -121,5 +126,5 @@ def check_probe_memory(cfg: CurateConfig, total_bytes: int, probe_bytes: int) ->
                 "this GPU cannot hold both: give vLLM and the probe a GPU each, or lower engine.max_model_len")
         raise ConfigError(
             f"config key 'engine.vllm.gpu_memory_utilization': {utilization} of a {total_bytes / _GIB:.0f} GiB GPU "
-            f"leaves {left / _GIB:.1f} GiB, and the CMAB probe's copy of the model with its activations needs "
+            f"leaves {left / _GIB:.1f} GiB, and the attention probe's copy of the model with its activations needs "
             f"about {probe_bytes / _GIB:.1f} GiB; {hint}")

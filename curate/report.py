@@ -8,9 +8,12 @@ score columns only, never the image bytes) and writes, under ``RUN_DIR/report/``
 - ``pc_curves.png``: mean Pc(λ) per bucket over fully evaluated levels, and the share of samples still
   answering correctly at each λ (known for every sample, in either PISM mode);
 - ``rho.png``: histogram of CMAB's ρ̄ with the bucket thresholds the buckets use (the variant's fixed
-  ones, or those calibrated on the run's ρ̄ and recorded in ``run.json``: ``curate.cmab_calibration``);
+  ones, or those calibrated on the run's ρ̄ and recorded in ``run.json``: ``curate.scoring.cmab_calibration``);
+- ``rap.png``: histograms of RAP's D = acc_img − acc_txt (CDE) and of ACE's max log ψ (raw and
+  length-normalised) with the flag threshold;
 - ``report.md``: counts in/scored/errored (errors grouped by reason), buckets per task, PISM vs CMAB
-  agreement (confusion table), generations and tokens used, and the figures above.
+  agreement (confusion table), RAP's estimators per task and against the PISM/CMAB buckets,
+  generations and tokens used, and the figures above.
 
 ``RUN_DIR`` may be a URI (``s3://bucket/run``, see ``curate.storage``): the report is drawn in a local
 temporary directory and copied there.
@@ -20,43 +23,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
+import math
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from curate import cmab_calibration, run_record, schema
+from curate import run_record, schema
+from curate.scores import error_reason, read_scores
+from curate.scoring import cmab_calibration
 from curate.storage import Location, is_uri, location
 
 log = logging.getLogger(__name__)
-
-_SCORE_COLUMNS = [
-    schema.ID, schema.TASK, schema.STATUS, schema.ERROR,
-    "pism_pc", "pism_lambda_star", "pism_bucket", "pism_generations", "pism_tokens",
-    "cmab_rho", "cmab_bucket", "cmab_variant",
-]
-
-
-def read_scores(output: str | Path | Location) -> pa.Table:
-    """The score columns of every shard under ``output``."""
-    where = location(output)
-    dataset = pq.ParquetDataset(where.path, filesystem=where.filesystem)
-    present = set(dataset.schema.names)
-    return dataset.read(columns=[c for c in _SCORE_COLUMNS if c in present])
-
-
-def error_reason(message: str) -> str:
-    """Group error messages: stage plus the message with numbers and quoted names blurred."""
-    head = message.split(":", 1)[0] if ":" in message else "error"
-    rest = message.split(":", 1)[1] if ":" in message else message
-    rest = re.sub(r"'[^']*'|\"[^\"]*\"", "…", rest)
-    rest = re.sub(r"\d+", "N", rest).strip()
-    return f"{head}: {rest[:80]}"
-
 
 def _bar_by_task(rows: list[dict], column: str, title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
@@ -142,6 +120,74 @@ def _rho(rows: list[dict], thresholds: dict[str, float] | None, path: Path) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# RAP's D in three classes: the image does not help, helps some, or is needed (the paper's λ_c = 0.5).
+_CDE_CLASSES = (
+    ("D <= 0", lambda d: d <= 0),
+    ("0 < D < 0.5", lambda d: 0 < d < 0.5),
+    ("D >= 0.5", lambda d: d >= 0.5),
+)
+
+
+def _rap_figure(rows: list[dict], threshold: float | None, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    values = sorted(round(r["rap_cde"], 6) for r in rows if r.get("rap_cde") is not None)
+    levels = sorted(set(values))
+    left.bar([f"{v:+.2f}" for v in levels], [values.count(v) for v in levels], color="#8172b2")
+    left.set_xlabel("D = acc with image − acc without")
+    left.set_ylabel("samples")
+    left.set_title("RAP CDE")
+    left.tick_params(axis="x", labelrotation=60, labelsize="small")
+    for column, label in (("rap_ace_log_psi", "raw"), ("rap_ace_log_psi_norm", "length-normalised")):
+        scores = [r[column] for r in rows if r.get(column) is not None and math.isfinite(r[column])]
+        if scores:
+            right.hist(scores, bins=30, alpha=0.6, label=label)
+    if threshold is not None:
+        right.axvline(math.log(threshold), color="black", linestyle="--", linewidth=0.8)
+    right.set_xlabel("max_j log ψ_j (dashed: log λ_a)")
+    right.set_ylabel("samples")
+    right.set_title("RAP ACE")
+    right.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _rap_section(ok: list[dict], tasks: list[str], rap: dict[str, Any], has: dict[str, bool]) -> list[str]:
+    scored = [r for r in ok if r.get("rap_cde") is not None]
+
+    def mean(values: list[float]) -> str:
+        return f"{sum(values) / len(values):.3f}" if values else "–"
+
+    body = []
+    for t in tasks:
+        mine = [r for r in scored if r[schema.TASK] == t]
+        body.append([t, len(mine), mean([r["rap_img_correct"] / r["rap_img_attempts"] for r in mine]),
+                     mean([r["rap_txt_correct"] / r["rap_txt_attempts"] for r in mine]),
+                     mean([r["rap_cde"] for r in mine]), sum(1 for r in mine if r["rap_cde"] >= 0.5),
+                     sum(1 for r in mine if r.get("rap_ace_flag"))])
+    made = sum(r["rap_generations"] or 0 for r in scored)
+    reused = sum(r["rap_img_reused"] or 0 for r in scored)
+    header = ["task", "rows", "acc with image", "acc without", "mean D", "D >= 0.5", "ACE flagged"]
+    md = ["## RAP (CDE, ACE)", "", _table(header, body), "",
+          f"Generations made by RAP: {made}; image rollouts reused from PISM's λ = 0 attempts: {reused} "
+          f"(M = {rap.get('m', '?')}).", ""]
+    if any(r.get("rap_ace_flag") is not None for r in scored):
+        ace = rap.get("ace", {})
+        md += [f"ACE: σ = {ace.get('sigma')}, λ_a = {ace.get('threshold')}, form `{ace.get('form')}`, heads "
+               f"`{ace.get('heads')}`, response `{ace.get('response')}`.", ""]
+    for method in ("pism", "cmab"):
+        if not has[method]:
+            continue
+        column = f"{method}_bucket"
+        rows = [[name] + [sum(1 for r in scored if test(r["rap_cde"]) and r[column] == b)
+                          for b in schema.BUCKETS] for name, test in _CDE_CLASSES]
+        md += [f"### RAP's D against {method.upper()} buckets", "",
+               _table(["", *(f"{method.upper()} {b}" for b in schema.BUCKETS)], rows), ""]
+    return md
 
 
 def _cmab_thresholds(cmab: dict[str, Any], variant: str,
@@ -246,6 +292,11 @@ def _write_report(output: str | Path | Location, shards: Location, out: Path) ->
         agree = sum(1 for r in ok if r["pism_bucket"] == r["cmab_bucket"])
         md += ["## PISM vs CMAB", "", _table(["", *(f"CMAB {b}" for b in schema.BUCKETS)], body), "",
                f"Same bucket for {agree} of {len(ok)} scored samples.", ""]
+    if "rap_cde" in table.column_names:
+        rap = config.get("rap", {})
+        _rap_figure(ok, rap.get("ace", {}).get("threshold"), out / "rap.png")
+        figures.append(("RAP", "rap.png"))
+        md += _rap_section(ok, tasks, rap, {"pism": has_pism, "cmab": has_cmab})
     md += ["## Figures", ""] + [f"![{name}]({file})" for name, file in figures]
     (out / "report.md").write_text("\n".join(md) + "\n")
     log.info("report written to %s", out)

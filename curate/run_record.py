@@ -21,6 +21,8 @@ from typing import Any
 
 from curate import schema
 from curate.config import CurateConfig
+from curate.scores import error_reason, read_scores
+from curate.scoring import cmab_calibration, registry
 from curate.storage import Location, location
 
 __all__ = [
@@ -41,6 +43,8 @@ def scoring_fingerprint(cfg: CurateConfig) -> str:
     # switch it (and fingerprints of runs from before it existed still match).
     relevant["cmab"] = {k: v for k, v in relevant["cmab"].items() if k != "calibration"}
     relevant["engine"] = {k: v for k, v in relevant["engine"].items() if k not in ("batch_size",)}
+    if not cfg.rap.enabled:  # fingerprints of runs from before RAP existed still match
+        relevant.pop("rap")
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -132,9 +136,6 @@ def summarize(shards: Path | Location, total: int, seconds: float,
     With the run's ``record`` of a calibrated-CMAB run, the calibration over the whole output (a
     resumed run's earlier rows included) is computed now, stored in ``record["cmab"]["calibration"]``
     for :func:`finish` to write, and the CMAB bucket counts use it."""
-    from curate import cmab_calibration
-    from curate.report import error_reason, read_scores
-
     table = read_scores(shards)
     cmab = cmab_calibration.calibrated_config(record) if record is not None else None
     if cmab is not None:
@@ -155,12 +156,12 @@ def summarize(shards: Path | Location, total: int, seconds: float,
         "errors_by_reason": errors,
         "seconds": round(seconds, 1),
     }
-    for method in ("pism", "cmab"):
-        col = f"{method}_bucket"
-        if col in table.column_names:
-            summary[f"{method}_buckets"] = {b: sum(1 for r in ok if r[col] == b) for b in schema.BUCKETS}
-    if "pism_generations" in table.column_names:
-        summary["pism_generations"] = sum(r["pism_generations"] or 0 for r in ok)
-        summary["pism_tokens"] = sum(r["pism_tokens"] or 0 for r in ok)
+    for spec in registry.SCORERS:
+        if spec.bucket in table.column_names:
+            counts = {b: sum(1 for r in ok if r[spec.bucket] == b) for b in schema.BUCKETS}
+            summary[f"{spec.name}_buckets"] = counts
+        for column in (spec.generations, spec.tokens):
+            if column in table.column_names:
+                summary[column] = sum(r[column] or 0 for r in ok)
     summary["rows_per_s"] = round(len(rows) / max(seconds, 1e-9), 3)
     return summary

@@ -2,7 +2,7 @@
 
 A reader turns any supported corpus format into rows with these columns; every column a source has
 beyond them is passed through unchanged (renamed ``orig_<name>`` where it would clash), so users can
-join annotations back to their data. Scoring stages add the PISM/CMAB columns below. ``status`` and
+join annotations back to their data. Scoring stages add the PISM/CMAB/RAP columns below. ``status`` and
 ``error`` travel with every row: a row that fails anywhere (unreadable image, unparseable answer,
 prompt too long) keeps flowing with ``status="error"`` and a message, so every input row appears in
 the output exactly once.
@@ -18,7 +18,7 @@ image_paths   list<string>, where each image was read from (null for inline byte
 ground_truth  string, the reference answer (structured answers such as boxes are JSON text)
 verifier      string or null, an explicit grader name that overrides ``task`` (Orsta's per-sample routing)
 status        string, ``ok`` or ``error``
-error         string or null, what went wrong, prefixed by the stage (``read:``, ``pism:``, ``cmab:``)
+error         string or null, what went wrong, prefixed by the stage (``read:``, ``pism:``, ``cmab:``, ``rap:``)
 """
 
 from __future__ import annotations
@@ -92,12 +92,33 @@ CMAB_SCHEMA = pa.schema(
     ]
 )
 
+# Columns added by RAP's estimators (method.md §4). CDE: M rollouts with the image (PISM's λ = 0
+# attempts where that ran, ``rap_img_reused`` of them) and M without it. ACE: the final layer's
+# attention among the response tokens of one image rollout; ψ in natural log.
+RAP_SCHEMA = pa.schema(
+    [
+        pa.field("rap_img_correct", pa.int32()),  # correct answers with the image
+        pa.field("rap_img_attempts", pa.int32()),  # M
+        pa.field("rap_img_reused", pa.int32()),  # of those, PISM's λ = 0 attempts (not generated again)
+        pa.field("rap_txt_correct", pa.int32()),  # correct answers with the image removed from the prompt
+        pa.field("rap_txt_attempts", pa.int32()),  # M
+        pa.field("rap_cde", pa.float64()),  # D = acc_img - acc_txt
+        pa.field("rap_generations", pa.int64()),  # generations RAP made itself (reused ones not counted)
+        pa.field("rap_tokens", pa.int64()),  # tokens of those generations
+        pa.field("rap_ace_log_psi", pa.float64()),  # max_j log ψ_j (raw product); null without ACE
+        pa.field("rap_ace_log_psi_norm", pa.float64()),  # max_j of log ψ_j / (factors in ψ_j)
+        pa.field("rap_ace_token", pa.int32()),  # the response token j whose ψ decides the flag
+        pa.field("rap_ace_flag", pa.bool_()),  # ψ (configured form) > λ_a: one token soaks up attention
+    ]
+)
+
 BUCKETS = ("easy", "medium", "hard", "unsolved")
 
 # Column names hardmode writes: a source column named like one is passed through renamed
 # (``orig_<name>``), never read as a score (``curate select`` trusts only what a run produced).
 RESERVED_COLUMNS = frozenset(
-    [*CANONICAL_COLUMNS, READ_NOTES, *GRADING_SCHEMA.names, *PISM_SCHEMA.names, *CMAB_SCHEMA.names]
+    [*CANONICAL_COLUMNS, READ_NOTES, *GRADING_SCHEMA.names, *PISM_SCHEMA.names, *CMAB_SCHEMA.names,
+     *RAP_SCHEMA.names]
 )
 
 

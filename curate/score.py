@@ -2,7 +2,7 @@
 
 ``python -m curate score --config configs/curate/pism.yaml data.path=... output.path=out key=value ...``
 reads the corpus (``curate.io``; ``data.format=toy`` generates the demo corpus), scores it chunk by
-chunk with ``curate.scorer.Scorer`` (the same code the Ray pipeline's actors run) and writes
+chunk with ``curate.scoring.scorer.Scorer`` (the same code the Ray pipeline's actors run) and writes
 ``output.path/annotated/part-NNNNN.parquet`` — each shard written whole or not at all, so rerunning
 the same command skips the ids already written (``output.resume``; refused if the scoring config
 changed) — and ``output.path/run.json``: the layout ``python -m curate run`` writes, so ``report`` and
@@ -78,7 +78,7 @@ def score_corpus(cfg: CurateConfig) -> dict[str, int]:
     """Score every row not yet written under ``output.path``; returns counts."""
     from tqdm import tqdm
 
-    from curate.scorer import Scorer
+    from curate.scoring.scorer import Scorer
 
     out = Location.parse(cfg.output.path, key="output.path", output=True)
     shards = out / run_record.ANNOTATED_DIR

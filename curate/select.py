@@ -60,6 +60,8 @@ def _describe(sub: SubsetConfig) -> str:
         what = "every usable row"
     elif sub.kind == "quadmix":
         what = f"QuaDMix copies by {sub.quadmix.score}"
+    elif sub.kind == "rap":
+        what = sub.rap.describe()
     elif sub.kind == "random":
         size = f"{sub.random.size} rows" if sub.random.size is not None else "same size"
         mix = ", same task mix" if sub.random.stratify_by_task else ""
@@ -152,6 +154,8 @@ def _subset_record(cfg: SubsetConfig, sel: Any, scores: Any) -> dict[str, Any]:
         record["distinct_train_rows"] = len(sel.train)
     if sel.pass_rate is not None:
         record["pass_rate"] = sel.pass_rate
+    if sel.rap is not None:
+        record["rap"] = sel.rap
     for column in ("pism_bucket", "cmab_bucket"):
         if column in scores.columns:
             record[column] = scores.counts(rows, by=column)
@@ -348,6 +352,17 @@ def summary_table(manifest: dict[str, Any]) -> str:
                 f"{name} pass-rate pre-filter ({' + '.join(pr['sources'])} rollouts): of {pr['rows_in']} "
                 f"rows dropped {dropped}; kept {pr['rows_out']} ({unknown_kept} of unknown pass rate)"
             )
+    for name, rec in subsets.items():
+        rap = rec.get("rap")
+        if rap:
+            steps = [f"CDE kept {rap['cde_rows']} of {rap['scored_rows']}",
+                     f"ACE dropped {rap['ace_dropped']}"]
+            if "trivial_removed" in rap:
+                steps.append(f"DRM removed {rap['trivial_removed']} trivial, refilled {rap['refilled']}")
+            if "drm_added" in rap:
+                steps.append(f"DRM added {rap['drm_new']} new of {rap['drm_added']} drawn")
+            lines.append(f"{name} RAP {rap['rule']} ({rap['variant']}): " + ", ".join(steps)
+                         + f"; {rap['rows_out']} rows")
     calibration = (inp.get("run") or {}).get("cmab_calibration")
     if calibration:
         cuts = ", ".join(f"{k} {v:.4g}" for k, v in calibration["thresholds"].items())

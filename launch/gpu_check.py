@@ -277,7 +277,7 @@ def _sizes(device: str, samples: int) -> dict[str, Any]:
 def toy_samples(n: int, seed: int = 4242):
     """PISM/CMAB samples of the toy corpus (the tasks the toy model answers best)."""
     from curate.images import ImageOptions
-    from curate.scorer import row_sample
+    from curate.scoring.sample import row_sample
     from curate.toy.corpus import generate_corpus
 
     return [row_sample(r, ImageOptions()) for r in generate_corpus(n, seed=seed, tasks=TOY_TASKS).to_pylist()]
@@ -370,9 +370,9 @@ def accept_all_grades(active: bool) -> Iterator[None]:
     from types import SimpleNamespace
     from unittest import mock
 
-    import curate.cmab
+    import curate.scoring.cmab
 
-    with mock.patch.object(curate.cmab, "grade", lambda *a, **k: SimpleNamespace(correct=True, score=1.0)):
+    with mock.patch.object(curate.scoring.cmab, "grade", lambda *a, **k: SimpleNamespace(correct=True, score=1.0)):
         yield
 
 
@@ -394,13 +394,13 @@ def hash_grades(active: bool, modulus: int) -> Iterator[None]:
     from types import SimpleNamespace
     from unittest import mock
 
-    import curate.pism
+    import curate.scoring.pism
 
     def grade(task, text, *args, **kwargs):
         ok = hash_correct(text, modulus)
         return SimpleNamespace(correct=ok, score=float(ok))
 
-    with mock.patch.object(curate.pism, "grade", grade):
+    with mock.patch.object(curate.scoring.pism, "grade", grade):
         yield
 
 
@@ -437,7 +437,7 @@ def check_seed_convention(engine, samples, max_tokens: int) -> dict[str, Any]:
     from curate.config import PromptConfig
     from curate.engines.base import GenerationRequest, SamplingParams
     from curate.images import content_id
-    from curate.prompts import build_messages
+    from curate.scoring.prompts import build_messages
 
     params = SamplingParams(temperature=1.0, max_tokens=max_tokens, stop=("</answer>",), logprobs=True)
     grouped_requests = [
@@ -472,7 +472,7 @@ def check_pism(engine, samples, sizes: dict[str, Any], grade_all: bool) -> dict[
     (``grade_all``: random weights, graded by ``hash_grades``)."""
     from curate.config import PismConfig, PromptConfig
     from curate.engines.base import SamplingParams
-    from curate.pism import PismResult, PismScorer
+    from curate.scoring.pism import PismResult, PismScorer
 
     sampling = SamplingParams(temperature=0.7, max_tokens=sizes["max_tokens"], stop=("</answer>",))
     figures = check_seed_convention(engine, samples, sizes["max_tokens"])
@@ -580,12 +580,13 @@ class ProbeCall:
 
 @contextlib.contextmanager
 def recorded_probe(verify: bool) -> Iterator[list[ProbeCall]]:
-    """curate.cmab's probe_attention, with ``verify`` set and every call recorded (inputs and results)."""
+    """The scorers' probe_attention (curate.scoring.probing), with ``verify`` set and every call recorded
+    (inputs and results)."""
     from unittest import mock
 
-    import curate.cmab
+    import curate.scoring.probing
 
-    real = curate.cmab.probe_attention
+    real = curate.scoring.probing.probe_attention
     calls: list[ProbeCall] = []
 
     def probe(model, inputs, lengths, **options):
@@ -601,7 +602,7 @@ def recorded_probe(verify: bool) -> Iterator[list[ProbeCall]]:
         calls.append(ProbeCall(dict(inputs), list(lengths), dict(options), results, seconds))
         return results
 
-    with mock.patch.object(curate.cmab, "probe_attention", probe):
+    with mock.patch.object(curate.scoring.probing, "probe_attention", probe):
         yield calls
 
 
@@ -620,7 +621,7 @@ def reference_masses(model, call: ProbeCall) -> list[dict[str, Any]]:
     """Per probed sample, image/text masses [layers, n] from transformers' own eager attention maps."""
     import torch
 
-    from curate.attention_probe import visual_token_ids
+    from curate.scoring.attention_probe import visual_token_ids
 
     inputs = call.inputs
     with torch.inference_mode():
@@ -647,7 +648,7 @@ def reference_masses(model, call: ProbeCall) -> list[dict[str, Any]]:
 
 
 def _rho_of(result, variant: str, num_layers: int) -> float | None:
-    from curate.cmab import CmabError, cmab_rho
+    from curate.scoring.cmab import CmabError, cmab_rho
 
     try:
         return cmab_rho(result, variant, num_layers=num_layers)
@@ -666,8 +667,8 @@ def _rel(a: float | None, b: float | None) -> float:
 
 
 def stage_cmab(args: argparse.Namespace, work: Path) -> list[Row]:
-    from curate.attention_probe import decoder_layers
-    from curate.cmab import CmabResult, CmabScorer
+    from curate.scoring.attention_probe import decoder_layers
+    from curate.scoring.cmab import CmabResult, CmabScorer
     from curate.config import CmabConfig, PromptConfig
     from curate.engines.base import SamplingParams
 

@@ -272,7 +272,7 @@ def _corpus_samples(
 ) -> Iterator[EvalSample]:
     from curate import schema as S
     from curate.images import decode_image
-    from curate.prompts import PromptError, build_messages
+    from curate.scoring.prompts import PromptError, build_messages
 
     for table in corpus.iter_tables(64):
         for row in table.to_pylist():

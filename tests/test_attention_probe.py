@@ -19,8 +19,8 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
-import curate.attention_probe as probe_module
-from curate.attention_probe import ProbeError, decoder_layers, pack_responses, probe_attention, save_heatmap
+import curate.scoring.attention_probe as probe_module
+from curate.scoring.attention_probe import ProbeError, decoder_layers, pack_responses, probe_attention, save_heatmap
 from support.devices import default_device_elsewhere
 
 IMAGE, VIDEO, VSTART, VEND, PAD = 290, 291, 292, 293, 0
@@ -348,7 +348,7 @@ def test_pack_and_probe_build_tensors_where_the_batch_lives(eager_model, respons
     prompts, pixels, grids = make_prompts()
     expected = probe_attention(eager_model, *pack_responses(prompt_batch(prompts, pixels, grids), make_responses(),
                                                             PAD), response_attention=response_attention)
-    with default_device_elsewhere(packages=("curate.attention_probe",)):
+    with default_device_elsewhere(packages=("curate.scoring.attention_probe",)):
         inputs, lengths = pack_responses(prompt_batch(prompts, pixels, grids), make_responses(), PAD)
         got = probe_attention(eager_model, inputs, lengths, response_attention=response_attention, verify=True)
     for a, b in zip(got, expected):

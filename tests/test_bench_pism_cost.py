@@ -21,7 +21,7 @@ from benchmarks import bench_pism_cost as cost
 from curate.config import PismConfig, PromptConfig
 from curate.engines import GenerationRequest, SamplingParams
 from curate.grading import grade
-from curate.pism import PismScorer
+from curate.scoring.pism import PismScorer
 
 L, K = 10, 10
 SAMPLING = SamplingParams(temperature=0.7, max_tokens=16)

@@ -1,4 +1,4 @@
-"""CMAB's calibrated thresholds (curate.cmab_calibration): quantiles of the run's own ρ̄, recorded in
+"""CMAB's calibrated thresholds (curate.scoring.cmab_calibration): quantiles of the run's own ρ̄, recorded in
 run.json, applied by the run summary, ``curate report`` and ``curate select``; fixed mode unchanged.
 
 Expected values are computed by hand in the comments, never read back from the code under test.
@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate import cmab_calibration as cal
+from curate.scoring import cmab_calibration as cal
 from curate import run_record
 from curate import schema as S
 from curate.config import CmabThresholds, ConfigError, load_config, load_structured
@@ -140,7 +140,7 @@ def test_apply_recomputes_solved_rows_only():
 
 def test_too_few_values_fall_back_to_the_fixed_thresholds_with_a_warning(caplog):
     table = _table()
-    with caplog.at_level(logging.WARNING, logger="curate.cmab_calibration"):
+    with caplog.at_level(logging.WARNING, logger="curate.scoring.cmab_calibration"):
         record = cal.calibrate(table, _cmab_config(min_values=11))
     assert record["mode"] == "fixed" and record["requested"] == "calibrated" and record["values"] == 10
     assert record["thresholds"] == FIXED

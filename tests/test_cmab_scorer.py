@@ -16,17 +16,17 @@ import dataclasses
 import pytest
 import torch
 
-from curate.cmab import CmabResult, CmabScorer
+from curate.scoring.cmab import CmabResult, CmabScorer
 from curate.config import CmabConfig, PromptConfig, load_config
 from curate.engines import GenerationEngine, SamplingParams
 from curate.engines.transformers_engine import TransformersEngine
 from curate.images import decode_image
 from curate.modeling import load_model
-from curate.pism import Sample
+from curate.scoring.pism import Sample
 from curate.toy.corpus import generate_corpus
 from support.devices import default_device_elsewhere
 
-GUARDED = ("curate.cmab", "curate.attention_probe")
+GUARDED = ("curate.scoring.cmab", "curate.scoring.probing", "curate.scoring.attention_probe")
 GREEDY = SamplingParams(temperature=0.0, max_tokens=48)
 
 
@@ -90,7 +90,7 @@ def eager_code_rho(model, encoded, response: list[int], layer: int, image_id: in
 def test_guard_redirects_constructors_of_the_guarded_modules_only():
     """The device guard is what makes the next test meaningful: show that it bites."""
     code = "import torch\nx = torch.zeros(2)\ny = torch.as_tensor(t)\n"
-    for name, expected in (("curate.attention_probe", "meta"), ("somewhere.else", "cpu")):
+    for name, expected in (("curate.scoring.attention_probe", "meta"), ("somewhere.else", "cpu")):
         scope = {"__name__": name, "t": torch.ones(2)}
         with default_device_elsewhere(packages=GUARDED) as guard:
             exec(compile(code, "<guarded>", "exec"), scope)

@@ -181,10 +181,10 @@ def test_pism_stage_with_random_weights_compares_schedules_on_hashed_grades(rand
 def test_cmab_stage_reports_a_probe_path_error_per_attention_kernel(random_model_work):
     """What CMAB on CUDA did (response ids on the CPU, the prompt on the GPU): each probe row fails with
     the error, generation still passes, and nothing raises out of the stage."""
-    import curate.cmab
+    import curate.scoring.probing
 
     error = RuntimeError("Expected all tensors to be on the same device, but found cuda:0 and cpu")
-    with mock.patch.object(curate.cmab, "pack_responses", side_effect=error):
+    with mock.patch.object(curate.scoring.probing, "pack_responses", side_effect=error):
         rows = {r.stage: r for r in gc.stage_cmab(_args(), random_model_work)}
     assert rows["cmab_generate"].status == gc.PASS
     for impl in ("eager", "sdpa"):

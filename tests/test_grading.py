@@ -859,7 +859,7 @@ def test_grade_accepts_non_string_values():
 def test_box_format_follows_the_model_family(tmp_path):
     from curate.config import load_config
     from curate.grading.boxes import box_format_for_model
-    from curate.scorer import grading_options
+    from curate.scoring.stage import grading_options
 
     assert box_format_for_model("Qwen/Qwen2.5-VL-7B-Instruct") == "pixel"
     assert box_format_for_model("Qwen/Qwen2-VL-7B-Instruct") == "norm1000"

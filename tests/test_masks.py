@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curate.masks import mask_image, realization_id
+from curate.scoring.masks import mask_image, realization_id
 
 # A pinned draw (x0, y0, x1, y1): it changes only if the stream definition (hash → PCG64) changes.
 GOLDEN_BLOCK = (23, 50, 72, 99)

@@ -24,7 +24,7 @@ from curate.config import load_config
 from curate.elastic import ClusterCapacityError, StepErrors, pool_bounds, wait_for_pool
 from curate.pipeline import ANNOTATED_DIR
 from curate.placement import NodeResources
-from curate.scorer import Scorer
+from curate.scoring.scorer import Scorer
 from curate.toy.corpus import generate_corpus
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from curate.engines import SamplingParams
 from curate.engines.transformers_engine import TransformersEngine
 from curate.grading import grade
 from curate.images import decode_image
-from curate.pism import PismResult, PismScorer, Sample, passes_needed, pism_bucket
+from curate.scoring.pism import PismResult, PismScorer, Sample, passes_needed, pism_bucket
 from curate.toy.corpus import generate_corpus
 
 RATIOS = [0.0, 0.2, 0.4, 0.6, 0.8]

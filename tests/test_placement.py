@@ -90,14 +90,21 @@ def test_probe_memory_of_the_7b(model_7b):
     with pytest.raises(ConfigError, match="cannot hold both"):
         check_probe_memory(c, 24 * GIB, need)
     # fp32 doubles the weights and the activations
-    assert probe_memory_bytes(cfg(f"engine.model={model_7b}", "engine.dtype=float32"), model_7b, 8) > need + 19 * GIB
+    fp32 = cfg("cmab.enabled=true", f"engine.model={model_7b}", "engine.dtype=float32")
+    assert probe_memory_bytes(fp32, model_7b, 8) > need + 19 * GIB
+    # RAP's ACE adds its response×response block: 8 × (1024 + 1)² fp32 head means, 28× with heads=max
+    ace = cfg("cmab.enabled=true", "rap.enabled=true", f"engine.model={model_7b}", "engine.dtype=bfloat16")
+    assert probe_memory_bytes(ace, model_7b, 8) - need == 8 * 1025**2 * 4
+    ace_max = cfg("cmab.enabled=true", "rap.enabled=true", "rap.ace.heads=max", f"engine.model={model_7b}",
+                  "engine.dtype=bfloat16")
+    assert probe_memory_bytes(ace_max, model_7b, 8) - need == 28 * 8 * 1025**2 * 4
 
 
 def test_scorer_refuses_before_vllm_loads(model_7b, monkeypatch):
     """On a 40 GB GPU the check fails first; without it, vLLM (absent here) would be imported next."""
     import torch
 
-    from curate.scorer import Scorer
+    from curate.scoring.scorer import Scorer
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (38 * GIB, 40 * GIB))
@@ -144,10 +151,10 @@ def test_restarts_are_bounded_by_default():
 
 def test_vllm_actors_keep_the_engine_in_their_process(monkeypatch):
     """A child engine process would outlive a killed actor and hold its GPU memory."""
-    import curate.scorer
+    import curate.scoring.scorer
     from curate.pipeline import ScoringActor
 
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
-    monkeypatch.setattr(curate.scorer, "Scorer", lambda c: None)
+    monkeypatch.setattr(curate.scoring.scorer, "Scorer", lambda c: None)
     ScoringActor(cfg("engine.backend=vllm", "engine.model=org/m"))
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"

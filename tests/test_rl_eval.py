@@ -60,7 +60,7 @@ def _direct_correct(model_dir: str, samples) -> dict[str, tuple[bool, str]]:
 
     from curate.grading import grade
     from curate.modeling import load_model, load_processor
-    from curate.prompts import build_messages
+    from curate.scoring.prompts import build_messages
 
     model, processor = load_model(model_dir, device="cpu"), load_processor(model_dir)
     out = {}

@@ -23,7 +23,7 @@ from test_select import REPO, _args, _by_hand, _cfg, _ids
 from curate import schema as S
 from curate.config import ConfigError, PismConfig, PromptConfig, load_config
 from curate.engines.base import Completion, GenerationEngine, GenerationResult, SamplingParams
-from curate.pism import PismScorer, Sample
+from curate.scoring.pism import PismScorer, Sample
 from curate.select import main as select_main
 from curate.select import plan, select
 from curate.selection.config import PassRateConfig

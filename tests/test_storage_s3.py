@@ -19,7 +19,7 @@ from curate.pipeline import ANNOTATED_DIR, run
 from curate.io import open_corpus
 from curate.modeling import resolve_model_path
 from curate.report import write_report
-from curate.scorer import Scorer
+from curate.scoring.scorer import Scorer
 from curate.select import select
 from curate.selection.config import SelectConfig
 from curate.storage import Location

@@ -37,7 +37,7 @@ def test_study_preset_is_deeper_and_earlier_with_its_own_key():
 
 
 def test_cmab_paper_variant_accepts_the_study_model_only():
-    from curate.cmab import cmab_layers
+    from curate.scoring.cmab import cmab_layers
 
     assert cmab_layers("paper", toy_preset("toy-study").arch.num_layers)
     with pytest.raises(ValueError, match="at least 3 decoder layers"):

@@ -26,7 +26,7 @@ count that does not match the images, an id already used by an earlier row), has
 Problems with the corpus as a whole (no files, unknown layout, a file that is not Parquet, a file
 missing a required column) raise ``ConfigError``/``CorpusError`` at open time.
 
-Values: ``question`` is kept verbatim with its ``<image>`` placeholders (``curate.prompts`` places
+Values: ``question`` is kept verbatim with its ``<image>`` placeholders (``curate.scoring.prompts`` places
 the images); a chat ``prompt``/``messages`` must be one user turn (system turns are dropped, the
 curation prompt has its own). ``ground_truth`` is text; numbers, lists and dicts (box lists) become
 JSON text. ``id`` comes from the source (``extra_info.id``, ``id``; verl's per-file

@@ -47,7 +47,7 @@ from curate.io.readers import (
     detect_layout,
     printable,
 )
-from curate.prompts import PromptError, build_messages
+from curate.scoring.prompts import PromptError, build_messages
 
 if TYPE_CHECKING:
     import ray.data
@@ -279,7 +279,7 @@ class Normalizer:
             raise RowError(unusable)
         refs = fields.images
         refs = [] if refs is None else refs if isinstance(refs, list) else [refs]
-        try:  # the placeholder rule lives in curate.prompts; checking it here fails the row early
+        try:  # the placeholder rule lives in curate.scoring.prompts; checking it here fails the row early
             build_messages(out[S.QUESTION], len(refs), _NO_SYSTEM_PROMPT)
         except PromptError as err:
             raise RowError(str(err)) from None

@@ -11,7 +11,7 @@
 * ``write_sft_jsonl``: the same plus the assistant turn (= ground truth), the ``messages`` +
   ``images`` layout both ms-swift and LLaMA-Factory (sharegpt with role/content tags) read.
 
-The user turn is the prompt the model saw while being scored: ``curate.prompts.build_messages``
+The user turn is the prompt the model saw while being scored: ``curate.scoring.prompts.build_messages``
 (one ``<image>`` per image; a question without placeholders gets its images first), flattened
 back to text with ``<image>`` markers. Pass the scoring ``PromptConfig`` as ``prompt`` to keep its
 template and system prompt; the default is the bare question.
@@ -45,7 +45,7 @@ from PIL import Image
 from curate import schema as S
 from curate.config import PromptConfig
 from curate.images import decode_image, encode_png, image_size
-from curate.prompts import PromptError, build_messages
+from curate.scoring.prompts import PromptError, build_messages
 
 logger = logging.getLogger(__name__)
 

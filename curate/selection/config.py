@@ -22,13 +22,14 @@ __all__ = [
     "QuadMixConfig",
     "QuadMixParams",
     "RandomConfig",
+    "RapRuleConfig",
     "RuleConfig",
     "SelectConfig",
     "SplitConfig",
     "SubsetConfig",
 ]
 
-KINDS = ("rule", "random", "full", "quadmix")
+KINDS = ("rule", "random", "full", "quadmix", "rap")
 RULE_BY = ("pism", "cmab", "either", "both", "none")
 PASS_RATE_SOURCES = ("auto", "pism", "cmab", "pooled")
 FORMATS = ("verl", "verl_sft", "swift_grpo", "sft_jsonl")
@@ -112,6 +113,55 @@ class RuleConfig:
 
 
 @dataclass
+class RapRuleConfig:
+    """RAP's selection (kind=rap, method.md §4) over the ``rap_*`` columns of a run with rap.enabled:
+    keep the samples whose answers depend on the image. D = acc_img − acc_txt (CDE), D_iff = 1 − acc_img.
+
+    - ``cde`` + ``paper``: D >= lambda_c. ``cde`` + ``code`` (the released select/selection.py): D > margin,
+      LIMR similarity 1 − (acc_img − μ)² / (1 − μ)² >= similarity (μ: the mean acc_img of the usable
+      rows), and not M of M correct with the image.
+    - ``drm`` + ``paper``: the paper CDE set without its trivial rows (M of M correct), refilled to the
+      same size with the hardest rows outside it (highest D_iff in [1/M, 1), seeded order among ties).
+      ``drm`` + ``code``: the code CDE set plus a seeded ``drm_fraction`` of the 1-of-M-correct rows that
+      pass the released code's loose rule ((similarity >= loose_similarity and (D > mean D or
+      D >= loose_margin)) or D >= strong_margin).
+    """
+
+    # cde | drm
+    rule: str = "drm"
+    # paper | code
+    variant: str = "paper"
+    lambda_c: float = 0.5
+    margin: float = 0.2
+    similarity: float = 0.6
+    drm_fraction: float = 0.1
+    loose_similarity: float = 0.85
+    loose_margin: float = 0.2
+    strong_margin: float = 0.6
+    # Leave out rows ACE flags (one token soaks up the attention), refills included. null: the
+    # variant's own (paper: yes, when the run computed ACE; code: no, the released code has no ACE).
+    drop_ace_flagged: Optional[bool] = None
+
+    def drops_flagged(self, have_ace: bool) -> bool:
+        if self.drop_ace_flagged is None:
+            return self.variant == "paper" and have_ace
+        return self.drop_ace_flagged
+
+    def describe(self) -> str:
+        if self.variant == "paper":
+            what = f"RAP CDE D >= {self.lambda_c:g}"
+            if self.rule == "drm":
+                what += "; DRM: trivial rows replaced by the hardest (1 <= correct < M)"
+        else:
+            what = f"RAP CDE (released code) D > {self.margin:g}, similarity >= {self.similarity:g}, not M/M"
+            if self.rule == "drm":
+                what += f"; DRM: + {self.drm_fraction:.0%} of the 1/M-correct rows passing the loose rule"
+        if self.drop_ace_flagged or (self.drop_ace_flagged is None and self.variant == "paper"):
+            what += "; ACE-flagged rows out" + ("" if self.drop_ace_flagged else " (when the run scored ACE)")
+        return what
+
+
+@dataclass
 class RandomConfig:
     """The paper's control: a seeded random subset instead of the rule's rows (kind=random)."""
 
@@ -177,11 +227,12 @@ class SplitConfig:
 @dataclass
 class SubsetConfig:
     # rule: rows in the rule's buckets | random: the control above | full: every usable row |
-    # quadmix: QuaDMix resampling of every usable row
+    # quadmix: QuaDMix resampling of every usable row | rap: RAP's CDE or DRM selection (`rap`)
     kind: str = "rule"
     rule: RuleConfig = field(default_factory=RuleConfig)
     random: RandomConfig = field(default_factory=RandomConfig)
     quadmix: QuadMixConfig = field(default_factory=QuadMixConfig)
+    rap: RapRuleConfig = field(default_factory=RapRuleConfig)
     # Keep only these task types (null: all).
     tasks: Optional[list[str]] = None
     balance: BalanceConfig = field(default_factory=BalanceConfig)
@@ -268,6 +319,7 @@ class SelectConfig:
                 check_key(f"{pkey}.omega", 0 <= p.omega <= 1, "must be in [0, 1]")
                 check_key(f"{pkey}.epsilon", p.epsilon >= 0, "must be >= 0")
                 check_key(f"{pkey}.eta", p.eta > 0, "must be > 0")
+            _check_rap(key, sub.rap)
             s = sub.split
             check_key(f"{key}.split.val_fraction", 0 <= s.val_fraction < 1, "must be in [0, 1)")
             check_key(f"{key}.split.val_size", s.val_size is None or s.val_size >= 0, "must be >= 0 or null")
@@ -280,6 +332,17 @@ class SelectConfig:
                 )
             seen.append(name)
         return self
+
+
+def _check_rap(key: str, rap: RapRuleConfig) -> None:
+    _choice(f"{key}.rap.rule", rap.rule, ("cde", "drm"))
+    _choice(f"{key}.rap.variant", rap.variant, ("paper", "code"))
+    for name in ("lambda_c", "margin", "loose_margin", "strong_margin"):
+        check_key(f"{key}.rap.{name}", -1 <= getattr(rap, name) <= 1,
+                  "must be in [-1, 1] (D is a difference of accuracies)")
+    for name in ("similarity", "loose_similarity"):
+        check_key(f"{key}.rap.{name}", getattr(rap, name) <= 1, "must be <= 1 (the similarity's maximum)")
+    check_key(f"{key}.rap.drm_fraction", 0 <= rap.drm_fraction <= 1, "must be in [0, 1]")
 
 
 def _check_pass_rate(key: str, sub: SubsetConfig) -> None:

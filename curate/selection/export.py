@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from curate import cmab_calibration, run_record
+from curate import run_record
+from curate.scoring import cmab_calibration
 from curate import schema as S
 from curate.config import ConfigError, PromptConfig
 from curate.io import ExportSummary, write_sft_jsonl, write_swift_grpo_jsonl, write_verl_parquet
@@ -74,7 +75,7 @@ class AnnotatedDataset:
 
     @functools.cached_property
     def cmab_calibration(self) -> Optional[dict[str, Any]]:
-        """The CMAB calibration of a calibrated-mode run (``curate.cmab_calibration.of_run``), else None."""
+        """The CMAB calibration of a calibrated-mode run (``curate.scoring.cmab_calibration.of_run``), else None."""
         return cmab_calibration.of_run(
             self.run_metadata(), lambda: self.dataset.to_table(columns=self._trusted_score_columns()))
 

@@ -26,6 +26,7 @@ from curate.selection.config import (
     SplitConfig,
     SubsetConfig,
 )
+from curate.selection.rap import select_rap
 
 __all__ = [
     "PASS_CLASSES",
@@ -56,6 +57,12 @@ SCORE_COLUMNS = (
     "pism_correct",
     "cmab_correct",
     "cmab_generations",
+    # RAP's CDE rollouts and ACE flag (curate.selection.rap)
+    "rap_img_correct",
+    "rap_img_attempts",
+    "rap_txt_correct",
+    "rap_txt_attempts",
+    "rap_ace_flag",
 )
 
 # (correct, attempted) columns of each scorer's rollouts; PISM's are lists, one entry per mask ratio.
@@ -368,6 +375,8 @@ class SubsetSelection:
     excluded_by_disjointness: int  # usable rows left out because earlier subsets took them
     # The pass-rate pre-filter's counts over the rule's rows (a random control's: its reference's).
     pass_rate: Optional[dict[str, Any]] = None
+    # kind=rap: what each step of the RAP rule kept and dropped (curate.selection.rap).
+    rap: Optional[dict[str, Any]] = None
 
     @property
     def rows(self) -> np.ndarray:
@@ -412,7 +421,7 @@ def select_subset(
     def rng(purpose: str) -> np.random.Generator:
         return rng_for(seed, name, purpose)
 
-    copies = reference = prefilter = None
+    copies = reference = prefilter = rap = None
     if cfg.kind == "full":
         chosen = balance(scores, pool, cfg.balance, base, rng("balance"), key)
     elif cfg.kind == "quadmix":
@@ -420,6 +429,9 @@ def select_subset(
     elif cfg.kind == "rule":
         ruled, prefilter = apply_rule(scores, cfg.rule, pool, key)
         chosen = balance(scores, ruled, cfg.balance, base, rng("balance"), key)
+    elif cfg.kind == "rap":
+        kept, rap = select_rap(scores, pool, cfg.rap, rng("rap"), key)
+        chosen = balance(scores, kept, cfg.balance, base, rng("balance"), key)
     else:  # random: the size (and task mix) of what the rule would take from the whole base
         ruled, prefilter = apply_rule(scores, cfg.rule, base, key)
         reference = balance(scores, ruled, cfg.balance, base, rng("balance"), key)
@@ -430,7 +442,9 @@ def select_subset(
 
     train, val = split_rows(scores, chosen, cfg.split, rng("split"), key)
     train_copies = copies[np.isin(chosen, train)] if copies is not None else None
-    return SubsetSelection(name, train, val, train_copies, pool, reference, len(base) - len(pool), prefilter)
+    return SubsetSelection(
+        name, train, val, train_copies, pool, reference, len(base) - len(pool), prefilter, rap
+    )
 
 
 def _random_control(

@@ -1,7 +1,7 @@
 """Train the toy model once per machine and hand out its directory: a content-addressed cache.
 
 The key hashes everything that decides the trained weights: the architecture and trainer settings,
-the chat messages the model is trained on (``curate.prompts.build_messages`` with the default
+the chat messages the model is trained on (``curate.scoring.prompts.build_messages`` with the default
 ``PromptConfig``), and the source code of the modules that draw the corpus, build the tokenizer and
 model, and train it. Anything else (library versions, the time) is recorded in
 ``toy_model.json`` but not keyed, so one trained directory serves every process and environment.
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 from curate.config import PromptConfig
-from curate.prompts import build_messages
+from curate.scoring.prompts import build_messages
 from curate.schema import IMAGE_PLACEHOLDER
 from curate.toy.model import ToyArchitecture
 from curate.toy.presets import DEFAULT_PRESET, toy_preset

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from curate.grading import grade
-from curate.masks import mask_image
+from curate.scoring.masks import mask_image
 from curate.toy.corpus import ToySample
 from curate.toy.train import prompt_text
 

@@ -1,6 +1,6 @@
 """Teach the toy model the toy tasks on a CPU in a few minutes, in the exact chat format engines use.
 
-Each example is the prompt every engine sends — ``curate.prompts.build_messages(question, 1,
+Each example is the prompt every engine sends — ``curate.scoring.prompts.build_messages(question, 1,
 PromptConfig())`` (the default system prompt asking for ``<think>…</think><answer>…</answer>``) through
 the processor's chat template with the generation prompt — followed by the target response
 ``<think>…</think><answer>…</answer><|im_end|>``. The loss covers the response tokens only.
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from curate.config import PromptConfig
-from curate.prompts import build_messages
+from curate.scoring.prompts import build_messages
 from curate.toy.corpus import TASKS, ToySample, iter_samples
 from curate.toy.model import ToyArchitecture, build_model
 from curate.toy.tokenizer import END_OF_TURN

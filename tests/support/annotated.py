@@ -1,6 +1,6 @@
 """A hand-built annotated dataset (what ``curate run`` writes) for selection tests: 3 tasks x 24 rows
-with known PISM/CMAB buckets and rollouts, plus 6 error rows, in shuffled Parquet shards with a run
-record."""
+with known PISM/CMAB buckets, rollouts and RAP scores, plus 6 error rows, in shuffled Parquet shards
+with a run record."""
 
 from __future__ import annotations
 
@@ -35,9 +35,22 @@ ROLLOUTS = (
     ((2, 2), (1, 4)),  # 6 hard: one wave of two, both right
     ((0, 2), (0, 1)),  # 7 unsolved: few rollouts (a run with pism.k=2, cmab.k=1)
 )
+# RAP's columns of row i, by pattern i % 6, M = 5: (correct with the image, correct without it, ACE flag).
+RAP_M = 5
+RAP_PATTERNS = (
+    (5, 0, False),  # 0 D = 1.0, trivial (5 of 5 with the image)
+    (4, 1, False),  # 1 D = 0.6
+    (3, 0, True),  # 2 D = 0.6, flagged by ACE
+    (1, 0, False),  # 3 D = 0.2, one right: the hardest solvable
+    (2, 2, False),  # 4 D = 0.0: the image does not help
+    (0, 0, None),  # 5 D = 0.0, never right (no correct response for ACE)
+)
 # PISM's second level: 5 of 10 where λ = 0 passed, never reached (0 of 0) where it failed; a reader
 # that summed the levels would get other counts than λ = 0's.
 LEVEL1 = {True: (5, 10), False: (0, 0)}
+RAP_COLUMNS = (
+    "rap_img_correct", "rap_img_attempts", "rap_txt_correct", "rap_txt_attempts", "rap_cde", "rap_ace_flag"
+)
 
 
 def png(value: int) -> bytes:
@@ -55,6 +68,7 @@ def annotated_rows() -> list[dict]:
             n = t * 100 + i
             (pism_c, pism_a), (cmab_c, cmab_k) = ROLLOUTS[i % 8]
             level1 = LEVEL1[pism_c > 0]
+            rap_img, rap_txt, rap_flag = RAP_PATTERNS[i % 6]
             rows.append(
                 {
                     S.ID: f"{task}-{i:02d}",
@@ -77,6 +91,12 @@ def annotated_rows() -> list[dict]:
                     "pism_correct": [pism_c, level1[0]],
                     "cmab_correct": cmab_c,
                     "cmab_generations": cmab_k,
+                    "rap_img_correct": rap_img,
+                    "rap_img_attempts": RAP_M,
+                    "rap_txt_correct": rap_txt,
+                    "rap_txt_attempts": RAP_M,
+                    "rap_cde": (rap_img - rap_txt) / RAP_M,
+                    "rap_ace_flag": rap_flag,
                 }
             )
     for i in range(6):
@@ -103,6 +123,7 @@ def annotated_rows() -> list[dict]:
                 "pism_correct": None,
                 "cmab_correct": None,
                 "cmab_generations": None,
+                **{name: None for name in RAP_COLUMNS},
             }
         )
     return rows
@@ -121,6 +142,7 @@ SCHEMA = pa.schema(
         S.PISM_SCHEMA.field("pism_correct"),
         S.CMAB_SCHEMA.field("cmab_correct"),
         S.CMAB_SCHEMA.field("cmab_generations"),
+        *(S.RAP_SCHEMA.field(name) for name in RAP_COLUMNS),
     ]
 )
 

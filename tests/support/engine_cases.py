@@ -5,7 +5,7 @@ from __future__ import annotations
 from curate.config import PromptConfig
 from curate.engines import GenerationRequest
 from curate.images import decode_image
-from curate.prompts import build_messages
+from curate.scoring.prompts import build_messages
 
 
 def toy_requests(count: int, seed: int = 0) -> list[GenerationRequest]:

@@ -21,38 +21,22 @@ samples' attempts at once. Attempts at λ = 0 share one image, so they travel as
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
-
-from PIL import Image
+from typing import Any, Callable, Sequence
 
 from curate.config import PismBuckets, PismConfig, PromptConfig
 from curate.engines.base import GenerationEngine, GenerationRequest, SamplingParams
 from curate.grading import GradingOptions, grade
 from curate.images import content_id
-from curate.masks import derived_seed, mask_image, realization_id
-from curate.prompts import build_messages
+from curate.scoring.masks import derived_seed, mask_image, realization_id
+from curate.scoring.prompts import build_messages
+from curate.scoring.sample import Sample
+from curate.scoring.stage import BatchContext, Resources, Rollout
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Sample:
-    """What PISM (and CMAB) need of one canonical row, with its images decoded."""
-
-    id: str
-    images: list[Image.Image]
-    question: str
-    task: str
-    ground_truth: str
-    verifier: str | None = None
-
-    @property
-    def image_size(self) -> tuple[int, int] | None:
-        """(width, height) of the first image: what box answers are measured against."""
-        return self.images[0].size if self.images else None
 
 
 @dataclass
@@ -65,6 +49,19 @@ class PismResult:
     lambda_star: float | None
     bucket: str
     answers: list[str] | None = None
+    # The λ = 0 attempts in k order (not a column: later stages reuse them, BatchContext).
+    unmasked: list[Rollout] = field(default_factory=list)
+
+    def columns(self) -> dict[str, Any]:
+        """The row's ``schema.PISM_SCHEMA`` columns."""
+        return {"pism_pc": self.pc, "pism_attempts": self.attempts, "pism_correct": self.correct,
+                "pism_generations": self.generations, "pism_tokens": self.tokens,
+                "pism_lambda_star": self.lambda_star, "pism_bucket": self.bucket, "pism_answers": self.answers}
+
+
+def attempt_seed(sample_id: str, ratio: float, seed: int) -> int:
+    """The generation seed of realization k = 0 at mask ratio ``ratio``; realization k uses this + k."""
+    return derived_seed("generate", sample_id, f"{ratio:.6f}", seed)
 
 
 def passes_needed(tau: float, k: int) -> int:
@@ -96,12 +93,15 @@ class _State:
     generations: int = 0
     tokens: int = 0
     answers: list[str] = field(default_factory=list)
+    unmasked: list[Rollout] = field(default_factory=list)
     done: bool = False
     error: str | None = None
 
 
 class PismScorer:
     """Runs PISM over batches of samples on one engine."""
+
+    reports_progress = True
 
     def __init__(
         self,
@@ -117,6 +117,28 @@ class PismScorer:
         self.sampling = sampling
         self.prompt = prompt
         self.need = passes_needed(cfg.tau, cfg.k)
+
+    @classmethod
+    def from_resources(cls, resources: Resources) -> "PismScorer":
+        cfg = resources.cfg
+        # RAP's ACE probes λ = 0 rollouts it takes from PISM: keep their generated token ids.
+        keep_ids = cfg.rap.enabled and cfg.rap.ace.enabled
+        sampling = dataclasses.replace(resources.sampling, logprobs=True) if keep_ids else resources.sampling
+        return cls(resources.engine, cfg.pism, sampling, cfg.prompt, resources.grading)
+
+    def columns(
+        self, samples: Sequence[Sample], context: BatchContext, progress: Callable[[int], None] | None = None
+    ) -> list[dict[str, Any] | str]:
+        """The stage's columns per sample (``curate.scoring.stage``); leaves the λ = 0 rollouts in
+        ``context``."""
+        out: list[dict[str, Any] | str] = []
+        for s, result in zip(samples, self.score(samples, progress)):
+            if isinstance(result, PismResult):
+                context.unmasked_rollouts[s.id] = result.unmasked
+                out.append(result.columns())
+            else:
+                out.append(result)
+        return out
 
     def score(
         self, samples: Sequence[Sample], progress: Callable[[int], None] | None = None
@@ -163,6 +185,9 @@ class PismScorer:
                     st.tokens += completion.num_tokens
                     if self.cfg.keep_answers:
                         st.answers.append(completion.text)
+                    if self.cfg.ratios[level] == 0:
+                        st.unmasked.append(Rollout(completion.text, completion.num_tokens, ok,
+                                                   tuple(completion.token_ids) if completion.token_ids else None))
             finished = 0
             for st in active:
                 if not st.done:
@@ -180,7 +205,7 @@ class PismScorer:
     def _request(self, st: _State, level: int, ks: list[int]) -> GenerationRequest:
         cfg = self.cfg
         ratio = cfg.ratios[level]
-        base_seed = derived_seed("generate", st.sample.id, f"{ratio:.6f}", cfg.seed)
+        base_seed = attempt_seed(st.sample.id, ratio, cfg.seed)
         if ratio == 0:
             # Every attempt sees the same image: one request, n samples, seeds base + k.
             return GenerationRequest(
@@ -228,4 +253,5 @@ class PismScorer:
             lambda_star=lambda_star,
             bucket=pism_bucket(lambda_star, cfg.ratios, cfg.buckets),
             answers=list(st.answers) if cfg.keep_answers else None,
+            unmasked=list(st.unmasked),
         )

@@ -27,20 +27,24 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
-from curate.attention_probe import ProbeResult, decoder_layers, pack_responses, probe_attention, visual_token_ids
-# cmab_bucket lives beside the calibration, torch-free, so that report and select apply it without a
-# model stack; re-exported here.
-from curate.cmab_calibration import cmab_bucket
 from curate.config import CmabConfig, PromptConfig
 from curate.engines.base import GenerationEngine, GenerationRequest, SamplingParams
 from curate.grading import GradingOptions, grade
 from curate.images import content_id
-from curate.masks import derived_seed
-from curate.prompts import build_messages, without_placeholder
+from curate.scoring.attention_probe import ProbeResult, decoder_layers
+
+# cmab_bucket lives beside the calibration, torch-free, so that report and select apply it without a
+# model stack; re-exported here.
+from curate.scoring.cmab_calibration import cmab_bucket
+from curate.scoring.masks import derived_seed
+from curate.scoring.probing import probe_responses, response_ids, vision_tokens_in
+from curate.scoring.prompts import build_messages, without_placeholder
+from curate.scoring.stage import PROBE_BATCH
 
 if TYPE_CHECKING:
     from curate.engines.transformers_engine import TransformersEngine
-    from curate.pism import Sample
+    from curate.scoring.sample import Sample
+    from curate.scoring.stage import BatchContext, Resources
 
 __all__ = [
     "CMAB_VARIANTS",
@@ -148,6 +152,11 @@ class CmabResult:
     correct: int
     generations: int
 
+    def columns(self) -> dict[str, Any]:
+        """The row's ``schema.CMAB_SCHEMA`` columns."""
+        return {"cmab_rho": self.rho, "cmab_bucket": self.bucket, "cmab_variant": self.variant,
+                "cmab_layers": self.layers, "cmab_correct": self.correct, "cmab_generations": self.generations}
+
 
 class CmabScorer:
     """CMAB for batches of samples: K responses from any engine, graded; the probe on correct ones.
@@ -155,6 +164,8 @@ class CmabScorer:
     Generation may run on any backend (vLLM on clusters); the probe always runs in transformers on
     ``probe_engine``'s model, teacher-forcing the generated token ids (vLLM exposes no attention).
     """
+
+    reports_progress = False
 
     def __init__(
         self,
@@ -170,8 +181,7 @@ class CmabScorer:
         self.probe_engine = probe_engine
         self.cfg = cfg
         # Token ids come with log-probabilities; the probe needs the exact generated ids.
-        self.sampling = SamplingParams(sampling.temperature, sampling.top_p, sampling.max_tokens, sampling.stop,
-                                       logprobs=True)
+        self.sampling = dataclasses.replace(sampling, logprobs=True)
         # The variant's own layout (code: question before the image, as its thresholds assume),
         # whatever the PISM prompt is.
         self.prompt = dataclasses.replace(prompt, image_position=cfg.prompt_layout(prompt))
@@ -179,7 +189,16 @@ class CmabScorer:
         self.grading = grading
         self.num_layers = len(decoder_layers(probe_engine.model))
         self.layers = cmab_layers(cfg.variant, self.num_layers, cfg.layer)
-        self.vision_ids = frozenset(visual_token_ids(probe_engine.model))
+
+    @classmethod
+    def from_resources(cls, resources: "Resources") -> "CmabScorer":
+        cfg = resources.cfg
+        return cls(resources.engine, resources.probe_engine, cfg.cmab, resources.sampling, cfg.prompt,
+                   probe_batch=PROBE_BATCH, grading=resources.grading)
+
+    def columns(self, samples: Sequence["Sample"], context: "BatchContext", progress: Any = None) -> list[Any]:
+        """The stage's columns per sample (``curate.scoring.stage``), or an error message."""
+        return [r if isinstance(r, str) else r.columns() for r in self.score(samples)]
 
     def score(self, samples: Sequence["Sample"]) -> list[CmabResult | str]:
         """One result per sample: a ``CmabResult``, or an error message."""
@@ -196,7 +215,7 @@ class CmabScorer:
             requests.append((i, GenerationRequest(messages, s.images, seed=derived_seed("cmab", s.id, self.cfg.seed),
                                                   n=self.cfg.k, image_id=content_id(s.images))))
         results = self.engine.generate([r for _, r in requests], self.sampling)
-        to_probe: list[tuple[int, GenerationRequest, list[list[int]]]] = []
+        to_probe: list[tuple[int, GenerationRequest, list[int]]] = []  # (sample, prompt, response ids)
         correct_counts: dict[int, int] = {}
         for (i, request), result in zip(requests, results):
             if result.error is not None:
@@ -211,50 +230,26 @@ class CmabScorer:
                 out[i] = self._result(None, 0)
                 continue
             chosen = good[:1] if self.cfg.response == "first_correct" else good
-            ids = [c.token_ids if c.token_ids else self._tokenize(c.text) for c in chosen]
-            vision = sorted({t for response in ids for t in response if t in self.vision_ids})
+            ids = [response_ids(self.probe_engine, c.text, c.token_ids) for c in chosen]
+            vision = sorted({t for response in ids for t in vision_tokens_in(self.probe_engine, response)})
             if vision:
-                # A placeholder id in the response would be counted as image attention (and the
-                # model's forward would look for image features that do not exist): not probeable.
                 out[i] = f"a correct response contains vision token id(s) {vision}; the probe cannot score it"
                 continue
-            to_probe.append((i, request, ids))
-        for start in range(0, len(to_probe), self.probe_batch):
-            self._probe(to_probe[start:start + self.probe_batch], correct_counts, out)
-        return out  # type: ignore[return-value]
-
-    def _tokenize(self, text: str) -> list[int]:
-        return self.probe_engine.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def _probe(self, group, correct_counts: dict[int, int], out: list) -> None:
-        """Probe every chosen response of ``group`` in one teacher-forced batch."""
-        encoded, responses, owners = [], [], []
-        for i, request, ids in group:
-            prompt = self.probe_engine.encode(request)
-            for response in ids:
-                encoded.append(prompt)
-                responses.append(response)
-                owners.append(i)
-        # collate puts the batch on the probe model's device; pack_responses builds the response
-        # ids there too.
-        inputs = self.probe_engine.collate(encoded)
-        packed, lengths = pack_responses(inputs, responses, self.probe_engine.pad_token_id)
+            to_probe.extend((i, request, response) for response in ids)
         options = cmab_probe_options(self.cfg.variant, self.num_layers, self.cfg.layer)
-        with torch.inference_mode():
-            probed = probe_attention(self.probe_engine.model, packed, lengths, chunk=self.cfg.probe_chunk, **options)
+        probed = probe_responses(self.probe_engine, [(request, ids) for _, request, ids in to_probe],
+                                 batch=self.probe_batch, chunk=self.cfg.probe_chunk, **options)
         rhos: dict[int, list[float]] = {}
         failures: dict[int, str] = {}
-        for owner, result in zip(owners, probed):
+        for (owner, _, _), result in zip(to_probe, probed):
             try:
                 rhos.setdefault(owner, []).append(cmab_rho(result, self.cfg.variant, num_layers=self.num_layers,
                                                            layer=self.cfg.layer))
             except CmabError as err:
                 failures[owner] = str(err)
-        for i, _, _ in group:
-            if i in rhos:
-                out[i] = self._result(sum(rhos[i]) / len(rhos[i]), correct_counts[i])
-            else:
-                out[i] = failures[i]
+        for i in dict.fromkeys(owner for owner, _, _ in to_probe):
+            out[i] = self._result(sum(rhos[i]) / len(rhos[i]), correct_counts[i]) if i in rhos else failures[i]
+        return out  # type: ignore[return-value]
 
     def _result(self, rho: float | None, correct: int) -> CmabResult:
         thresholds = self.cfg.thresholds[self.cfg.variant]

@@ -14,7 +14,7 @@ exported rows) then recompute the bucket from ``cmab_rho`` with :func:`apply`. U
 unsolved. Too few values (``min_values``) fall back to the fixed bands, with the warning recorded.
 
 Torch-free on purpose: report and select import it without loading a model stack
-(``curate.cmab`` re-exports :func:`cmab_bucket`).
+(``curate.scoring.cmab`` re-exports :func:`cmab_bucket`).
 """
 
 from __future__ import annotations
