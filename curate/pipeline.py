@@ -428,29 +428,28 @@ def run(cfg: CurateConfig, actor_cls: type = ScoringActor) -> dict[str, Any]:
         else:
             log.info("stage 2: every row is already in %s", out / ANNOTATED_DIR)
         # Rows of batches whose node was lost are scored again in whole batches; rows of batches that
-        # kept crashing their actor, one per batch, until a pass makes no progress. Whether the last
-        # pass lost nodes is known once the next pool is sized on the nodes that answer now.
+        # kept crashing their actor, once more one per batch, one task per actor (a row that fails
+        # there, with no node lost, crashed its actor alone: an error row). Whether the last pass
+        # lost nodes is known once the next pool is sized on the nodes that answer now.
         lost: list[str] = []
         batched: Optional[bool] = None
-        progressed = True
         while missing:
             sized_on, pool = pool[2], wait_for_pool(cfg, [*lost, *watch.seen_lost()])
             lost_now = watch.lost_since(sized_on, pool[2])
             lost += lost_now
             if lost_now:
                 batched = True
-            elif batched is False and not progressed:
+            elif batched is False:
                 break
             else:
-                batched = False  # the first retry, or after progress, or a whole-batch retry that changed nothing
+                batched = False  # the first retry, or a whole-batch retry after lost nodes
             if batched:
                 log.warning("%d rows were on lost node(s) %s; scoring them again", len(missing), ", ".join(lost))
             else:
                 log.warning("%d rows were in batches that failed; retrying them one per batch", len(missing))
             watch = _score_pass(cfg, out, pool, cfg.ray.batch_size if batched else 1, counter, metadata, actor_cls,
                                 isolate=not batched)
-            before, missing = missing, corpus_ids - set(shard_ids(out / ANNOTATED_DIR))
-            progressed = missing != before
+            missing = corpus_ids - set(shard_ids(out / ANNOTATED_DIR))
         if missing:
             log.error("%d rows crashed the scoring actor even alone; writing them as error rows", len(missing))
             _write_crash_rows(out, missing, metadata)

@@ -263,6 +263,31 @@ def test_ace_through_the_scorer_equals_eager_attention_maps(engine, samples):
     assert checked == 2 * len(samples)
 
 
+def test_ace_builds_every_tensor_where_the_batch_lives(engine, samples):
+    """On a GPU the probe's batch is on cuda: a tensor RAP's path builds on the default device (the
+    CPU) would fail there. Here the guard sends such tensors to ``meta`` instead, so the same mistake
+    fails on CPU (support/devices.py); the guarded run must give the unguarded run's ψ."""
+    from support.devices import default_device_elsewhere
+
+    greedy = SamplingParams(temperature=0.0, max_tokens=48)
+    cfg = RapConfig(enabled=True, m=2, ace=AceConfig(response="first"))
+
+    def run():
+        rap = RapScorer(engine, cfg, greedy, PromptConfig(), pism_seed=0, probe_engine=lambda: engine)
+        return [r.ace.log_psi for r in rap.score(samples)]
+
+    reference = run()
+    packages = (
+        "curate.scoring.rap",
+        "curate.scoring.ace",
+        "curate.scoring.probing",
+        "curate.scoring.attention_probe",
+    )
+    with default_device_elsewhere(packages=packages) as guard:
+        guarded = run()
+    assert guarded == reference  # (the guard biting is shown in test_cmab_scorer.py)
+
+
 def rap_image_request(rap: RapScorer, s: Sample):
     """The image request RAP (and PISM at λ = 0) sends for ``s``, with n = 1 at k = 0."""
     from curate.engines.base import GenerationRequest
