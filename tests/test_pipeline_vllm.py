@@ -46,10 +46,20 @@ def test_vllm_scoring_actor_keeps_the_engine_in_its_process(tmp_path):
             "engine.backend=vllm", "engine.dtype=float32", "engine.max_model_len=512",
             "engine.vllm.enforce_eager=true", "pism.ratios=[0.0,0.5]", "pism.k=2", "pism.tau=0.5",
             "sampling.max_tokens=32", "ray.batch_size=6", "ray.max_task_retries=0",
+            # RAP beside PISM as on a GPU cluster: vLLM generates (text-only prompts too), the
+            # transformers probe scores ACE on vLLM's token ids.
+            "rap.enabled=true", "rap.m=2",
         ])
         summary = run(cfg, actor_cls=ProcessTreeActor)
     finally:
         ray.shutdown()
-    rows = pq.ParquetDataset(str(tmp_path / "out" / ANNOTATED_DIR)).read(columns=["id", "status", "error"])
+    columns = ["id", "status", "error", "pism_attempts", "rap_img_attempts", "rap_img_reused", "rap_txt_attempts",
+               "rap_img_correct", "rap_ace_log_psi"]
+    rows = pq.ParquetDataset(str(tmp_path / "out" / ANNOTATED_DIR)).read(columns=columns)
     assert rows.num_rows == 6
     assert summary["errored"] == 0, rows.to_pylist()
+    for r in rows.to_pylist():
+        assert r["rap_img_attempts"] == r["rap_txt_attempts"] == 2
+        assert r["rap_img_reused"] == min(2, r["pism_attempts"][0])
+        assert (r["rap_ace_log_psi"] is not None) == (r["rap_img_correct"] > 0)
+    assert summary["rap_generations"] == sum(4 - r["rap_img_reused"] for r in rows.to_pylist())
