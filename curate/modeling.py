@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -176,3 +179,26 @@ def load_model(path: str, dtype: str = "auto", device: str = "auto",
         path, dtype=_dtype(dtype, device), attn_implementation=attn_implementation
     )
     return model.to(device).eval()
+
+
+# What defines a model directory's processor (the tokenizer's vocabulary, tokenizer.json, is saved by
+# every trainer); remote code (*.py) is copied too.
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+def restore_processor_files(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> list[str]:
+    """Give a trainer's saved HF directory ``target`` the processor of the model it was trained from.
+
+    Trainers save the weights and what ``save_pretrained`` of their own processor object writes:
+    verl's ``huggingface/`` and TRL's ``save_model`` drop a remote-code processor's module and the
+    ``auto_map`` that names it (the toy model's), so the next load finds no processor (verl's
+    ``hf_processor`` then returns None and an image dataset fails). Training never changes the
+    processor: the source's files are authoritative. Returns the names copied.
+    """
+    source, target = Path(source), Path(target)
+    copied = []
+    for path in sorted(source.iterdir()):
+        if path.is_file() and (path.name in PROCESSOR_FILES or path.suffix == ".py"):
+            shutil.copy2(path, target / path.name)
+            copied.append(path.name)
+    return copied

@@ -13,6 +13,8 @@ COMMANDS: dict[str, str] = {
     "sft": "rl.sft",
     "eval": "rl.eval",
     "study": "rl.study",
+    "mpo": "rl.mpo",
+    "iterate": "rl.iterate",
 }
 DESCRIPTION = "Train vision-language models with verl (GRPO, SFT) on the samples curation selected."
 

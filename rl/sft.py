@@ -32,6 +32,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rl.train import (
     EXTERNAL_MODULES,
@@ -44,6 +45,7 @@ from rl.train import (
     environ_modules,
     file_logger_env,
     override_key,
+    resolve_toy_model,
     run,
 )
 
@@ -51,14 +53,18 @@ __all__ = ["VERL_SFT_CONFIG_NAME", "VERL_SFT_ENTRY", "SFTSection", "add_argument
 
 VERL_SFT_ENTRY = "verl.trainer.sft_trainer_ray"
 VERL_SFT_CONFIG_NAME = "sft_trainer_engine"
+SFT_MODEL_PATH_KEY = "model.path"
 
 
 @dataclass
 class SFTSection:
-    """The SFT recipe's ``hardmode:`` section. No CPU path: verl's SFT engine runs on accelerators."""
+    """The SFT recipe's ``hardmode:`` section."""
 
     # Modules verl imports in every process (VERL_USE_EXTERNAL_MODULES), after the environment's own.
     verl_modules: list[str] = field(default_factory=list)
+    # Run verl's SFT trainer on this machine's CPU (rl.cpu: the platform, its overrides and the SFT
+    # keys of rl.cpu.cpu_sft_overrides; the recipe or command line may still set any of them).
+    cpu: bool = False
 
 
 def plan_sft(
@@ -67,14 +73,24 @@ def plan_sft(
     """Compose an SFT recipe and command-line overrides into verl's SFT command (nothing is started)."""
     environ = os.environ if environ is None else environ
     hardmode, recipe, verl_cli = compose(recipe_path, cli_overrides, SFTSection)
-    check_given(recipe, {override_key(o) for o in verl_cli})
     env = file_logger_env(environ)
     if not environ.get("RAY_ADDRESS"):
         env["RAY_ADDRESS"] = "local"
     modules = [VERL_FIXES, *environ_modules(environ), *hardmode.verl_modules]
+    implied: dict[str, tuple[bool, Any]] = {}
+    if hardmode.cpu:
+        from rl.cpu import cpu_env, cpu_sft_overrides
+
+        implied = {key.lstrip("+"): (key.startswith("+"), value) for key, value in cpu_sft_overrides().items()}
+        cpu = cpu_env()
+        modules.insert(0, cpu.pop(EXTERNAL_MODULES))  # before any other plugin: it checks versions
+        env.update(cpu)
     env[EXTERNAL_MODULES] = ",".join(dict.fromkeys(modules))
+    merged = {**implied, **recipe}
+    check_given(merged, {override_key(o) for o in verl_cli})
+    resolve_toy_model(merged, verl_cli, SFT_MODEL_PATH_KEY)
     return TrainPlan(
-        overrides=as_overrides(recipe, verl_cli),
+        overrides=as_overrides(merged, verl_cli),
         env=env,
         entry=VERL_SFT_ENTRY,
         config_name=VERL_SFT_CONFIG_NAME,

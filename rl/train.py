@@ -300,7 +300,7 @@ def as_overrides(merged: Mapping[str, tuple[bool, Any]], verl_cli: Sequence[str]
     return composed + list(verl_cli)
 
 
-def _toy_model_path(name: Any) -> str | None:
+def _toy_model_path(name: Any, key: str = MODEL_PATH_KEY) -> str | None:
     """The trained directory of the toy preset ``name`` (``toy``, ``toy-study``; built if needed) or None."""
     try:
         from curate.modeling import is_toy_model
@@ -309,9 +309,9 @@ def _toy_model_path(name: Any) -> str | None:
             return None
         from curate.toy.cache import toy_model_path
     except ImportError as err:
-        raise ConfigError(f"config key '{MODEL_PATH_KEY}': {name!r} needs curate.toy ({err})") from None
+        raise ConfigError(f"config key '{key}': {name!r} needs curate.toy ({err})") from None
     except ValueError as err:  # "toy-…" naming no preset
-        raise ConfigError(f"config key '{MODEL_PATH_KEY}': {err}") from None
+        raise ConfigError(f"config key '{key}': {err}") from None
     return str(toy_model_path(preset=name))
 
 
@@ -349,19 +349,23 @@ def plan_training(
     implied.update(_signal_keys(hardmode.signal, recipe, verl_cli))
     merged = {**implied, **recipe}
     check_given(merged, cli_keys)
-    # A toy preset's name (recipe or command line) becomes its trained directory.
-    if MODEL_PATH_KEY in merged and MODEL_PATH_KEY not in cli_keys:
-        add, value = merged[MODEL_PATH_KEY]
-        toy = _toy_model_path(value)
+    resolve_toy_model(merged, verl_cli, MODEL_PATH_KEY)
+    return TrainPlan(overrides=as_overrides(merged, verl_cli), env=env)
+
+
+def resolve_toy_model(merged: dict[str, tuple[bool, Any]], verl_cli: list[str], key: str) -> None:
+    """A toy preset's name at ``key`` (recipe or command line) becomes its trained directory, in place."""
+    if key in merged and key not in {override_key(o) for o in verl_cli}:
+        add, value = merged[key]
+        toy = _toy_model_path(value, key)
         if toy is not None:
-            merged[MODEL_PATH_KEY] = (add, toy)
+            merged[key] = (add, toy)
     for i, override in enumerate(verl_cli):
-        if override_key(override) == MODEL_PATH_KEY:
+        if override_key(override) == key:
             head, value = override.split("=", 1)
-            toy = _toy_model_path(value.strip("'\""))
+            toy = _toy_model_path(value.strip("'\""), key)
             if toy is not None:
                 verl_cli[i] = f"{head}={hydra_value(toy)}"
-    return TrainPlan(overrides=as_overrides(merged, verl_cli), env=env)
 
 
 def _given(key: str, recipe: Mapping[str, tuple[bool, Any]], verl_cli: Sequence[str], default: Any) -> Any:

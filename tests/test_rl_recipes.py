@@ -29,7 +29,11 @@ RECIPES = REPO / "configs" / "rl"
 GRPO = RECIPES / "qwen25vl7b_grpo.yaml"
 SFT = RECIPES / "qwen25vl7b_sft.yaml"
 SFT_GRPO = RECIPES / "qwen25vl7b_sft_grpo.yaml"
-SFT_RECIPES = {SFT.name}  # run by `python -m rl sft`; every other recipe by `python -m rl train`
+TOY_SFT = RECIPES / "toy_sft.yaml"
+SFT_RECIPES = {SFT.name, TOY_SFT.name}  # run by `python -m rl sft`; the other verl recipes by `python -m rl train`
+# Recipes of commands that are not one verl trainer (rl iterate, rl mpo): tested with their commands.
+NOT_VERL = ("_iterate.yaml", "_mpo.yaml")
+VERL_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if not p.name.endswith(NOT_VERL))
 NO_RAY: dict[str, str] = {}
 MODEL = "actor_rollout_ref.model.path"
 
@@ -51,8 +55,9 @@ def _placeholders(recipe: Path) -> list[str]:
     """A command-line value for every key the recipe leaves ``???`` (and a model for the toy recipe)."""
     _, verl_part = load_recipe(recipe)
     given = [f"{k}=/given/{k}" for k, (_, v) in flatten(verl_part).items() if v == MISSING]
-    if recipe.name not in SFT_RECIPES and not any(o.startswith(f"{MODEL}=") for o in given):
-        given.append(f"{MODEL}=/given/model")  # never train the toy model here
+    model = "model.path" if recipe.name in SFT_RECIPES else MODEL
+    if not any(o.startswith(f"{model}=") for o in given):
+        given.append(f"{model}=/given/model")  # never train the toy model here
     return given
 
 
@@ -70,7 +75,7 @@ def _typed(cfg, *sections: str) -> None:
         omega_conf_to_dataclass(OmegaConf.select(cfg, section))
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", VERL_RECIPES, ids=lambda p: p.name)
 def test_every_recipe_composes_with_verls_config(recipe):
     plan, cfg = _compose(recipe)
     if recipe.name in SFT_RECIPES:
@@ -223,8 +228,20 @@ def test_typos_fail_naming_the_key(tmp_path):
     variant.write_text(f"hardmode:\n  extends: {GRPO}\ndata:\n  max_promt_length: 4096\n")
     with pytest.raises(ConfigError, match=r"data\.max_promt_length"):
         _compose(variant, _placeholders(GRPO))
-    with pytest.raises(ConfigError, match=r"hardmode\.cpu"):  # SFT has no CPU path
-        plan_sft(SFT, _placeholders(SFT) + ["hardmode.cpu=true"], environ=NO_RAY)
+    with pytest.raises(ConfigError, match=r"hardmode\.cpus"):
+        plan_sft(SFT, _placeholders(SFT) + ["hardmode.cpus=true"], environ=NO_RAY)
+
+
+def test_toy_sft_runs_verls_sft_trainer_on_the_cpu_platform():
+    plan, cfg = _compose(TOY_SFT)
+    assert plan.env["VERL_PLATFORM"] == "cpu" and plan.env["VERL_ENGINE_DEVICE"] == "cuda"
+    assert plan.env["VERL_USE_EXTERNAL_MODULES"].split(",")[0] == "rl.cpu.plugin"  # first: it checks versions
+    assert cfg.trainer.device == "cpu" and cfg.engine.strategy == "fsdp2" and not cfg.engine.use_torch_compile
+    assert cfg.model.override_config.attn_implementation == "sdpa" and not cfg.model.use_remove_padding
+    assert cfg.engine.mixed_precision.param_dtype == "fp32"  # the recipe's; verl would compute in bf16
+    # a recipe or command-line value wins over the CPU default
+    plan, cfg = _compose(TOY_SFT, _placeholders(TOY_SFT) + ["engine.use_torch_compile=true"])
+    assert cfg.engine.use_torch_compile is True
 
 
 def test_extends_merges_nested_keys_and_refuses_loops_and_missing_files(tmp_path):

@@ -83,6 +83,11 @@ def chat_messages(
         messages = build_messages(question, num_images, prompt or _BARE_PROMPT)
     except PromptError as err:
         raise ExportError(f"sample {sample_id!r}: {err}") from None
+    return text_turns(messages)
+
+
+def text_turns(messages: list[dict]) -> list[dict]:
+    """Engine messages (content parts) as text turns, an ``<image>`` marker for each image part."""
     out = []
     for m in messages:
         content = m["content"]

@@ -1,4 +1,4 @@
-"""Running verl's real GRPO trainer on machines without an accelerator (CI, laptops).
+"""Running verl's real GRPO and SFT trainers on machines without an accelerator (CI, laptops).
 
 verl 0.9.1 has no CPU support: its trainer assumes CUDA/NPU devices, NCCL and a vLLM/SGLang rollout.
 Nothing here edits or copies verl. verl imports every module named in ``VERL_USE_EXTERNAL_MODULES``
@@ -20,6 +20,10 @@ no rollout engine without vLLM/SGLang                          ``rl.cpu.hf_rollo
                                                                weight-sync adapter)
 reference model: CPUOffloadPolicy(pin_memory=True) fails       ``rl.cpu.overrides`` (unpinned policy)
 images need qwen_vl_utils, which needs torchvision             ``rl.cpu.dataset`` via ``data.custom_cls``
+SFT: the same, inside verl's SFT dataset                       ``rl.cpu.overrides`` (its ``process_image``)
+SFT: a bare ``ray.init()``, pools asking for GPUs               ``rl.cpu.overrides`` (logical GPUs and CPUs)
+SFT: "No module named 'transformers_modules'" in workers       ``rl.cpu.overrides`` (``init_hf_modules``)
+SFT: FlashAttention2, remove-padding, FSDP1, torch.compile     :func:`cpu_sft_overrides`
 ============================================================  ==============================================
 
 The Qwen2.5-VL position-ids crash of batches whose sequences all have the same length ("split_with_sizes
@@ -48,6 +52,7 @@ __all__ = [
     "cpu_env",
     "cpu_overrides",
     "cpu_platform_selected",
+    "cpu_sft_overrides",
 ]
 
 PLUGIN_MODULE = "rl.cpu.plugin"
@@ -131,3 +136,16 @@ def cpu_overrides(local_cluster: bool) -> dict[str, Any]:
             }
         )
     return overrides
+
+
+def cpu_sft_overrides() -> dict[str, Any]:
+    """verl SFT settings (``sft_trainer_engine``) a CPU run cannot do without, keyed as for
+    :func:`cpu_overrides`. Its engine computes in bf16 unless ``engine.mixed_precision`` says otherwise:
+    a CPU recipe sets fp32 there (``configs/rl/toy_sft.yaml``)."""
+    return {
+        "trainer.device": "cpu",
+        "engine.strategy": "fsdp2",
+        "engine.use_torch_compile": False,
+        "+model.override_config.attn_implementation": "sdpa",
+        "model.use_remove_padding": False,
+    }
