@@ -145,7 +145,8 @@ def load_processor(path: str, min_pixels: int | None = None, max_pixels: int | N
     return processor
 
 
-def _device(device: str) -> str:
+def resolve_device(device: str) -> str:
+    """``auto`` → cuda when there is one, else cpu; cpu, cuda and cuda:N as given."""
     import torch
 
     if device == "auto":
@@ -174,7 +175,7 @@ def load_model(path: str, dtype: str = "auto", device: str = "auto",
     """
     from transformers import AutoModelForImageTextToText
 
-    device = _device(device)
+    device = resolve_device(device)
     model = AutoModelForImageTextToText.from_pretrained(
         path, dtype=_dtype(dtype, device), attn_implementation=attn_implementation
     )

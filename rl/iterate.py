@@ -55,12 +55,27 @@ class GenerationSection:
 
 
 @dataclass
+class RewardModelSection:
+    """A local HF sequence-classification reward model (``keep.by: model``): it scores the prompt's text
+    turns (``<image>`` markers where the images were; it sees no pixels) with the response as the
+    assistant turn, through the tokenizer's chat template; the score is the first logit."""
+
+    path: Optional[str] = None
+    batch_size: int = 16
+    device: str = "auto"
+
+
+@dataclass
 class KeepSection:
     # τ_t per round (round t takes tau[t-1]; a shorter list repeats its last value): a response is
     # kept when its `by` value is >= τ_t.
     tau: list[float] = field(default_factory=lambda: [1.0])
-    # reward: rl.reward's GRPO score (accuracy + format) | acc: the grader's δ (1 correct, 0 not)
+    # reward: rl.reward's GRPO score (accuracy + format) | acc: the grader's δ (1 correct, 0 not) |
+    # model: the reward model's score (reward_model)
     by: str = "reward"
+    # With by=model: keep only responses the graders also judge correct.
+    require_correct: bool = True
+    reward_model: RewardModelSection = field(default_factory=RewardModelSection)
     # Distinct kept responses per sample at most (the first ones by seed); 0: every one.
     max_per_sample: int = 1
     # The assistant turn of a sample the model answered wrongly; {ground_truth} is replaced. The
@@ -111,7 +126,14 @@ class IterateConfig:
         check_key("generation.max_tokens", self.generation.max_tokens > 0, "must be positive")
         check_key("keep.tau", bool(self.keep.tau), "list at least one threshold")
         check_key(
-            "keep.by", self.keep.by in ("reward", "acc"), f"{self.keep.by!r} is not one of ['reward', 'acc']"
+            "keep.by",
+            self.keep.by in ("reward", "acc", "model"),
+            f"{self.keep.by!r} is not one of ['reward', 'acc', 'model']",
+        )
+        check_key(
+            "keep.reward_model.path",
+            self.keep.by != "model" or bool(self.keep.reward_model.path),
+            "is required with keep.by=model (a local sequence-classification model directory)",
         )
         check_key(
             "keep.max_per_sample", self.keep.max_per_sample >= 0, "must be >= 0 (0: every kept response)"
@@ -150,9 +172,10 @@ class Graded:
 def keep_responses(samples: list[Graded], keep: KeepSection, tau: float) -> tuple[list[dict], dict[str, Any]]:
     """The round's SFT rows (D_t) and what was kept, per task.
 
-    A response is kept when its ``keep.by`` value is >= ``tau`` (at most ``max_per_sample`` distinct
+    A response is kept when its ``keep.by`` value is >= ``tau`` (and, by the reward model, when the
+    graders judge it correct unless ``require_correct`` is off; at most ``max_per_sample`` distinct
     texts per sample, first by seed); a sample none of whose responses is correct enters with its
-    reference response instead (the previous model answered it wrongly).
+    reference response too (the previous model answered it wrongly).
     """
     rows: list[dict] = []
     kept: Counter = Counter()
@@ -160,7 +183,8 @@ def keep_responses(samples: list[Graded], keep: KeepSection, tau: float) -> tupl
     for s in samples:
         chosen: list[str] = []
         for r in s.responses:
-            if r[keep.by] >= tau and r["text"] not in chosen:
+            vetoed = keep.by == "model" and keep.require_correct and not r["correct"]
+            if r[keep.by] >= tau and not vetoed and r["text"] not in chosen:
                 chosen.append(r["text"])
         if keep.max_per_sample:
             chosen = chosen[: keep.max_per_sample]
@@ -272,6 +296,8 @@ class Iteration:
                 "train_files": cfg.train_files,
                 "round": t,
                 **dataclasses.asdict(cfg.generation),
+                # the reward model's scores are written with the responses
+                "reward_model": dataclasses.asdict(cfg.keep.reward_model) if cfg.keep.by == "model" else None,
             }
             out.append(Step(f"round-{t}.generate", generation, lambda t=t: self._generate(t), [r.responses]))
             keep = {"keep": dataclasses.asdict(cfg.keep), "tau": cfg.tau(t)}
@@ -385,20 +411,27 @@ class Iteration:
         with create_engine(dataclasses.replace(g.engine, model=model)) as engine:
             results = engine.generate(requests, params)
         r.dir.mkdir(parents=True, exist_ok=True)
+        records = []
+        for s, result in zip(samples, results):
+            responses = []
+            for c in result.completions if result.ok else []:
+                graded = grade_response(s, c.text, options)
+                responses.append(
+                    {
+                        "text": c.text,
+                        "correct": graded["correct"],
+                        "acc": graded["acc"],
+                        "reward": graded["reward"],
+                    }
+                )
+            records.append((s, result, responses))
+        if self.cfg.keep.by == "model":
+            score_with_reward_model(
+                self.cfg.keep.reward_model, [(text_turns(s.messages), resp) for s, _, resp in records]
+            )
         tmp = r.responses.with_suffix(".tmp")
         with tmp.open("w") as handle:
-            for s, result in zip(samples, results):
-                responses = []
-                for c in result.completions if result.ok else []:
-                    graded = grade_response(s, c.text, options)
-                    responses.append(
-                        {
-                            "text": c.text,
-                            "correct": graded["correct"],
-                            "acc": graded["acc"],
-                            "reward": graded["reward"],
-                        }
-                    )
+            for s, result, responses in records:
                 record = {
                     "id": s.id,
                     "task": s.task,
@@ -521,6 +554,34 @@ class StepFailed(RuntimeError):
 def _execute(command: list[str], log_path: Path) -> int:
     with log_path.open("w") as handle:
         return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
+
+
+def score_with_reward_model(cfg: RewardModelSection, items: list[tuple[list[dict], list[dict]]]) -> None:
+    """Add the reward model's score (``"model"``) to every response of every (prompt turns, responses)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from curate.modeling import resolve_device
+
+    device = resolve_device(cfg.device)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.path)
+    model = AutoModelForSequenceClassification.from_pretrained(cfg.path).to(device).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    pending = [(prompt, r) for prompt, responses in items for r in responses]
+    for start in range(0, len(pending), cfg.batch_size):
+        chunk = pending[start : start + cfg.batch_size]
+        texts = [
+            tokenizer.apply_chat_template(
+                [*prompt, {"role": "assistant", "content": r["text"]}], tokenize=False
+            )
+            for prompt, r in chunk
+        ]
+        batch = tokenizer(texts, return_tensors="pt", padding=True).to(device)
+        with torch.inference_mode():
+            logits = model(**batch).logits
+        for (_, r), value in zip(chunk, logits[:, 0].tolist()):
+            r["model"] = float(value)
 
 
 def _model_dir(name: str) -> str:

@@ -272,3 +272,69 @@ def _logs(out: Path) -> str:
         if (out / "logs").is_dir()
         else ""
     )
+
+
+def _tiny_reward_model(path: Path) -> Path:
+    """A random one-layer Qwen2 sequence classifier with the toy model's tokenizer (offline)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification
+
+    from curate.toy.cache import toy_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(toy_model_path())
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+    )
+    Qwen2ForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_reward_model_scores_each_response_as_a_lone_forward_would(tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rl.iterate import RewardModelSection, score_with_reward_model
+
+    path = _tiny_reward_model(tmp_path / "rm")
+    prompt = [{"role": "user", "content": "<image>How many circles?"}]
+    items = [
+        (prompt, [{"text": "<answer>3</answer>"}, {"text": "I think there are quite a lot, maybe 12"}]),
+        ([{"role": "user", "content": "Read it"}], [{"text": "AB"}]),
+    ]
+    score_with_reward_model(RewardModelSection(path=str(path), batch_size=2, device="cpu"), items)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    for turns, responses in items:
+        for r in responses:
+            text = tokenizer.apply_chat_template(
+                [*turns, {"role": "assistant", "content": r["text"]}], tokenize=False
+            )
+            with torch.no_grad():
+                alone = model(**tokenizer(text, return_tensors="pt")).logits[0, 0].item()
+            assert r["model"] == pytest.approx(alone, abs=1e-5)
+    assert len({r["model"] for _, rs in items for r in rs}) == 3  # the scores differ: the check bites
+
+
+def test_keep_by_reward_model_with_and_without_the_graders_veto():
+    samples = [_graded("a", "counting", [("x", True, 2.0), ("y", False, 0.0)])]
+    samples[0].responses[0]["model"], samples[0].responses[1]["model"] = 0.2, 0.9
+    rows, _ = keep_responses(samples, KeepSection(by="model", max_per_sample=0), 0.5)
+    assert rows == []  # the one scoring >= 0.5 is wrong; the correct one scores too low
+    rows, _ = keep_responses(samples, KeepSection(by="model", max_per_sample=0, require_correct=False), 0.5)
+    assert [r["messages"][-1]["content"] for r in rows] == ["y"]
+    rows, _ = keep_responses(samples, KeepSection(by="model", max_per_sample=0), 0.1)
+    assert [r["messages"][-1]["content"] for r in rows] == ["x"]
+
+
+def test_keep_by_model_needs_a_reward_model(tmp_path):
+    with pytest.raises(ConfigError, match="config key 'keep.reward_model.path'"):
+        _cfg(tmp_path, "keep.by=model")
