@@ -12,13 +12,26 @@ has the same length: the packing is then ragged on dim 1 (values (4B, seq)), and
 with "split_with_sizes expects split_sizes to sum exactly to <seq>". Both the FSDP engine workers and
 the engine base call the fix for every Qwen2/2.5-VL batch, whatever the device; a GRPO step whose
 responses all hit the length cap (or a batch of one) has equal lengths on a GPU as on a CPU.
+
+A second fix, for the environment rather than the data: verl 0.9.1 asks ``is_trl_available()`` (is a
+``trl`` package installed?) and then imports trl's ``AutoModelForCausalLMWithValueHead`` to patch it
+(``verl.models.transformers.monkey_patch.apply_monkey_patch``, run at every model load) or to build a
+value model (``verl.utils.model.load_valuehead_model``). trl 1.x has no such class (its PPO left
+TRL), and the project installs trl 1.16.0 for ``python -m rl mpo``: every verl model load failed with
+an ImportError. verl's question is answered as verl uses the answer: whether trl has that class. Both
+modules bind the function by name when they are imported, after this module (``import verl`` imports
+only ``verl.utils.import_utils`` before its external modules): replacing the attribute reaches them.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import warnings
 from importlib.metadata import version
 
 import torch
+import verl.utils.import_utils as verl_import_utils
 import verl.utils.tensordict_utils as verl_tensordict_utils
 from tensordict import TensorDict
 
@@ -49,6 +62,23 @@ def maybe_fix_3d_position_ids(data: TensorDict) -> None:
     _verl_fix_3d_position_ids(data)
 
 
+@functools.cache
+def is_trl_available() -> bool:
+    """Whether trl is installed with the value-head model verl imports from it (trl 0.x: verl pins 0.27.0)."""
+    if importlib.util.find_spec("trl") is None:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # trl.experimental warns on import
+        try:
+            from trl.experimental.ppo import AutoModelForCausalLMWithValueHead  # noqa: F401
+        except ImportError:
+            try:
+                from trl import AutoModelForCausalLMWithValueHead  # noqa: F401
+            except ImportError:
+                return False
+    return True
+
+
 def apply() -> None:
     installed = version("verl")
     if installed != VERL_VERSION:
@@ -57,6 +87,7 @@ def apply() -> None:
             "Install the pinned verl or check whether the new release still needs the fix."
         )
     verl_tensordict_utils.maybe_fix_3d_position_ids = maybe_fix_3d_position_ids
+    verl_import_utils.is_trl_available = is_trl_available
 
 
 apply()

@@ -459,3 +459,31 @@ def test_toy_recipe_trains_a_checkpoint_rl_eval_loads(toy_model, tmp_path, capsy
         from rl.mpo import run_mpo
 
         run_mpo(load_config(TOY_MPO, [*argv[3:], "training.learning_rate=1e-3"]), str(TOY_MPO), [])
+
+
+# ---- trl 1.x beside verl 0.9.1 -------------------------------------------------------------------------
+
+
+def test_verl_model_loads_do_not_reach_for_trls_removed_value_head(tmp_path):
+    """verl imports trl's AutoModelForCausalLMWithValueHead whenever trl is installed; trl 1.16 has none.
+    rl.verl_fixes (loaded in every verl process) answers verl's question as verl uses it."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import verl
+        import verl.models.transformers.monkey_patch as monkey_patch
+        import verl.utils.model as model
+        from verl.utils.import_utils import is_trl_available
+        import importlib.util
+        print(importlib.util.find_spec("trl") is not None, monkey_patch.is_trl_available(),
+              model.is_trl_available(), is_trl_available())
+    """)
+    env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": "rl.verl_fixes", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "True False False False"
