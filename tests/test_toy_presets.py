@@ -16,8 +16,10 @@ from curate.toy.train import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 # The default toy model's key: the demo, the tests and every machine's cache use this directory.
-# Adding or changing another preset must never change it.
-DEFAULT_KEY = "b4a2da13844b0dec"
+# Adding or changing another preset must never change it. Editing a keyed module's text does (even a
+# docstring: curate/scoring moved build_messages), which retrains every machine's toy model once: update
+# this only then.
+DEFAULT_KEY = "157f185929ecff85"
 
 
 def test_default_preset_is_the_unchanged_toy_model():

@@ -261,7 +261,11 @@ class TransformersEngine(GenerationEngine):
     ) -> dict[tuple[int, int], Completion]:
         row_ids = [p.rows[i] for p, rows in batch for i in rows]
         seeds = [p.seeds[i] for p, rows in batch for i in rows]
-        shared = self.share_prefill and len(row_ids) > len(batch)
+        # Only prompts with images share a prefill: for an image-less batch, transformers' Qwen-VL forward
+        # computes no multimodal positions (they start at 0 whatever the left padding) and keeps the
+        # rope deltas of the previous image batch, which generate() itself would have reset.
+        shared = (self.share_prefill and len(row_ids) > len(batch)
+                  and all("image_grid_thw" in p.inputs for p, _ in batch))
         if shared:
             inputs = self.collate([p.inputs for p, _ in batch])
             # expand[j] = the distinct prompt that row j samples from
