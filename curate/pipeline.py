@@ -47,13 +47,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import run_record, schema
-from curate.shards import WRITE_OPTIONS, drop_damaged, shard_ids
 from curate.config import ConfigError, CurateConfig, DataConfig, load_config, to_yaml
 from curate.elastic import RESERVED_CPUS, NodeWatch, StepErrors, wait_for_pool
 from curate.placement import check_cluster, cluster_nodes
 from curate.run_record import ANNOTATED_DIR, RUN_METADATA_KEY
 from curate.scoring import registry
-from curate.storage import Location, check_visible_from_every_node, describe_nodes, is_uri, nodes_missing, stage
+from curate.shards import WRITE_OPTIONS, drop_damaged, shard_ids
+from curate.storage import (
+    Location,
+    check_visible_from_every_node,
+    describe_nodes,
+    is_uri,
+    nodes_missing,
+    stage,
+)
 
 log = logging.getLogger(__name__)
 

@@ -667,10 +667,10 @@ def _rel(a: float | None, b: float | None) -> float:
 
 
 def stage_cmab(args: argparse.Namespace, work: Path) -> list[Row]:
-    from curate.scoring.attention_probe import decoder_layers
-    from curate.scoring.cmab import CmabResult, CmabScorer
     from curate.config import CmabConfig, PromptConfig
     from curate.engines.base import SamplingParams
+    from curate.scoring.attention_probe import decoder_layers
+    from curate.scoring.cmab import CmabResult, CmabScorer
 
     path, kind = _model_path(work)
     device = _device()

@@ -449,6 +449,8 @@ class Iteration:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from curate.selection.export import verl_sft_schema
+
         r = Round(self.root, t)
         samples = []
         for line in r.responses.read_text().splitlines():
@@ -472,7 +474,8 @@ class Iteration:
                 f"round {t} keeps no row: no response reached tau {self.cfg.tau(t)} and no sample was "
                 "answered wrongly"
             )
-        pq.write_table(pa.Table.from_pylist(rows, schema=_sft_schema()), r.data)
+        provenance = [pa.field(name, pa.string()) for name in ("id", "task", "source")]
+        pq.write_table(pa.Table.from_pylist(rows, schema=verl_sft_schema(provenance)), r.data)
         r.kept.write_text(json.dumps(counts, indent=2))
 
     def _sft(self, t: int) -> None:
@@ -605,27 +608,6 @@ def _publish(saved: Path, model: Path, base: str) -> None:
         restore_processor_files(base, tmp)
     shutil.rmtree(model, ignore_errors=True)
     tmp.replace(model)
-
-
-def _sft_schema():
-    """verl's SFT columns (curate select's verl_sft layout: messages + images + provenance)."""
-    import datasets
-
-    turn = {"role": datasets.Value("string"), "content": datasets.Value("string")}
-    features = datasets.Features(
-        {
-            "messages": datasets.List(turn),
-            "images": datasets.List(datasets.Image()),
-            "data_source": datasets.Value("string"),
-            "ability": datasets.Value("string"),
-            "extra_info": {
-                "id": datasets.Value("string"),
-                "task": datasets.Value("string"),
-                "source": datasets.Value("string"),
-            },
-        }
-    )
-    return features.arrow_schema
 
 
 # ---- the report ----------------------------------------------------------------------------------------

@@ -26,12 +26,11 @@ in different coordinate conventions be compared.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 from typing import Any
-
-import dataclasses
-import functools
 
 from curate.grading import GradeResult, GradingOptions, UnknownTaskError, format_score, grade, resolve_grader
 from curate.grading.logs import warn_once

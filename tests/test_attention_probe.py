@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import torch
+from support.devices import default_device_elsewhere
 from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -20,8 +21,13 @@ from transformers import (
 )
 
 import curate.scoring.attention_probe as probe_module
-from curate.scoring.attention_probe import ProbeError, decoder_layers, pack_responses, probe_attention, save_heatmap
-from support.devices import default_device_elsewhere
+from curate.scoring.attention_probe import (
+    ProbeError,
+    decoder_layers,
+    pack_responses,
+    probe_attention,
+    save_heatmap,
+)
 
 IMAGE, VIDEO, VSTART, VEND, PAD = 290, 291, 292, 293, 0
 PATCH_DIM = 3 * 2 * 14 * 14  # channels × temporal patch × patch²

@@ -21,9 +21,9 @@ from test_attention_probe import (
     prompt_batch,
 )
 
+from curate.config import CmabThresholds
 from curate.scoring.attention_probe import ProbeResult, pack_responses, probe_attention
 from curate.scoring.cmab import CmabError, cmab_bucket, cmab_layers, cmab_probe_options, cmab_rho
-from curate.config import CmabThresholds
 
 RTOL = 1e-5
 

@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate.scoring import cmab_calibration as cal
 from curate import run_record
 from curate import schema as S
 from curate.config import CmabThresholds, ConfigError, load_config, load_structured
 from curate.report import write_report
+from curate.scoring import cmab_calibration as cal
 from curate.select import plan, select
 from curate.selection.config import SelectConfig
 

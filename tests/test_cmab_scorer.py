@@ -15,16 +15,16 @@ import dataclasses
 
 import pytest
 import torch
+from support.devices import default_device_elsewhere
 
-from curate.scoring.cmab import CmabResult, CmabScorer
 from curate.config import CmabConfig, PromptConfig, load_config
 from curate.engines import GenerationEngine, SamplingParams
 from curate.engines.transformers_engine import TransformersEngine
 from curate.images import decode_image
 from curate.modeling import load_model
+from curate.scoring.cmab import CmabResult, CmabScorer
 from curate.scoring.pism import Sample
 from curate.toy.corpus import generate_corpus
-from support.devices import default_device_elsewhere
 
 GUARDED = ("curate.scoring.cmab", "curate.scoring.probing", "curate.scoring.attention_probe")
 GREEDY = SamplingParams(temperature=0.0, max_tokens=48)

@@ -12,11 +12,11 @@ import time
 
 import pytest
 from PIL import Image
+from support.scripted_server import Reply, ScriptedServer, chat_completion
 
 from curate.config import EngineConfig, OpenAIConfig
 from curate.engines import GenerationRequest, SamplingParams, create_engine
 from curate.engines.openai_engine import OpenAIEngine
-from support.scripted_server import Reply, ScriptedServer, chat_completion
 
 PARAMS = SamplingParams(temperature=0.7, top_p=0.9, max_tokens=32, stop=("</answer>",))
 

@@ -14,11 +14,11 @@ import time
 
 import pytest
 import requests
+from support.engine_cases import toy_requests
+from support.reference import check_greedy
 
 from curate.engines import GenerationRequest, SamplingParams
 from curate.engines.openai_engine import OpenAIEngine
-from support.engine_cases import toy_requests
-from support.reference import check_greedy
 
 pytestmark = pytest.mark.vllm
 

@@ -10,13 +10,13 @@ the previous image batch's, so the draws differed from the reference (found by b
 from __future__ import annotations
 
 import pytest
+from support.engine_cases import toy_requests
 
 from curate.config import PromptConfig, load_config
 from curate.engines import GenerationRequest, SamplingParams
 from curate.engines.transformers_engine import TransformersEngine
 from curate.scoring.prompts import build_messages
 from curate.scoring.rap import text_only_question
-from support.engine_cases import toy_requests
 
 SAMPLED = SamplingParams(temperature=1.0, max_tokens=24, stop=(), logprobs=True)
 

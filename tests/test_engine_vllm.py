@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
+from support.engine_cases import toy_requests
+from support.reference import check_greedy
 
 from curate.config import ConfigError, EngineConfig, VllmConfig
 from curate.engines import GenerationRequest, SamplingParams
-from support.engine_cases import toy_requests
-from support.reference import check_greedy
 
 pytestmark = pytest.mark.vllm
 

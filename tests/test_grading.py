@@ -16,7 +16,6 @@ import pytest
 from curate.grading import (
     GRADE_TIME_LIMIT_S,
     GRADERS,
-    GradeResult,
     GradingOptions,
     UnknownTaskError,
     check_ground_truth,
@@ -27,10 +26,9 @@ from curate.grading import (
     resolve_grader,
 )
 from curate.grading.deadline import run_with_deadline, time_left, time_limit
+from curate.grading.extract import final_answer
 from curate.grading.mathexpr import sympy_safe
 from curate.grading.numbers import iter_numbers, words_to_digits
-from curate.grading.extract import final_answer
-from curate.grading.quantity import same_quantity, single_quantity
 
 pytestmark = pytest.mark.timeout(120)
 

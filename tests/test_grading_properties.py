@@ -8,14 +8,13 @@ import os
 import re
 
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.fuzz_graders import TEXTS
 from curate.grading import GRADERS, extract_answer, format_score, grade, mathexpr
 from curate.grading.boxes import Box, judge_boxes, match
 from curate.grading.numbers import iter_numbers
-
-from benchmarks.fuzz_graders import TEXTS
 
 pytestmark = pytest.mark.timeout(int(os.environ.get("HARDMODE_FUZZ_TIMEOUT_S", "300")))
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import ray
+from support import poison
+from support.bad_rows import corpus_with_bad_rows
 
 from curate import schema
 from curate.config import load_config
@@ -23,8 +25,6 @@ from curate.io import open_corpus
 from curate.pipeline import ANNOTATED_DIR, CRASH_ERROR, run
 from curate.scoring.scorer import Scorer
 from curate.toy.corpus import generate_corpus
-from support import poison
-from support.bad_rows import corpus_with_bad_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SCORING = ["pism.ratios=[0.0,0.3,0.6]", "pism.k=4", "pism.tau=0.25", "sampling.max_tokens=32",

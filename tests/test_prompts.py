@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from curate.config import PromptConfig
-from curate.scoring.prompts import PromptError, build_messages, without_placeholder
+from curate.scoring.prompts import PromptError, build_messages
 
 
 def _kinds(messages):

@@ -235,7 +235,6 @@ def test_effective_ratio_counts_groups_whose_rewards_differ(tmp_path):
 
 
 def test_no_arm_selection_holds_a_heldout_row(tmp_path):
-    from curate.select import main as select_main
     from support.annotated import write_annotated
 
     run = write_annotated(tmp_path / "run")

@@ -10,8 +10,8 @@ import pytest
 
 from curate import schema
 from curate.config import load_config
-from curate.run_record import ANNOTATED_DIR, RUN_FILE, RUN_METADATA_KEY, scoring_fingerprint
 from curate.report import write_report
+from curate.run_record import ANNOTATED_DIR, RUN_FILE, RUN_METADATA_KEY, scoring_fingerprint
 from curate.score import score_corpus
 
 SMALL = ["data.format=toy", "data.toy.num_samples=6", "engine.model=toy", "engine.max_model_len=512",

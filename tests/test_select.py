@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.annotated import SCHEMA, annotated_rows, write_annotated
 
 from curate import schema as S
 from curate.config import ConfigError, PromptConfig, load_structured
@@ -22,7 +23,6 @@ from curate.select import main as select_main
 from curate.select import plan, select
 from curate.selection.config import SelectConfig
 from curate.selection.rules import ScoreTable, largest_remainder, rng_for
-from support.annotated import SCHEMA, annotated_rows, write_annotated
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,13 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.annotated import RAP_COLUMNS, RAP_PATTERNS, SCHEMA, annotated_rows, write_annotated
 
 from curate import schema as S
 from curate.config import ConfigError, load_structured
 from curate.select import plan, select, summary_table
 from curate.selection.config import SelectConfig
 from curate.selection.rap import limr_similarity
-from support.annotated import RAP_COLUMNS, RAP_PATTERNS, SCHEMA, annotated_rows, write_annotated
 
 REPO = Path(__file__).resolve().parents[1]
 

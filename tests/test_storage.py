@@ -11,12 +11,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.s3 import s3_server
 
 from curate import run_record, storage
 from curate.config import ConfigError
 from curate.shards import WRITE_OPTIONS, drop_damaged, shard_ids
 from curate.storage import Location, stage
-from support.s3 import s3_server
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,18 +13,18 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import ray
+from support.s3 import s3_server
 
 from curate.config import load_config, load_structured
-from curate.pipeline import ANNOTATED_DIR, run
 from curate.io import open_corpus
 from curate.modeling import resolve_model_path
+from curate.pipeline import ANNOTATED_DIR, run
 from curate.report import write_report
 from curate.scoring.scorer import Scorer
 from curate.select import select
 from curate.selection.config import SelectConfig
 from curate.storage import Location
 from curate.toy.corpus import generate_corpus
-from support.s3 import s3_server
 
 REPO = Path(__file__).resolve().parents[1]
 SCORING = ["pism.ratios=[0.0,0.5]", "pism.k=2", "pism.tau=0.5", "sampling.max_tokens=24", "pism.seed=3",

@@ -12,8 +12,8 @@ import pytest
 
 from curate.config import PromptConfig
 from curate.images import content_id, decode_image
-from curate.scoring.prompts import build_messages
 from curate.schema import CANONICAL_SCHEMA, IMAGE_PLACEHOLDER
+from curate.scoring.prompts import build_messages
 from curate.toy.corpus import (
     COLORS,
     COUNTING_TARGET,

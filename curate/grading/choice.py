@@ -16,7 +16,13 @@ from __future__ import annotations
 
 import re
 
-from curate.grading.extract import MAX_ANSWER_CHARS, MAX_SHORT_ANSWER_CHARS, FinalAnswer, answer_text, normalize_unicode
+from curate.grading.extract import (
+    MAX_ANSWER_CHARS,
+    MAX_SHORT_ANSWER_CHARS,
+    FinalAnswer,
+    answer_text,
+    normalize_unicode,
+)
 from curate.grading.text import normalize_text
 from curate.grading.verdict import GradeContext, Verdict, exact
 

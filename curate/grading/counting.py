@@ -16,7 +16,13 @@ import re
 from fractions import Fraction
 
 from curate.grading.conclusion import concluded
-from curate.grading.extract import MAX_ANSWER_CHARS, MAX_SHORT_ANSWER_CHARS, FinalAnswer, answer_text, normalize_unicode
+from curate.grading.extract import (
+    MAX_ANSWER_CHARS,
+    MAX_SHORT_ANSWER_CHARS,
+    FinalAnswer,
+    answer_text,
+    normalize_unicode,
+)
 from curate.grading.numbers import Number, numbers
 from curate.grading.verdict import GradeContext, Verdict, exact
 

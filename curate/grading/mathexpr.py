@@ -36,6 +36,7 @@ from fractions import Fraction
 from typing import Any, TypeVar
 
 from curate.grading.choice import grade_multiple_choice, grade_yes_no, option_text
+from curate.grading.conclusion import any_hedged, concluded
 from curate.grading.deadline import run_with_deadline, time_left
 from curate.grading.extract import (
     MAX_SHORT_ANSWER_CHARS,
@@ -44,9 +45,8 @@ from curate.grading.extract import (
     last_sentence,
     normalize_unicode,
 )
-from curate.grading.logs import warn_once
-from curate.grading.conclusion import any_hedged, concluded
 from curate.grading.formula import stated_formula, structured
+from curate.grading.logs import warn_once
 from curate.grading.quantity import (
     Quantity,
     clean_latex,

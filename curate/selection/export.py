@@ -27,11 +27,11 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from curate import run_record
-from curate.scoring import cmab_calibration
 from curate import schema as S
 from curate.config import ConfigError, PromptConfig
 from curate.io import ExportSummary, write_sft_jsonl, write_swift_grpo_jsonl, write_verl_parquet
 from curate.io.writers import chat_messages
+from curate.scoring import cmab_calibration
 from curate.selection.rules import SCORE_COLUMNS
 from curate.storage import Location
 
@@ -119,19 +119,11 @@ def repeat_rows(tables: Iterator[pa.Table], copies: Mapping[str, int]) -> Iterat
 # ---------------------------------------------------------------------------------------------
 
 
-def _verl_sft_schema(annotation_fields: Sequence[pa.Field]) -> pa.Schema:
-    """messages + images (HF ``List(Image())``, so ``datasets`` decodes them too) + provenance."""
+def verl_sft_schema(extra_info: Sequence[pa.Field]) -> pa.Schema:
+    """messages + images (HF ``List(Image())``, so ``datasets`` decodes them too) + provenance
+    (``extra_info``'s fields). ``rl iterate`` writes its rounds' SFT sets in this layout too."""
     import datasets
 
-    extra_info = pa.schema(
-        [
-            pa.field("id", pa.string()),
-            pa.field("task", pa.string()),
-            pa.field("verifier", pa.string()),
-            pa.field("split", pa.string()),
-            *annotation_fields,
-        ]
-    )
     turn = {"role": datasets.Value("string"), "content": datasets.Value("string")}
     features = datasets.Features(
         {
@@ -139,7 +131,7 @@ def _verl_sft_schema(annotation_fields: Sequence[pa.Field]) -> pa.Schema:
             "images": datasets.List(datasets.Image()),
             "data_source": datasets.Value("string"),
             "ability": datasets.Value("string"),
-            "extra_info": dict(datasets.Features.from_arrow_schema(extra_info)),
+            "extra_info": dict(datasets.Features.from_arrow_schema(pa.schema(extra_info))),
         }
     )
     return features.arrow_schema
@@ -166,9 +158,9 @@ def write_verl_sft_parquet(
     try:
         for table in tables:
             if writer is None:
-                writer = pq.ParquetWriter(
-                    tmp, _verl_sft_schema([table.schema.field(c) for c in extra_info_columns])
-                )
+                provenance = [pa.field(name, pa.string()) for name in ("id", "task", "verifier", "split")]
+                annotations = [table.schema.field(c) for c in extra_info_columns]
+                writer = pq.ParquetWriter(tmp, verl_sft_schema([*provenance, *annotations]))
             out = []
             for r in table.to_pylist():
                 if r[S.STATUS] != S.STATUS_OK:

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Iterator
 
 from curate.config import PromptConfig
-from curate.scoring.prompts import build_messages
 from curate.schema import IMAGE_PLACEHOLDER
+from curate.scoring.prompts import build_messages
 from curate.toy.model import ToyArchitecture
 from curate.toy.presets import DEFAULT_PRESET, toy_preset
 from curate.toy.train import TrainSettings

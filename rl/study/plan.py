@@ -21,7 +21,8 @@ from typing import Callable, Optional
 from curate.config import ConfigError
 from rl.study.config import ArmConfig, StudyConfig
 
-__all__ = ["HELDOUT_RECIPE", "HELDOUT_SUBSET", "Step", "StudyLayout", "build_steps", "latest_checkpoint"]
+__all__ = ["HELDOUT_RECIPE", "HELDOUT_SUBSET", "Step", "StudyLayout", "build_steps", "latest_checkpoint",
+           "replicate_overrides"]
 
 ROOT = Path(__file__).resolve().parents[2]
 HELDOUT_RECIPE = ROOT / "configs" / "select" / "heldout.yaml"
@@ -126,6 +127,25 @@ def _py(*args: str) -> list[str]:
     return ["python", "-m", *args]
 
 
+# With a step count given, verl stops at that step; the epoch count only has to allow it.
+_EPOCHS_ENOUGH = 10**6
+
+
+def replicate_overrides(seed: int, steps: Optional[int]) -> list[str]:
+    """``rl train`` overrides that make a GRPO run one seed of a comparison: ``seed`` drives the data
+    order, the rollouts and the mini-batches; ``steps`` (None: verl's epochs) fixes the length, so arms
+    train alike however many batches a filter draws; only the last checkpoint is saved, with full HF
+    weights for ``rl eval``. Also used by benchmarks/bench_mpo.py's GRPO arms."""
+    return [
+        f"trainer.save_freq={steps if steps is not None else SAVE_LAST_ONLY}",
+        *([f"trainer.total_training_steps={steps}", f"trainer.total_epochs={_EPOCHS_ENOUGH}"]
+          if steps is not None else []),
+        "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
+        f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}",
+        f"actor_rollout_ref.actor.data_loader_seed={seed}",
+    ]
+
+
 def _checkpoint_arg(directory: Path, resolved: bool) -> str:
     found = latest_checkpoint(directory) if resolved else None
     return str(found if found is not None else directory / UNKNOWN_STEP)
@@ -219,7 +239,6 @@ def _arm_steps(cfg: StudyConfig, layout: StudyLayout, name: str, arm: ArmConfig,
     def train_command(resolved: bool) -> list[str]:
         train = _split_file(selection, arm.subset, "verl", "train", resolved)
         val = _split_file(selection, arm.subset, "verl", "val", resolved) or train
-        steps_given = cfg.train.steps is not None
         if arm.sft_subset is not None:  # GRPO from SFT's last checkpoint (full HF weights)
             model = [f"actor_rollout_ref.model.path={Path(_checkpoint_arg(sft, resolved)) / 'huggingface'}"]
         else:
@@ -231,12 +250,7 @@ def _arm_steps(cfg: StudyConfig, layout: StudyLayout, name: str, arm: ArmConfig,
             f"trainer.default_local_dir={layout.checkpoints(name, seed)}",
             f"trainer.rollout_data_dir={layout.rollouts(name, seed)}",
             f"trainer.experiment_name=study-{name}-s{seed}",
-            f"trainer.save_freq={cfg.train.steps if steps_given else SAVE_LAST_ONLY}",
-            *([f"trainer.total_training_steps={cfg.train.steps}", f"trainer.total_epochs={_EPOCHS_ENOUGH}"]
-              if steps_given else []),
-            "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
-            f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}",
-            f"actor_rollout_ref.actor.data_loader_seed={seed}",
+            *replicate_overrides(seed, cfg.train.steps),
             *cfg.train.overrides,
             *arm.train_overrides,
         )
@@ -254,10 +268,6 @@ def _arm_steps(cfg: StudyConfig, layout: StudyLayout, name: str, arm: ArmConfig,
         outputs_present=lambda: layout.eval(name, seed).is_file(),
     ))
     return steps
-
-
-# With train.steps given, verl stops at that step; the epoch count only has to allow it.
-_EPOCHS_ENOUGH = 10**6
 
 
 def build_steps(cfg: StudyConfig, layout: StudyLayout) -> list[Step]:
