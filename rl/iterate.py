@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -56,12 +57,26 @@ class GenerationSection:
 
 @dataclass
 class RewardModelSection:
-    """A local HF sequence-classification reward model (``keep.by: model``): it scores the prompt's text
-    turns (``<image>`` markers where the images were; it sees no pixels) with the response as the
-    assistant turn, through the tokenizer's chat template; the score is the first logit."""
+    """The sequence-classification reward model of ``keep.by: model``, local (``path``) or served
+    (``base_url``), exactly one of them: it scores the prompt's text turns (``<image>`` markers where the
+    images were; it sees no pixels) with the response as the assistant turn, through the model's chat
+    template; the score is the first logit, unactivated either way, so a τ means the same for both."""
 
+    # A local HF model directory (AutoModelForSequenceClassification).
     path: Optional[str] = None
+    # Or a server of one: `vllm serve MODEL --runner pooling` (its /classify, at the server's root: a
+    # trailing /v1 is dropped).
+    base_url: Optional[str] = None
+    # The served model's name (null: the server's own).
+    model: Optional[str] = None
+    # Name of the environment variable holding the server's API key (the key never goes in a config).
+    api_key_env: str = "OPENAI_API_KEY"
+    # Per request; timeouts, connection errors, 5xx, 408 and 429 are retried with backoff.
+    timeout_s: float = 120.0
+    max_retries: int = 3
+    # Responses scored at once: one forward batch (path), or requests in flight (base_url).
     batch_size: int = 16
+    # path only.
     device: str = "auto"
 
 
@@ -130,11 +145,14 @@ class IterateConfig:
             self.keep.by in ("reward", "acc", "model"),
             f"{self.keep.by!r} is not one of ['reward', 'acc', 'model']",
         )
+        rm = self.keep.reward_model
         check_key(
-            "keep.reward_model.path",
-            self.keep.by != "model" or bool(self.keep.reward_model.path),
-            "is required with keep.by=model (a local sequence-classification model directory)",
+            "keep.reward_model.path" if not rm.base_url else "keep.reward_model.base_url",
+            self.keep.by != "model" or bool(rm.path) != bool(rm.base_url),
+            "keep.by=model needs exactly one of keep.reward_model.path (a local sequence-classification "
+            "model directory) and keep.reward_model.base_url (a server of one)",
         )
+        check_key("keep.reward_model.batch_size", rm.batch_size >= 1, "must be >= 1")
         check_key(
             "keep.max_per_sample", self.keep.max_per_sample >= 0, "must be >= 0 (0: every kept response)"
         )
@@ -561,6 +579,13 @@ def _execute(command: list[str], log_path: Path) -> int:
 
 def score_with_reward_model(cfg: RewardModelSection, items: list[tuple[list[dict], list[dict]]]) -> None:
     """Add the reward model's score (``"model"``) to every response of every (prompt turns, responses)."""
+    if cfg.base_url:
+        _score_served(cfg, items)
+    else:
+        _score_local(cfg, items)
+
+
+def _score_local(cfg: RewardModelSection, items: list[tuple[list[dict], list[dict]]]) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -585,6 +610,57 @@ def score_with_reward_model(cfg: RewardModelSection, items: list[tuple[list[dict
             logits = model(**batch).logits
         for (_, r), value in zip(chunk, logits[:, 0].tolist()):
             r["model"] = float(value)
+
+
+def _score_served(cfg: RewardModelSection, items: list[tuple[list[dict], list[dict]]]) -> None:
+    """Scores from a vLLM pooling server's ``POST /classify``, one chat conversation per request.
+
+    ``/classify`` rather than ``/pooling``: its task is fixed to ``classify`` (the last token's
+    classifier output, as HF's ``ForSequenceClassification``), whereas ``/pooling`` takes the server's
+    default task, which a token-classification (process) reward model answers per token. Both render
+    ``messages`` with the served model's chat template and no generation prompt, as ``_score_local``
+    does. ``use_activation: false`` because vLLM otherwise applies the classifier's activation (a
+    sigmoid for one label): the raw logit keeps τ on the scale of the local path. A response the
+    server fails (after ``max_retries`` tries for transient errors) fails the step, naming the server.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from curate.engines.openai_engine import OpenAIClient, RequestFailed
+
+    base_url = cfg.base_url.rstrip("/").removesuffix("/v1")
+    client = OpenAIClient(
+        base_url,
+        api_key=os.environ.get(cfg.api_key_env),
+        timeout_s=cfg.timeout_s,
+        max_retries=cfg.max_retries,
+    )
+
+    def score(prompt: list[dict], text: str) -> float:
+        body: dict[str, Any] = {
+            "messages": [*prompt, {"role": "assistant", "content": text}],
+            "use_activation": False,
+        }
+        if cfg.model:
+            body["model"] = cfg.model
+        try:
+            return float(client.call("POST", "/classify", body)["data"][0]["probs"][0])
+        except RequestFailed as err:
+            raise StepFailed(f"reward model at {base_url} (keep.reward_model.base_url): {err}") from None
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            raise StepFailed(
+                f"reward model at {base_url} (keep.reward_model.base_url) sent no classifier score "
+                f"({type(err).__name__}: {err}); is it served with --runner pooling?"
+            ) from None
+
+    pending = [(prompt, r) for prompt, responses in items for r in responses]
+    pool = ThreadPoolExecutor(max_workers=cfg.batch_size, thread_name_prefix="reward-model")
+    try:
+        scores = list(pool.map(lambda job: score(job[0], job[1]["text"]), pending))
+    finally:
+        pool.shutdown(cancel_futures=True)  # after a failure, no request still queued is sent
+        client.close()
+    for (_, r), value in zip(pending, scores):
+        r["model"] = value
 
 
 def _model_dir(name: str) -> str:

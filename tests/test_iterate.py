@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support.reward_model import tiny_reward_model
 
 from curate.config import ConfigError, load_structured
 from rl.iterate import Graded, IterateConfig, Iteration, KeepSection, keep_responses
@@ -274,37 +275,13 @@ def _logs(out: Path) -> str:
     )
 
 
-def _tiny_reward_model(path: Path) -> Path:
-    """A random one-layer Qwen2 sequence classifier with the toy model's tokenizer (offline)."""
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification
-
-    from curate.toy.cache import toy_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(toy_model_path())
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-    )
-    Qwen2ForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_reward_model_scores_each_response_as_a_lone_forward_would(tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rl.iterate import RewardModelSection, score_with_reward_model
 
-    path = _tiny_reward_model(tmp_path / "rm")
+    path = tiny_reward_model(tmp_path / "rm")
     prompt = [{"role": "user", "content": "<image>How many circles?"}]
     items = [
         (prompt, [{"text": "<answer>3</answer>"}, {"text": "I think there are quite a lot, maybe 12"}]),
@@ -335,6 +312,52 @@ def test_keep_by_reward_model_with_and_without_the_graders_veto():
     assert [r["messages"][-1]["content"] for r in rows] == ["x"]
 
 
-def test_keep_by_model_needs_a_reward_model(tmp_path):
-    with pytest.raises(ConfigError, match="config key 'keep.reward_model.path'"):
-        _cfg(tmp_path, "keep.by=model")
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ((), "keep.reward_model.path"),
+        (
+            ("keep.reward_model.path=/rm", "keep.reward_model.base_url=http://h:8000"),
+            "keep.reward_model.base_url",
+        ),
+    ],
+)
+def test_keep_by_model_needs_exactly_one_reward_model(tmp_path, overrides, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}': keep.by=model needs exactly one of"):
+        _cfg(tmp_path, "keep.by=model", *overrides)
+    for one in overrides:
+        assert _cfg(tmp_path, "keep.by=model", one).keep.reward_model
+
+
+def test_served_reward_model_retries_then_fails_naming_the_endpoint(monkeypatch):
+    """Against a scripted server: what is sent, the transient errors retried, a lasting one reported."""
+    from support.scripted_server import Reply, ScriptedServer
+
+    from rl.iterate import RewardModelSection, StepFailed, score_with_reward_model
+
+    def respond(req, calls):
+        if calls < 2:  # two 503s for every response's first tries
+            return Reply(503, {"message": "warming up"})
+        score = len(req.body["messages"][-1]["content"])
+        return Reply(body={"data": [{"index": 0, "label": "LABEL_0", "probs": [score], "num_classes": 1}]})
+
+    monkeypatch.setenv("HARDMODE_TEST_KEY", "sk-rm")
+    prompt = [{"role": "user", "content": "<image>How many?"}]
+    items = [(prompt, [{"text": "abc"}])]
+    with ScriptedServer(respond) as server:
+        cfg = RewardModelSection(
+            base_url=server.base_url, model="rm", api_key_env="HARDMODE_TEST_KEY", max_retries=2, batch_size=1
+        )
+        score_with_reward_model(cfg, items)
+    assert items[0][1][0]["model"] == 3.0
+    assert [r.path for r in server.received] == ["/classify"] * 3  # a trailing /v1 dropped
+    assert server.received[-1].body == {
+        "messages": [*prompt, {"role": "assistant", "content": "abc"}],
+        "use_activation": False,
+        "model": "rm",
+    }
+    assert server.received[-1].headers["Authorization"] == "Bearer sk-rm"
+    with ScriptedServer(lambda req, calls: Reply(503, {"message": "down"})) as server:
+        cfg = RewardModelSection(base_url=server.base_url, max_retries=1)
+        with pytest.raises(StepFailed, match=r"reward model at http://127.*keep.reward_model.base_url.*down"):
+            score_with_reward_model(cfg, [(prompt, [{"text": "abc"}])])

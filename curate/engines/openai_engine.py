@@ -59,21 +59,19 @@ class RequestFailed(Exception):
     """One HTTP request failed for good (after retries, or at once for a refused request)."""
 
 
-class OpenAIEngine(GenerationEngine):
-    name = "openai"
+class OpenAIClient:
+    """Calls to an OpenAI-compatible server from any number of threads: the engine's generation and
+    ``rl.iterate``'s served reward model share its retries and error messages (module docstring)."""
 
     def __init__(
         self,
         base_url: str,
-        model: str | None = None,
         *,
         api_key: str | None = None,
-        concurrency: int = 10,
         timeout_s: float = 120.0,
         max_retries: int = 3,
         backoff_s: float = 0.5,
     ):
-        """``model=None`` asks the server (``GET /models``) and takes the first served model."""
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -82,22 +80,6 @@ class OpenAIEngine(GenerationEngine):
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="openai-engine")
-        self.model = model or self._served_model()
-
-    @classmethod
-    def from_config(cls, cfg: "EngineConfig") -> "OpenAIEngine":
-        o = cfg.openai
-        return cls(
-            o.base_url,
-            o.model_name,
-            api_key=os.environ.get(o.api_key_env),
-            concurrency=o.concurrency,
-            timeout_s=o.timeout_s,
-            max_retries=o.max_retries,
-        )
-
-    # ---- HTTP ------------------------------------------------------------------------------
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -107,7 +89,7 @@ class OpenAIEngine(GenerationEngine):
                 self._sessions.append(session)
         return session
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """One API call with retries; the parsed JSON body, or ``RequestFailed`` saying why not."""
         url = f"{self.base_url}{path}"
         attempts = 1 + self.max_retries
@@ -136,9 +118,50 @@ class OpenAIEngine(GenerationEngine):
                 raise RequestFailed(f"malformed response from {url}: {response.text[:200]!r}") from None
         raise RequestFailed(f"{why} (gave up after {attempts} attempts)")
 
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+
+class OpenAIEngine(GenerationEngine):
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        concurrency: int = 10,
+        timeout_s: float = 120.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+    ):
+        """``model=None`` asks the server (``GET /models``) and takes the first served model."""
+        self.client = OpenAIClient(
+            base_url, api_key=api_key, timeout_s=timeout_s, max_retries=max_retries, backoff_s=backoff_s
+        )
+        self.base_url = self.client.base_url
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="openai-engine")
+        self.model = model or self._served_model()
+
+    @classmethod
+    def from_config(cls, cfg: "EngineConfig") -> "OpenAIEngine":
+        o = cfg.openai
+        return cls(
+            o.base_url,
+            o.model_name,
+            api_key=os.environ.get(o.api_key_env),
+            concurrency=o.concurrency,
+            timeout_s=o.timeout_s,
+            max_retries=o.max_retries,
+        )
+
     def _served_model(self) -> str:
         try:
-            models = self._call("GET", "/models").get("data") or []
+            models = self.client.call("GET", "/models").get("data") or []
             return str(models[0]["id"])
         except (RequestFailed, LookupError, TypeError, AttributeError) as err:
             raise RuntimeError(
@@ -197,16 +220,13 @@ class OpenAIEngine(GenerationEngine):
         if params.logprobs:
             body.update(logprobs=True, top_logprobs=0, return_tokens_as_token_ids=True)
         try:
-            return _parse_completion(self._call("POST", "/chat/completions", body), params)
+            return _parse_completion(self.client.call("POST", "/chat/completions", body), params)
         except RequestFailed as err:
             return err
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        with self._lock:
-            for session in self._sessions:
-                session.close()
-            self._sessions.clear()
+        self.client.close()
 
 
 def _request_messages(request: GenerationRequest) -> list[dict[str, Any]] | Exception:
