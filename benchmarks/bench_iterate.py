@@ -22,30 +22,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, machine, table, write_results  # noqa: E402
+from benchmarks.common import ROOT, machine, table, toy_corpus, write_results  # noqa: E402
 
 RECIPE = ROOT / "configs" / "rl" / "toy_iterate.yaml"
-
-
-def _corpus(path: Path, num_samples: int, seed: int) -> None:
-    if not path.exists():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "curate",
-                "toy",
-                "corpus",
-                str(path),
-                "--num-samples",
-                str(num_samples),
-                "--seed",
-                str(seed),
-            ],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
 
 
 def main() -> int:
@@ -58,8 +37,8 @@ def main() -> int:
     seeds, rounds, train_n, heldout_n = ([0], 1, 16, 20) if args.quick else ([0, 1, 2], 3, 64, 100)
     work = Path(args.out) / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
-    _corpus(work / "train.parquet", train_n, 11)
-    _corpus(work / "heldout.parquet", heldout_n, 12)
+    toy_corpus(work / "train.parquet", train_n, 11)
+    toy_corpus(work / "heldout.parquet", heldout_n, 12)
     reports = {}
     for seed in seeds:
         out = work / f"seed{seed}"

@@ -55,6 +55,29 @@ def toy_samples(num_samples: int, seed: int = 0):
     ]
 
 
+def toy_corpus(path: Path, num_samples: int, seed: int) -> None:
+    """``python -m curate toy corpus`` (canonical Parquet) unless ``path`` exists: the corpus is fixed by
+    its seed (same seed, same bytes), so a resumed benchmark reuses the file it wrote."""
+    if not path.exists():
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "curate",
+                "toy",
+                "corpus",
+                str(path),
+                "--num-samples",
+                str(num_samples),
+                "--seed",
+                str(seed),
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+
+
 def toy_model_key() -> str:
     """The toy model's content key: which trained weights the numbers belong to."""
     from curate.toy.cache import cache_key
