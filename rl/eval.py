@@ -21,6 +21,11 @@ GPUs), greedy by default. Each response is graded by ``curate.grading.grade`` (t
 decided difficulty) and rewarded by ``rl.reward.compute_score`` (what GRPO optimised, accuracy plus
 format). Printed and written (``--out``): accuracy per task type and overall, mean accuracy reward,
 format-reward rate, and every sample's response.
+
+``--sampled N`` also draws N responses per row at ``--sampled-temperature`` (default 1.0, GRPO's rollout
+temperature) and reports their mean accuracy (avg@N) and pass@N. GRPO first sharpens the sampling
+distribution: the greedy answer, its mode, can stay the same while the sampled answers get better, and
+only avg@N shows that.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 __all__ = [
     "EvalSample",
+    "SampledEval",
     "add_arguments",
     "evaluate",
     "load_samples",
@@ -350,6 +356,14 @@ def grade_response(sample: EvalSample, response: str, options: Any = None) -> di
     }
 
 
+@dataclass(frozen=True)
+class SampledEval:
+    """``n`` responses per row sampled with ``params`` beside the main answer (``--sampled``)."""
+
+    n: int
+    params: Any  # curate.engines.SamplingParams
+
+
 def evaluate(
     engine: Any,
     samples: Iterator[EvalSample],
@@ -359,9 +373,12 @@ def evaluate(
     seed: int = 0,
     chunk: int = 256,
     options: Any = None,
+    sampled: Optional[SampledEval] = None,
 ) -> list[dict[str, Any]]:
     """Generate and grade ``samples`` (at most ``limit``), ``chunk`` requests per engine call, with
-    grading ``options`` (``curate.grading.GradingOptions``)."""
+    grading ``options`` (``curate.grading.GradingOptions``). With ``sampled`` each record also gets
+    ``sampled``: how many of its ``n`` sampled responses were correct, and their mean reward (a response
+    the engine could not produce counts as wrong, reward 0)."""
     from curate.engines import GenerationRequest
 
     records: list[dict[str, Any]] = []
@@ -369,6 +386,7 @@ def evaluate(
 
     def flush() -> None:
         requests = [GenerationRequest(messages=s.messages, images=s.images, seed=seed) for s in pending]
+        chunk_records = []
         for sample, result in zip(pending, engine.generate(requests, params)):
             record = {"id": sample.id, "task": sample.task, "ground_truth": sample.ground_truth}
             if result.ok and result.completions:
@@ -388,7 +406,19 @@ def evaluate(
                     reward=0.0,
                     extracted=None,
                 )
-            records.append(record)
+            chunk_records.append(record)
+        if sampled is not None:
+            requests = [GenerationRequest(s.messages, s.images, seed=seed, n=sampled.n) for s in pending]
+            results = engine.generate(requests, sampled.params)
+            for sample, record, result in zip(pending, chunk_records, results):
+                completions = result.completions[: sampled.n] if result.ok else []
+                graded = [grade_response(sample, c.text, options) for c in completions]
+                record["sampled"] = {
+                    "n": sampled.n,
+                    "correct": sum(g["correct"] for g in graded),
+                    "reward": sum(g["reward"] for g in graded) / sampled.n,
+                }
+        records.extend(chunk_records)
         pending.clear()
 
     for sample in samples:
@@ -411,6 +441,20 @@ def _stats(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "format_rate": sum(r["format"] >= 1.0 for r in records) / n if n else None,
         "mean_reward": sum(r["reward"] for r in records) / n if n else None,
         "generation_errors": sum(1 for r in records if r.get("error")),
+        **_sampled_stats(records),
+    }
+
+
+def _sampled_stats(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """avg@n (mean over rows of the correct share of their sampled responses) and pass@n."""
+    draws = [r["sampled"] for r in records if "sampled" in r]
+    if not draws:
+        return {}
+    return {
+        "sampled_n": draws[0]["n"],
+        "sampled_accuracy": sum(d["correct"] / d["n"] for d in draws) / len(draws),
+        "pass_at_n": sum(d["correct"] > 0 for d in draws) / len(draws),
+        "sampled_mean_reward": sum(d["reward"] for d in draws) / len(draws),
     }
 
 
@@ -425,12 +469,16 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def table(summary: dict[str, Any]) -> str:
     rows = [*summary["per_task"].items(), ("overall", summary["overall"])]
     width = max(7, *(len(t) for t, _ in rows))
-    lines = [f"{'task':<{width}} {'n':>6} {'accuracy':>9} {'acc_rew':>8} {'format':>7} {'reward':>7}"]
+    n_sampled = summary["overall"].get("sampled_n")
+    sampled_head = f" {f'avg@{n_sampled}':>9} {f'pass@{n_sampled}':>9}" if n_sampled else ""
+    head = f"{'task':<{width}} {'n':>6} {'accuracy':>9} {'acc_rew':>8} {'format':>7} {'reward':>7}"
+    lines = [head + sampled_head]
     for task, s in rows:
         if s["n"]:
+            sampled = f" {s['sampled_accuracy']:>9.4f} {s['pass_at_n']:>9.4f}" if n_sampled else ""
             lines.append(
                 f"{task:<{width}} {s['n']:>6} {s['accuracy']:>9.4f} {s['mean_acc_reward']:>8.4f} "
-                f"{s['format_rate']:>7.4f} {s['mean_reward']:>7.4f}"
+                f"{s['format_rate']:>7.4f} {s['mean_reward']:>7.4f}{sampled}"
             )
     return "\n".join(lines)
 
@@ -457,6 +505,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sampled",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also sample N responses per row and report their mean accuracy (avg@N) and pass@N",
+    )
+    parser.add_argument(
+        "--sampled-temperature", type=float, default=1.0, help="temperature of --sampled (GRPO rollouts: 1.0)"
+    )
     parser.add_argument(
         "--stop",
         action="append",
@@ -485,6 +543,9 @@ def main(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit <= 0:
         print("python -m rl eval: --limit must be positive", file=sys.stderr)
         return 2
+    if args.sampled < 0 or (args.sampled and args.sampled_temperature <= 0):
+        print("python -m rl eval: --sampled needs N >= 0 and --sampled-temperature > 0", file=sys.stderr)
+        return 2
     started = time.monotonic()
     read_errors: list[str] = []
     try:
@@ -509,9 +570,14 @@ def main(args: argparse.Namespace) -> int:
     params = SamplingParams(
         temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, stop=tuple(args.stop)
     )
+    sampled = None
+    if args.sampled:
+        sampled = SampledEval(args.sampled, dataclasses.replace(params, temperature=args.sampled_temperature))
     options = GradingOptions(answer_box_format=box_format_for_model(model_path))  # as curation judged it
     with create_engine(engine_cfg) as engine:
-        records = evaluate(engine, samples, params, limit=args.limit, seed=args.seed, options=options)
+        records = evaluate(
+            engine, samples, params, limit=args.limit, seed=args.seed, options=options, sampled=sampled
+        )
     summary = summarize(records)
     print(table(summary))
     if read_errors:
@@ -524,6 +590,7 @@ def main(args: argparse.Namespace) -> int:
             "prompt": prompt_source,
             "engine": dataclasses.asdict(engine_cfg),
             "sampling": dataclasses.asdict(params),
+            "sampled": {"n": sampled.n, **dataclasses.asdict(sampled.params)} if sampled else None,
             "summary": summary,
             "read_errors": read_errors,
             "seconds": round(time.monotonic() - started, 1),

@@ -113,6 +113,40 @@ def test_eval_of_the_trained_toy_model_matches_a_direct_computation(toy_model, h
     assert overall["mean_reward"] == pytest.approx(overall["mean_acc_reward"] + 1.0)  # acc + format weights 1
 
 
+
+def test_sampled_accuracy_equals_single_draws_graded_directly(toy_model, held_out, tmp_path):
+    """--sampled N: each row's correct count is that of N one-response requests at seeds s..s+N-1
+    graded with curate.grading directly; avg@N and pass@N follow from those counts."""
+    from curate.config import EngineConfig
+    from curate.engines import GenerationRequest, SamplingParams, create_engine
+    from curate.grading import grade
+
+    data, samples = held_out
+    n, rows, seed = 3, 10, 5
+    result = _run_eval(["toy", str(data), "--max-tokens", str(MAX_TOKENS), "--limit", str(rows), "--seed",
+                        str(seed), "--sampled", str(n), "--sampled-temperature", "1.5", "--out",
+                        str(tmp_path / "r.json")])
+    got = {r["id"]: r["sampled"]["correct"] for r in result["samples"]}
+    evaluated = {r["id"]: r for r in result["samples"]}
+    truth = {s.id: s for s in samples}
+    params = SamplingParams(temperature=1.5, max_tokens=MAX_TOKENS, stop=())
+    counts = {}
+    with create_engine(EngineConfig(backend="transformers", model=toy_model, device="cpu")) as engine:
+        for sample in load_samples(data, task_key=None)[1]:
+            if sample.id not in got:
+                continue
+            requests = [GenerationRequest(sample.messages, sample.images, seed=seed + k) for k in range(n)]
+            texts = [r.completions[0].text for r in engine.generate(requests, params)]
+            counts[sample.id] = sum(grade(truth[sample.id].task, t, truth[sample.id].answer).correct
+                                    for t in texts)
+    assert got == counts and len(got) == rows
+    assert 0 < sum(counts.values()) < n * rows  # sampling at 1.5 gets some right and some wrong
+    overall = result["summary"]["overall"]
+    assert overall["sampled_n"] == n and result["sampled"]["temperature"] == 1.5
+    assert overall["sampled_accuracy"] == pytest.approx(sum(counts.values()) / (n * rows))
+    assert overall["pass_at_n"] == pytest.approx(sum(c > 0 for c in counts.values()) / rows)
+    assert all(r["correct"] in (True, False) for r in evaluated.values())  # the greedy answer is kept
+
 _SAVE_FSDP = textwrap.dedent("""
     import os, sys, torch
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
@@ -336,6 +370,17 @@ def test_summary_by_hand():
     }
     assert s["overall"]["accuracy"] == 0.25 and s["overall"]["generation_errors"] == 1
     assert s["overall"]["mean_reward"] == pytest.approx(3.6 / 4)
+
+    records[0]["sampled"] = {"n": 4, "correct": 3, "reward": 1.5}
+    records[1]["sampled"] = {"n": 4, "correct": 0, "reward": 0.5}
+    records[2]["sampled"] = {"n": 4, "correct": 1, "reward": 1.25}
+    records[3]["sampled"] = {"n": 4, "correct": 0, "reward": 0.0}  # the engine failed: all 4 wrong
+    s = summarize(records)
+    assert s["per_task"]["a"]["sampled_accuracy"] == pytest.approx(3 / 8)
+    assert s["per_task"]["a"]["pass_at_n"] == 0.5
+    assert s["overall"]["sampled_accuracy"] == pytest.approx((0.75 + 0 + 0.25 + 0) / 4)
+    assert s["overall"]["pass_at_n"] == 0.5 and s["overall"]["sampled_n"] == 4
+    assert s["overall"]["sampled_mean_reward"] == pytest.approx(3.25 / 4)
 
 
 def test_cli_reports_bad_inputs_without_a_traceback(tmp_path, capsys):

@@ -17,7 +17,7 @@ import pytest
 from curate.config import ConfigError
 from rl.study import check_recipes, load_study
 from rl.study.plan import Step, StudyLayout, build_steps, latest_checkpoint
-from rl.study.report import effective_ratio_per_step
+from rl.study.report import collect, effective_ratio_per_step, summarize
 from rl.study.runner import HeldoutLeak, StudyRun, arm_training_ids, check_disjoint, heldout_ids, stale_steps
 from rl.study.stats import compare, interval
 
@@ -231,6 +231,48 @@ def test_effective_ratio_counts_groups_whose_rewards_differ(tmp_path):
     assert ratios == pytest.approx([1 / 3, 1.0]) and responses == 10
 
 
+def _write_eval(path: Path, greedy: float, sampled: float) -> None:
+    """``rl eval --sampled``'s summary: two tasks, the overall mean of them."""
+    stats = {"n": 10, "accuracy": greedy, "sampled_n": 4, "sampled_accuracy": sampled, "pass_at_n": 1.0}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"summary": {"overall": stats, "per_task": {"a": stats, "b": stats}}}))
+
+
+def test_report_compares_every_arm_with_the_control_and_the_base_on_both_metrics(tmp_path):
+    cfg = load_study(str(TOY), [f"output={tmp_path}", "only=[mid_hard_pism,random]", "eval.sampled=4"])
+    layout = StudyLayout(tmp_path)
+    _write_eval(layout.base_eval, 0.50, 0.30)
+    greedy = {"mid_hard_pism": [0.50, 0.52, 0.51], "random": [0.50, 0.51, 0.50]}
+    sampled = {"mid_hard_pism": [0.40, 0.42, 0.44], "random": [0.35, 0.36, 0.36]}
+    for arm in greedy:
+        for seed, g, t in zip(cfg.seeds, greedy[arm], sampled[arm]):
+            _write_eval(layout.eval(arm, seed), g, t)
+    summary = summarize(cfg, layout, collect(cfg, layout))
+    assert summary["sampled"] == {"n": 4, "temperature": 1.0}
+    assert summary["base"]["sampled_accuracy"] == 0.30
+    assert summary["arms"]["random"]["sampled_accuracy"]["mean"] == pytest.approx(1.07 / 3)
+    found = {(c["metric"], c["arm"], c["control"]): c for c in summary["comparisons"]}
+    pairs = (("mid_hard_pism", "random"), ("mid_hard_pism", "base"), ("random", "base"))
+    assert set(found) == {(m, a, c) for m in ("accuracy", "sampled_accuracy") for a, c in pairs}
+    # paired differences by hand: greedy (0, .01, .01), sampled (.05, .06, .08)
+    greedy_diff = found["accuracy", "mid_hard_pism", "random"]
+    sampled_diff = found["sampled_accuracy", "mid_hard_pism", "random"]
+    assert greedy_diff["difference"]["mean"] == pytest.approx(0.02 / 3)
+    assert sampled_diff["difference"]["mean"] == pytest.approx(0.19 / 3)
+    assert (greedy_diff["verdict"], sampled_diff["verdict"]) == ("within noise", "better")
+    # against the base (one value on every seed), the interval is the arm's own, shifted
+    against_base = found["sampled_accuracy", "random", "base"]["difference"]
+    own = summary["arms"]["random"]["sampled_accuracy"]
+    assert against_base["mean"] == pytest.approx(own["mean"] - 0.30)
+    assert against_base["half"] == pytest.approx(own["half"])
+    assert any("avg@4 at temperature 1" in v and "beats random" in v for v in summary["verdict"])
+
+
+def test_an_arm_may_not_be_called_base(tmp_path):
+    with pytest.raises(ConfigError, match="config key 'arms.base'"):
+        load_study(str(TOY), [f"output={tmp_path}", "arms.base.select=configs/select/full.yaml"])
+
+
 # ---- held-out disjointness --------------------------------------------------------------------------
 
 
@@ -281,7 +323,7 @@ def test_toy_study_end_to_end_then_resumed(tmp_path):
         "curation.overrides=[data.toy.num_samples=60,cmab.enabled=false]",
         "seeds=[0]", "only=[mid_hard_pism]", "control=mid_hard_pism", "train.recipe=configs/rl/toy_cpu.yaml",
         "train.steps=2",
-        "heldout.per_task=4",
+        "heldout.per_task=4", "eval.sampled=2",
     ]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -300,7 +342,12 @@ def test_toy_study_end_to_end_then_resumed(tmp_path):
         assert not (layout.checkpoints(arm, 0)).exists()  # deleted once evaluated
         evaluation = json.loads(layout.eval(arm, 0).read_text())
         assert evaluation["summary"]["overall"]["n"] == 20
-    assert summary["comparisons"] == []  # the one arm is the control: nothing to compare
+        assert [s["sampled"]["n"] for s in evaluation["samples"]] == [2] * 20
+        assert a["sampled_accuracy"]["mean"] == evaluation["summary"]["overall"]["sampled_accuracy"]
+    # the one arm is the control: it is compared with the base only, on one seed (no noise estimate)
+    assert {(c["arm"], c["control"], c["verdict"]) for c in summary["comparisons"]} == {
+        ("mid_hard_pism", "base", "unknown")}
+    assert "avg@2" in (layout.report / "study.md").read_text()
     assert (layout.report / "accuracy.png").stat().st_size > 0 and "Verdict" in (layout.report / "study.md").read_text()
 
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -80,6 +80,11 @@ class EvalConfig:
     backend: str = "transformers"
     max_tokens: int = 1024
     batch_size: int = 16
+    # Also sample this many responses per held-out row at ``sampled_temperature`` (``rl eval --sampled``)
+    # and compare arms on their mean accuracy (avg@n) too: GRPO sharpens the sampling distribution
+    # before it changes the greedy answer. 0: greedy accuracy only.
+    sampled: int = 0
+    sampled_temperature: float = 1.0
     # Extra ``rl eval`` arguments, e.g. ["--max-pixels", "1254400"].
     args: list[str] = field(default_factory=list)
     # GPUs per evaluation. 0: in the study's own process tree. >0: as a Ray task reserving them on the
@@ -121,6 +126,7 @@ class StudyConfig:
         check_key("seeds", len(set(self.seeds)) == len(self.seeds), f"seeds repeat: {self.seeds}")
         for name, arm in self.arms.items():
             check_key(f"arms.{name}", name.isidentifier(), "arm names must be identifiers (they name folders)")
+            check_key(f"arms.{name}", name != "base", "'base' names the untrained model in the report")
             check_key(f"arms.{name}.select", arm.select not in ("", "???"), "is required")
             check_key(f"arms.{name}.sft_subset", arm.sft_subset != arm.subset,
                    "SFT and GRPO on the same subset: name another subset of the selection")
@@ -137,4 +143,6 @@ class StudyConfig:
         check_key("eval.backend", self.eval.backend in ("transformers", "vllm"), "transformers or vllm")
         check_key("eval.max_tokens", self.eval.max_tokens > 0, "must be positive")
         check_key("eval.num_gpus", self.eval.num_gpus >= 0, "must be >= 0")
+        check_key("eval.sampled", self.eval.sampled >= 0, "must be >= 0 (0: greedy only)")
+        check_key("eval.sampled_temperature", self.eval.sampled_temperature > 0, "must be > 0")
         return self

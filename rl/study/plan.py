@@ -192,9 +192,11 @@ def _heldout_steps(cfg: StudyConfig, layout: StudyLayout, upstream: list[str]) -
 
 
 def _eval_command(cfg: StudyConfig, layout: StudyLayout, checkpoint: str, out: Path) -> list[str]:
+    e = cfg.eval
+    sampled = ["--sampled", str(e.sampled), "--sampled-temperature", str(e.sampled_temperature)]
     return _py("rl", "eval", checkpoint, layout.heldout_eval_data(cfg), "--out", str(out),
-               "--backend", cfg.eval.backend, "--max-tokens", str(cfg.eval.max_tokens),
-               "--batch-size", str(cfg.eval.batch_size), *cfg.eval.args)
+               "--backend", e.backend, "--max-tokens", str(e.max_tokens), "--batch-size", str(e.batch_size),
+               *(sampled if e.sampled else []), *e.args)
 
 
 def base_model(cfg: StudyConfig) -> str:

@@ -14,6 +14,7 @@ verdict) and PNG plots.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = ["ArmSeedResult", "collect", "effective_ratio_per_step", "write_report
 SCORE_KEY = "critic/score/mean"  # verl's mean sequence score (our reward: accuracy + format) per step
 # rl.signal.buffer's per-step counts: groups trained with a signal, responses generated (filtered ones too)
 RATIO_KEY, RESPONSES_KEY = "signal/effective_ratio", "signal/responses_generated"
+SAMPLED = "sampled_accuracy"  # rl eval --sampled's avg@n
 
 
 @dataclass
@@ -36,6 +38,9 @@ class ArmSeedResult:
     seed: int
     accuracy: Optional[float] = None
     per_task: dict[str, float] = field(default_factory=dict)
+    # avg@n of ``eval.sampled`` responses per row (None when the study samples none)
+    sampled_accuracy: Optional[float] = None
+    sampled_per_task: dict[str, float] = field(default_factory=dict)
     train_rows: Optional[int] = None
     reward_per_step: list[float] = field(default_factory=list)
     effective_ratio_per_step: list[float] = field(default_factory=list)
@@ -49,9 +54,11 @@ def _read_json(path: Path) -> Optional[dict]:
         return None
 
 
-def _accuracies(evaluation: dict) -> tuple[float, dict[str, float]]:
+def _accuracies(evaluation: dict, key: str = "accuracy") -> tuple[Optional[float], dict[str, float]]:
+    """(overall, per task) of ``rl eval``'s ``key``: ``accuracy`` (greedy) or ``sampled_accuracy``."""
     summary = evaluation["summary"]
-    return summary["overall"]["accuracy"], {t: s["accuracy"] for t, s in summary["per_task"].items()}
+    per_task = {t: s[key] for t, s in summary["per_task"].items() if s.get(key) is not None}
+    return summary["overall"].get(key), per_task
 
 
 def _group(uid: str) -> str:
@@ -99,6 +106,7 @@ def collect(cfg: StudyConfig, layout: StudyLayout) -> list[ArmSeedResult]:
             evaluation = _read_json(layout.eval(name, seed))
             if evaluation is not None:
                 result.accuracy, result.per_task = _accuracies(evaluation)
+                result.sampled_accuracy, result.sampled_per_task = _accuracies(evaluation, SAMPLED)
             manifest = _read_json(layout.selection(name, seed) / "manifest.json")
             if manifest is not None and arm.subset in manifest["subsets"]:
                 result.train_rows = manifest["subsets"][arm.subset].get("train_rows")
@@ -139,43 +147,79 @@ def _mean_ratio(done: list[ArmSeedResult]) -> Optional[dict]:
     return interval(means).to_dict() if means else None
 
 
+def _intervals(values: list[float]) -> Optional[dict]:
+    return interval(values).to_dict() if values else None
+
+
+def _comparisons(cfg: StudyConfig, by_seed: dict[str, dict[int, float]], base: Optional[float], metric: str,
+                 what: str) -> tuple[list[dict], list[str]]:
+    """Every arm against the control, then against the untrained base (a constant on every seed: the
+    interval is the arm's own), on ``metric``; each with its verdict sentence."""
+    against_control = [compare(a, cfg.control, by_seed) for a in by_seed if a != cfg.control]
+    against_base = []
+    if base is not None:
+        with_base = {**by_seed, "base": {seed: base for seed in cfg.seeds}}
+        against_base = [compare(a, "base", with_base) for a in by_seed]
+    found = [c for c in against_control + against_base if c]
+    return [{**c.to_dict(), "metric": metric} for c in found], [verdict_sentence(c, what) for c in found]
+
+
 def summarize(cfg: StudyConfig, layout: StudyLayout, results: list[ArmSeedResult]) -> dict[str, Any]:
-    """Per arm: accuracy intervals (overall, per task), curves, costs; arm-vs-control comparisons."""
+    """Per arm: accuracy intervals (overall, per task; greedy and sampled), curves, costs; every arm
+    against the control and against the base."""
     by_arm: dict[str, list[ArmSeedResult]] = defaultdict(list)
     for r in results:
         by_arm[r.arm].append(r)
     base = _read_json(layout.base_eval)
     arms: dict[str, Any] = {}
     by_seed: dict[str, dict[int, float]] = {}
+    sampled_by_seed: dict[str, dict[int, float]] = {}
     for name, rs in by_arm.items():
         done = [r for r in rs if r.accuracy is not None]
+        sampled = [r for r in done if r.sampled_accuracy is not None]
         by_seed[name] = {r.seed: r.accuracy for r in done}
+        sampled_by_seed[name] = {r.seed: r.sampled_accuracy for r in sampled}
         tasks = sorted({t for r in done for t in r.per_task})
+        sampled_tasks = {t: [r.sampled_per_task[t] for r in sampled if t in r.sampled_per_task]
+                         for t in tasks}
         arms[name] = {
             "seeds_done": [r.seed for r in done],
-            "accuracy": interval([r.accuracy for r in done]).to_dict() if done else None,
-            "per_task": {t: interval([r.per_task[t] for r in done if t in r.per_task]).to_dict()
-                         for t in tasks},
+            "accuracy": _intervals([r.accuracy for r in done]),
+            "per_task": {t: _intervals([r.per_task[t] for r in done if t in r.per_task]) for t in tasks},
+            "sampled_accuracy": _intervals([r.sampled_accuracy for r in sampled]),
+            "sampled_per_task": {t: _intervals(values) for t, values in sampled_tasks.items()},
             "train_rows": [r.train_rows for r in rs],
             "reward_per_step": _mean_curve([r.reward_per_step for r in done]),
             "effective_ratio_per_step": _mean_curve([r.effective_ratio_per_step for r in done]),
             "effective_ratio_mean": _mean_ratio(done),
             "training_generations": [r.generations for r in rs],
         }
-    comparisons = [c for c in (compare(a, cfg.control, by_seed) for a in by_arm if a != cfg.control) if c]
+    base_summary = None
+    if base:
+        base_summary = dict(zip(("accuracy", "per_task"), _accuracies(base)))
+        base_summary["sampled_accuracy"], base_summary["sampled_per_task"] = _accuracies(base, SAMPLED)
+    comparisons, verdict = _comparisons(cfg, by_seed, base_summary and base_summary["accuracy"], "accuracy",
+                                        "held-out accuracy")
+    sampled_n = cfg.eval.sampled if any(sampled_by_seed.values()) else 0
+    if sampled_n:
+        what = f"held-out avg@{sampled_n} at temperature {cfg.eval.sampled_temperature:g}"
+        more, sentences = _comparisons(cfg, {a: v for a, v in sampled_by_seed.items() if v},
+                                       base_summary and base_summary[SAMPLED], SAMPLED, what)
+        comparisons += more
+        verdict += sentences
     return {
         "output": str(layout.root),
         "run": cfg.run,
         "seeds": list(cfg.seeds),
         "control": cfg.control,
         "train_steps": cfg.train.steps,
-        "base": {"accuracy": base["summary"]["overall"]["accuracy"],
-                 "per_task": _accuracies(base)[1]} if base else None,
+        "sampled": {"n": sampled_n, "temperature": cfg.eval.sampled_temperature} if sampled_n else None,
+        "base": base_summary,
         "heldout_rows": base["summary"]["overall"]["n"] if base else None,
         "curation": _curation_cost(cfg),
         "arms": arms,
-        "comparisons": [c.to_dict() for c in comparisons],
-        "verdict": [verdict_sentence(c) for c in comparisons],
+        "comparisons": comparisons,
+        "verdict": verdict,
         "runs": [r.__dict__ for r in results],
     }
 
@@ -211,6 +255,20 @@ def _markdown(summary: dict[str, Any]) -> str:
             + " | ".join(cell(a["per_task"].get(t)) for t in tasks)
             + f" | {cell(a['effective_ratio_mean'])} | {round(sum(gens) / len(gens)) if gens else '—'} |"
         )
+    sampled = summary.get("sampled")
+    if sampled:
+        lines += ["", f"Held-out avg@{sampled['n']} (%): the mean accuracy of {sampled['n']} responses per "
+                  f"row sampled at temperature {sampled['temperature']:g}, mean ± 95% t-interval over seeds:",
+                  "",
+                  "| arm | overall | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+        b = summary["base"]
+        if b and b.get(SAMPLED) is not None:
+            lines.append(f"| base (no training) | {b[SAMPLED] * 100:.1f} | "
+                         + " | ".join(f"{b['sampled_per_task'].get(t, math.nan) * 100:.1f}" for t in tasks)
+                         + " |")
+        for name, a in arms.items():
+            lines.append(f"| {name} | {cell(a[SAMPLED])} | "
+                         + " | ".join(cell(a["sampled_per_task"].get(t)) for t in tasks) + " |")
     c = summary["curation"]
     lines += ["", f"Curation spent {c['pism_generations']} PISM and {c['cmab_generations']} CMAB "
               f"generations on {c['rows']} rows (buckets PISM {c['pism_buckets']}, "
@@ -228,19 +286,25 @@ def _plots(summary: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    sampled = summary.get("sampled")
+    metrics = [("accuracy", "held-out accuracy, greedy (%)")]
+    if sampled:
+        metrics.append((SAMPLED, f"held-out avg@{sampled['n']}, T={sampled['temperature']:g} (%)"))
     arms = {n: a for n, a in summary["arms"].items() if a["accuracy"]}
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * max(len(arms), 1), 3.6))
-    names = list(arms)
-    means = [arms[n]["accuracy"]["mean"] * 100 for n in names]
-    errors = [(arms[n]["accuracy"]["half"] or 0) * 100 for n in names]
-    colors = ["#888" if n == summary["control"] else "#3a6" for n in names]
-    ax.bar(names, means, yerr=errors, capsize=4, color=colors)
-    if summary["base"]:
-        ax.axhline(summary["base"]["accuracy"] * 100, color="k", linestyle=":", label="base model")
-        ax.legend(loc="lower right")
-    ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title("mean ± 95% interval over seeds")
-    ax.tick_params(axis="x", rotation=30)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(len(metrics) * (1.2 + 1.1 * max(len(arms), 1)), 3.6),
+                             squeeze=False)
+    for ax, (key, label) in zip(axes[0], metrics):
+        names = [n for n in arms if arms[n].get(key)]
+        means = [arms[n][key]["mean"] * 100 for n in names]
+        errors = [(arms[n][key]["half"] or 0) * 100 for n in names]
+        colors = ["#888" if n == summary["control"] else "#3a6" for n in names]
+        ax.bar(names, means, yerr=errors, capsize=4, color=colors)
+        if summary["base"] and summary["base"].get(key) is not None:
+            ax.axhline(summary["base"][key] * 100, color="k", linestyle=":", label="base model")
+            ax.legend(loc="lower right")
+        ax.set_ylabel(label)
+        ax.set_title("mean ± 95% interval over seeds")
+        ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=110)
     plt.close(fig)
