@@ -26,6 +26,8 @@ from curate.scoring import cmab_calibration as cal
 from curate.select import plan, select
 from curate.selection.config import SelectConfig
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 FIXED = {"easy_low": 0.1, "hard_low": 0.4, "hard_high": 1.6, "easy_high": 1.9}
 LEVELS = [0.1, 0.3, 0.7, 0.9]
 

@@ -26,6 +26,8 @@ from curate.scoring.cmab import CmabResult, CmabScorer
 from curate.scoring.pism import Sample
 from curate.toy.corpus import generate_corpus
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 GUARDED = ("curate.scoring.cmab", "curate.scoring.probing", "curate.scoring.attention_probe")
 GREEDY = SamplingParams(temperature=0.0, max_tokens=48)
 

@@ -12,6 +12,8 @@ import pytest
 
 from curate.toy.corpus import generate_corpus
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 REPO = Path(__file__).resolve().parents[1]
 
 

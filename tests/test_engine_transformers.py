@@ -18,6 +18,8 @@ from curate.engines.transformers_engine import TransformersEngine
 from curate.scoring.prompts import build_messages
 from curate.scoring.rap import text_only_question
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 SAMPLED = SamplingParams(temperature=1.0, max_tokens=24, stop=(), logprobs=True)
 
 

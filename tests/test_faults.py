@@ -24,6 +24,8 @@ from curate.pipeline import ANNOTATED_DIR, CHECKPOINT_DIR
 from curate.score import score_corpus
 from curate.toy.faults import SCORING, SECRET, FaultCorpus, tally, write_fault_corpus
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 REPO = Path(__file__).resolve().parents[1]
 
 _opened: list[str] = []

@@ -20,6 +20,8 @@ import pytest
 
 from launch import gpu_check as gc
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 REPO = Path(__file__).resolve().parents[1]
 CPU_STAGES = ("model", "pism_transformers", "cmab_generate", "cmab_probe_eager", "cmab_probe_sdpa")
 GPU_ONLY = ("pism_vllm", "cmab_probe_flash_attention_2", "curate_run")

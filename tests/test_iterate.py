@@ -18,6 +18,8 @@ from support.reward_model import tiny_reward_model
 from curate.config import ConfigError, load_structured
 from rl.iterate import Graded, IterateConfig, Iteration, KeepSection, keep_responses
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "rl" / "toy_iterate.yaml"
 

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY_JOB = ["data.format=toy", "data.toy.num_samples=6", "pism.ratios=[0.0,0.5]", "pism.k=2", "pism.tau=0.5",
            "sampling.max_tokens=24", "ray.batch_size=3", "output.rows_per_shard=3"]
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the first run on a machine trains the toy model
+# toy_model: runs last (tests/conftest.py); the timeout allows for training the model on a fresh machine
+pytestmark = [pytest.mark.toy_model, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _free_port() -> int:

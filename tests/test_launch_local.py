@@ -25,6 +25,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

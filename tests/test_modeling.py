@@ -11,6 +11,8 @@ from PIL import Image
 
 from curate.modeling import DEFAULT_MAX_PIXELS, load_model, load_processor, pixel_bounds, resolve_model_path
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 
 @pytest.fixture(scope="module")
 def toy_dir() -> Path:

@@ -28,6 +28,8 @@ from curate.scoring.masks import derived_seed
 from rl.mpo import dpo_args, load_config
 from rl.preference import PairsConfig, ensure_pairs, pick_pairs, trl_messages
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 REPO = Path(__file__).resolve().parents[1]
 TOY_MPO = REPO / "configs" / "rl" / "toy_mpo.yaml"
 GPU_MPO = REPO / "configs" / "rl" / "qwen25vl7b_mpo.yaml"

@@ -26,6 +26,8 @@ from curate.pipeline import ANNOTATED_DIR, CRASH_ERROR, run
 from curate.scoring.scorer import Scorer
 from curate.toy.corpus import generate_corpus
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 REPO = Path(__file__).resolve().parents[1]
 SCORING = ["pism.ratios=[0.0,0.3,0.6]", "pism.k=4", "pism.tau=0.25", "sampling.max_tokens=32",
            "sampling.temperature=0.7", "pism.seed=5"]

@@ -20,6 +20,8 @@ from curate.images import decode_image
 from curate.scoring.pism import PismResult, PismScorer, Sample, passes_needed, pism_bucket
 from curate.toy.corpus import generate_corpus
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 RATIOS = [0.0, 0.2, 0.4, 0.6, 0.8]
 K = 5
 TAU = 0.2  # with K = 5: a level passes with one correct answer of five, like 1 of 10 at τ = 0.1

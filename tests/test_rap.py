@@ -37,6 +37,8 @@ from curate.scoring.sample import Sample
 from curate.scoring.stage import Rollout
 from curate.toy.corpus import generate_corpus
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 REPO = Path(__file__).resolve().parents[1]
 TOY_CPU = REPO / "configs" / "rl" / "toy_cpu.yaml"
 PEAK_RAM_LIMIT = 8 << 30

@@ -23,6 +23,8 @@ from curate import schema as S
 from curate.config import PromptConfig
 from rl.eval import EvalError, load_samples, resolve_checkpoint, summarize, verl_messages
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("color", "grounding")  # the toy tasks with a clear margin over answering blindly
 MAX_TOKENS = 64

@@ -21,6 +21,8 @@ from rl.study.report import collect, effective_ratio_per_step, summarize
 from rl.study.runner import HeldoutLeak, StudyRun, arm_training_ids, check_disjoint, heldout_ids, stale_steps
 from rl.study.stats import compare, interval
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "configs" / "study" / "toy.yaml"
 ORSTA = REPO / "configs" / "study" / "orsta_qwen25vl7b.yaml"
@@ -77,7 +79,10 @@ def test_toy_study_composes_every_arm_and_seed(tmp_path):
     names = [s.name for s in steps]
     assert names[:3] == ["curation", "heldout", "base.eval"]
     arms = list(cfg.arms)
-    assert names[3:] == [f"{a}.seed{s}.{k}" for s in cfg.seeds for a in arms for k in ("select", "train", "eval")]
+    stages = {a: ("select", "sft", "train", "eval") if cfg.arms[a].sft_subset else ("select", "train", "eval")
+              for a in arms}
+    assert names[3:] == [f"{a}.seed{s}.{k}" for s in cfg.seeds for a in arms for k in stages[a]]
+    assert stages["sft_hard_grpo_mid"][1] == "sft"  # the paper's hybrid runs on the toy world too
     commands = _commands(steps)
     for arm in arms:
         for seed in cfg.seeds:
@@ -89,11 +94,14 @@ def test_toy_study_composes_every_arm_and_seed(tmp_path):
             assert train[:6] == ["python", "-m", "rl", "train", "--config", cfg.train.recipe]
             for key in ("data.seed", "actor_rollout_ref.rollout.seed", "actor_rollout_ref.actor.data_loader_seed"):
                 assert f"{key}={seed}" in train
-            assert "trainer.total_training_steps=20" in train and "actor_rollout_ref.model.path=toy-study" in train
+            start = (f"{layout.sft(arm, seed)}/global_step_LAST/huggingface" if cfg.arms[arm].sft_subset
+                     else "toy-study")
+            assert {"trainer.total_training_steps=20", f"actor_rollout_ref.model.path={start}"} <= set(train)
             assert f"data.train_files={layout.selection(arm, seed)}/grpo/verl/train.parquet" in train
             evaluation = commands[f"{arm}.seed{seed}.eval"]
             assert evaluation[4] == f"{layout.checkpoints(arm, seed)}/global_step_LAST"
             assert evaluation[5] == str(layout.heldout / "heldout" / "verl" / "train.parquet")
+            assert evaluation[-4:] == ["--sampled", "8", "--sampled-temperature", "1.0"]
     assert "subsets.grpo.random.stratify_by_task=true" in commands["random.seed0.select"]
     # every evaluation, the base model's included, reads the same held-out file
     assert len({c[5] for n, c in commands.items() if n.endswith("eval")}) == 1
@@ -206,6 +214,29 @@ def test_a_failed_step_blocks_its_chain_only(tmp_path):
     assert _runs(tmp_path, "after_bad") == 0 and _runs(tmp_path, "other") == 1
     log = (tmp_path / "study" / "logs" / "bad.log").read_text()
     assert log.startswith("$ python -c raise SystemExit(3)")
+
+
+def test_grpo_after_sft_gets_the_base_models_processor_back(tmp_path):
+    """verl's SFT save drops a remote-code processor: the study restores it before GRPO reads the
+    checkpoint (here an SFT step that writes what verl writes, without the processor's module)."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "processing_mine.py").write_text("# the processor's module")
+    (base / "processor_config.json").write_text('{"auto_map": {"AutoProcessor": "processing_mine.P"}}')
+    (base / "model.safetensors").write_text("base weights")
+    cfg = load_study(str(TOY), [f"output={tmp_path}", f"base_model={base}"])
+    layout = StudyLayout(tmp_path / "study")
+    saved = layout.sft("arm", 0) / "global_step_3" / "huggingface"
+    code = (f"import pathlib; d = pathlib.Path({str(saved)!r}); d.mkdir(parents=True); "
+            "(d / 'model.safetensors').write_text('sft weights'); "
+            "(d / 'processor_config.json').write_text('{}'); "
+            f"(d.parents[1] / 'latest_checkpointed_iteration.txt').write_text('3')")
+    sft = Step(name="arm.seed0.sft", kind="sft", arm="arm", seed=0,
+               command=lambda resolved: ["python", "-c", code])
+    assert StudyRun(cfg, layout, [sft], say=lambda _: None).run()
+    assert (saved / "processing_mine.py").read_text() == "# the processor's module"
+    assert "auto_map" in (saved / "processor_config.json").read_text()
+    assert (saved / "model.safetensors").read_text() == "sft weights"  # the weights stay SFT's
 
 
 def test_latest_checkpoint_follows_verls_marker(tmp_path):

@@ -14,6 +14,8 @@ from curate.report import write_report
 from curate.run_record import ANNOTATED_DIR, RUN_FILE, RUN_METADATA_KEY, scoring_fingerprint
 from curate.score import score_corpus
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 SMALL = ["data.format=toy", "data.toy.num_samples=6", "engine.model=toy", "engine.max_model_len=512",
          "pism.ratios=[0.0,0.5]", "pism.k=2", "sampling.max_tokens=32", "output.rows_per_shard=4"]
 

@@ -29,6 +29,8 @@ from curate.select import plan, select
 from curate.selection.config import PassRateConfig
 from curate.selection.rules import ScoreTable, pass_classes
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 # Class of each rollout pattern (support.annotated.ROLLOUTS) with min_attempts = 4:
 #   pattern  PISM λ=0  CMAB   pism         cmab         pooled
 #   0        1/1       4/4    unknown      all_correct  all_correct (5/5)

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from support.verl_rows import BUCKETS
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 REPO = Path(__file__).resolve().parents[1]
 TOY_SIGNAL = REPO / "configs" / "rl" / "toy_signal.yaml"
 

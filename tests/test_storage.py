@@ -18,6 +18,8 @@ from curate.config import ConfigError
 from curate.shards import WRITE_OPTIONS, drop_damaged, shard_ids
 from curate.storage import Location, stage
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 REPO = Path(__file__).resolve().parents[1]
 
 

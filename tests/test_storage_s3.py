@@ -32,7 +32,8 @@ SCORING = ["pism.ratios=[0.0,0.5]", "pism.k=2", "pism.tau=0.5", "sampling.max_to
 COMPARED = ["id", "status", "error", "pism_pc", "pism_attempts", "pism_correct", "pism_generations",
             "pism_lambda_star", "pism_bucket"]
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the first run on a machine trains the toy model
+# toy_model: runs last (tests/conftest.py); the timeout allows for training the model on a fresh machine
+pytestmark = [pytest.mark.toy_model, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")

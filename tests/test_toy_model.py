@@ -17,6 +17,8 @@ from curate.toy.model import ToyArchitecture
 from curate.toy.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS
 from curate.toy.train import TrainSettings
 
+pytestmark = pytest.mark.toy_model  # tests/conftest.py: runs after the tests that need no model
+
 HELD_OUT_SEED = 0  # the trainer draws from TrainSettings.corpus_seed, so these samples are unseen
 
 

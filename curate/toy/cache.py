@@ -104,6 +104,14 @@ def _train_into(directory: Path, arch: ToyArchitecture, settings: TrainSettings,
     })
 
 
+def cached_toy_model(cache_dir: str | os.PathLike | None = None, *,
+                     preset: str = DEFAULT_PRESET) -> Path | None:
+    """The directory of the trained toy model ``preset`` if this machine has it, else None (never trains)."""
+    named = toy_preset(preset)
+    final = cache_root(cache_dir) / "toy-model" / cache_key(named.arch, named.settings)
+    return final if (final / METADATA_FILE).is_file() else None
+
+
 def toy_model_path(cache_dir: str | os.PathLike | None = None, *, preset: str = DEFAULT_PRESET,
                    arch: ToyArchitecture | None = None, settings: TrainSettings | None = None) -> Path:
     """The directory of the trained toy model ``preset``, training it first if this machine has none yet.

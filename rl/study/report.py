@@ -291,8 +291,8 @@ def _plots(summary: dict[str, Any], out: Path) -> None:
     if sampled:
         metrics.append((SAMPLED, f"held-out avg@{sampled['n']}, T={sampled['temperature']:g} (%)"))
     arms = {n: a for n, a in summary["arms"].items() if a["accuracy"]}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(len(metrics) * (1.2 + 1.1 * max(len(arms), 1)), 3.6),
-                             squeeze=False)
+    width = max(3.0, 1.2 + 1.1 * len(arms))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(len(metrics) * width, 3.8), squeeze=False)
     for ax, (key, label) in zip(axes[0], metrics):
         names = [n for n in arms if arms[n].get(key)]
         means = [arms[n][key]["mean"] * 100 for n in names]
@@ -303,8 +303,8 @@ def _plots(summary: dict[str, Any], out: Path) -> None:
             ax.axhline(summary["base"][key] * 100, color="k", linestyle=":", label="base model")
             ax.legend(loc="lower right")
         ax.set_ylabel(label)
-        ax.set_title("mean ± 95% interval over seeds")
         ax.tick_params(axis="x", rotation=30)
+    fig.suptitle("mean ± 95% interval over seeds")
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=110)
     plt.close(fig)

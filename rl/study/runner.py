@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from rl.study.config import StudyConfig
-from rl.study.plan import Step, StudyLayout
+from rl.study.plan import Step, StudyLayout, base_model, latest_checkpoint
 
 __all__ = ["HeldoutLeak", "StudyRun", "arm_training_ids", "heldout_ids", "stale_steps"]
 
@@ -157,6 +157,8 @@ class StudyRun:
                 check_disjoint(self.cfg, self.layout, step.arm, step.seed)
         except HeldoutLeak as err:
             return str(err)
+        if step.kind == "sft":
+            self._restore_processor(step)
         if step.kind == "eval" and step.arm is not None and not self.cfg.train.keep_checkpoints:
             shutil.rmtree(self.layout.checkpoints(step.arm, step.seed), ignore_errors=True)
         tokens = {d: (read_marker(self.layout, d) or {}).get("token") for d in step.deps}
@@ -166,6 +168,17 @@ class StudyRun:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
         return None
+
+    def _restore_processor(self, step: Step) -> None:
+        """verl's SFT checkpoint drops a remote-code processor (the toy model's: its module and the
+        ``auto_map`` naming it) and GRPO starts from that checkpoint: give it the base model's processor
+        files back, as ``rl iterate`` does. A hub id has no local files and a standard processor."""
+        from curate.modeling import resolve_model_path, restore_processor_files
+
+        base = Path(resolve_model_path(base_model(self.cfg)))
+        last = latest_checkpoint(self.layout.sft(step.arm, step.seed))
+        if base.is_dir() and last is not None and (last / "huggingface").is_dir():
+            restore_processor_files(base, last / "huggingface")
 
     def _execute(self, step: Step, command: list[str], log: Path) -> int:
         argv = [sys.executable, *command[1:]] if command[0] == "python" else command
