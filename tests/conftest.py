@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 def pytest_collection_finish(session) -> None:
-    if not any(item.get_closest_marker("toy_model") for item in session.items):
+    if session.config.option.collectonly or not any(i.get_closest_marker("toy_model") for i in session.items):
         return
     from curate.toy.cache import cache_root, cached_toy_model
 
