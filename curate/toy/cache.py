@@ -104,12 +104,20 @@ def _train_into(directory: Path, arch: ToyArchitecture, settings: TrainSettings,
     })
 
 
+def _model_dir(cache_dir: str | os.PathLike | None, arch: ToyArchitecture, settings: TrainSettings) -> Path:
+    return cache_root(cache_dir) / "toy-model" / cache_key(arch, settings)
+
+
+def _complete(directory: Path) -> bool:
+    return (directory / METADATA_FILE).is_file()
+
+
 def cached_toy_model(cache_dir: str | os.PathLike | None = None, *,
                      preset: str = DEFAULT_PRESET) -> Path | None:
     """The directory of the trained toy model ``preset`` if this machine has it, else None (never trains)."""
     named = toy_preset(preset)
-    final = cache_root(cache_dir) / "toy-model" / cache_key(named.arch, named.settings)
-    return final if (final / METADATA_FILE).is_file() else None
+    final = _model_dir(cache_dir, named.arch, named.settings)
+    return final if _complete(final) else None
 
 
 def toy_model_path(cache_dir: str | os.PathLike | None = None, *, preset: str = DEFAULT_PRESET,
@@ -122,14 +130,13 @@ def toy_model_path(cache_dir: str | os.PathLike | None = None, *, preset: str = 
     arch = arch or named.arch
     settings = settings or named.settings
     label = preset if (arch, settings) == (named.arch, named.settings) else None
-    key = cache_key(arch, settings)
-    root = cache_root(cache_dir) / "toy-model"
-    final = root / key
-    if (final / METADATA_FILE).is_file():
+    final = _model_dir(cache_dir, arch, settings)
+    root, key = final.parent, final.name
+    if _complete(final):
         return final
     root.mkdir(parents=True, exist_ok=True)
     with _exclusive(root / f"{key}.lock"):
-        if (final / METADATA_FILE).is_file():  # another process finished while we waited
+        if _complete(final):  # another process finished while we waited
             return final
         # Leftovers of a process killed mid-training (no exception ran its cleanup); we hold the lock.
         for stale in [final, *root.glob(f".{key}-*")]:

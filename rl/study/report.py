@@ -140,15 +140,14 @@ def _mean_curve(curves: list[list[float]]) -> list[float]:
     return [sum(values) / len(values) for values in at]
 
 
-def _mean_ratio(done: list[ArmSeedResult]) -> Optional[dict]:
-    """The effective-sample ratio averaged over steps, as an interval over seeds."""
-    means = [sum(r.effective_ratio_per_step) / len(r.effective_ratio_per_step)
-             for r in done if r.effective_ratio_per_step]
-    return interval(means).to_dict() if means else None
-
-
 def _intervals(values: list[float]) -> Optional[dict]:
     return interval(values).to_dict() if values else None
+
+
+def _mean_ratio(done: list[ArmSeedResult]) -> Optional[dict]:
+    """The effective-sample ratio averaged over steps, as an interval over seeds."""
+    return _intervals([sum(r.effective_ratio_per_step) / len(r.effective_ratio_per_step)
+                       for r in done if r.effective_ratio_per_step])
 
 
 def _comparisons(cfg: StudyConfig, by_seed: dict[str, dict[int, float]], base: Optional[float], metric: str,
