@@ -149,6 +149,17 @@ def test_sampled_accuracy_equals_single_draws_graded_directly(toy_model, held_ou
     assert overall["pass_at_n"] == pytest.approx(sum(c > 0 for c in counts.values()) / rows)
     assert all(r["correct"] in (True, False) for r in evaluated.values())  # the greedy answer is kept
 
+
+def test_sampled_answers_the_engine_cannot_produce_count_as_wrong(held_out, tmp_path):
+    """A prompt over the model length is that row's error, greedy and sampled: 0 of N correct, reward 0."""
+    data, _ = held_out
+    result = _run_eval(["toy", str(data), "--max-model-len", "16", "--limit", "3", "--sampled", "2",
+                        "--out", str(tmp_path / "r.json")])
+    assert [r["sampled"] for r in result["samples"]] == [{"n": 2, "correct": 0, "reward": 0.0}] * 3
+    assert all(r["error"] and r["correct"] is False for r in result["samples"])
+    overall = result["summary"]["overall"]
+    assert (overall["sampled_accuracy"], overall["pass_at_n"], overall["generation_errors"]) == (0.0, 0.0, 3)
+
 _SAVE_FSDP = textwrap.dedent("""
     import os, sys, torch
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
