@@ -2,7 +2,8 @@
 
 Each override is tested against the verl (or torch) code it works around: the unpatched behaviour is
 shown to fail where the override succeeds. The "hf" rollout server is checked against an independent
-teacher-forced forward pass of the same model. The end-to-end GRPO run is tests/test_rl_cpu_grpo.py.
+teacher-forced forward pass of the same model. The end-to-end GRPO run is checked in tests/test_demo.py
+(the demo runs verl's trainer).
 """
 
 from __future__ import annotations
@@ -436,6 +437,56 @@ def test_server_greedy_is_the_argmax_path(tiny_model_dir):
     assert first.token_ids == again.token_ids and len(first.token_ids) <= 6
     reference = _teacher_forced_log_probs(server, prompt_ids, images, first.token_ids, temperature=1.0)
     torch.testing.assert_close(torch.tensor(first.log_probs), reference, atol=1e-4, rtol=0)
+
+
+def test_a_group_in_flight_is_one_batch_and_each_answer_its_own(tiny_model_dir):
+    """verl sends a GRPO group's n requests at once: one generate call serves them; every response is
+    cut at its own end and carries its own log-probs; another prompt in flight is not mixed in."""
+    import asyncio
+
+    server = _server(tiny_model_dir)
+    prompt_ids, images = _prompt(server)
+    other_images = [Image.new("RGB", (112, 112), (40, 40, 220))]  # same token ids, other pixels
+    # A random model rarely samples its one EOS: with a third of the vocabulary ending a response,
+    # rows of one batch end at different lengths.
+    server.eos_token_ids = list(range(0, server.model.config.get_text_config().vocab_size, 3))
+    batch_sizes = []
+    generate = server.model.generate
+
+    def counted(**inputs):
+        batch_sizes.append(inputs["input_ids"].shape[0])
+        return generate(**inputs)
+
+    server.model.generate = counted
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
+
+    async def group():
+        calls = [
+            server.generate(prompt_ids=prompt_ids, sampling_params=dict(params), request_id=f"r{i}",
+                            image_data=images)
+            for i in range(6)
+        ]
+        calls += [
+            server.generate(prompt_ids=prompt_ids, sampling_params=dict(params), request_id=f"o{i}",
+                            image_data=other_images)
+            for i in range(2)
+        ]
+        return await asyncio.gather(*calls)
+
+    outputs = asyncio.run(group())
+    assert sorted(batch_sizes) == [1, 2, 5]  # the first request runs alone, the rest join by prompt
+    stops = set(server.eos_token_ids)
+    lengths = set()
+    for i, out in enumerate(outputs):
+        ids = out.token_ids
+        assert 1 <= len(ids) <= 12 and not stops & set(ids[:-1]), ids  # nothing after an end
+        assert ids[-1] in stops or len(ids) == 12
+        lengths.add(len(ids))
+        reference = _teacher_forced_log_probs(
+            server, prompt_ids, images if i < 6 else other_images, ids, temperature=1.0
+        )
+        torch.testing.assert_close(torch.tensor(out.log_probs), reference, atol=1e-4, rtol=0)
+    assert len(lengths) > 1, "every row had the same length: trimming was not exercised"
 
 
 def test_dummy_weights_until_synced(tiny_model_dir):

@@ -13,13 +13,16 @@ on CPU there is no rollout at all. This module provides the three pieces for ``r
 - :class:`HFServerAdapter`, the ``BaseRollout`` in the FSDP worker whose ``update_weights`` streams the
   actor's full tensors to the server in buckets (verl's weight sync, ``checkpoint_engine.backend=naive``).
 
-Requests are served one at a time (an asyncio lock around ``model.generate``): enough for tiny test
-models, and it keeps a request's output independent of what else is in flight.
+Requests for the same prompt and images with the same sampling settings (a GRPO group: verl sends
+``rollout.n`` of them at once) are served as one batched ``model.generate``, each row trimmed at its
+own end of sequence; different prompts wait their turn (an asyncio lock), so no padding ever enters a
+batch. On CPU, generating a group of 8 together costs about what one request does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -46,6 +49,31 @@ def _torch_dtype(name: str) -> torch.dtype:
     from verl.utils.torch_dtypes import PrecisionType
 
     return PrecisionType.to_dtype(name)
+
+
+def _batch_key(
+    prompt_ids: list[int],
+    sampling_params: dict[str, Any],
+    max_tokens: int,
+    images: list[Any] | None,
+    mm_processor_kwargs: dict[str, Any] | None,
+) -> tuple:
+    """What requests must share to be answered by one batch: prompt, images (by content), settings."""
+    digest = hashlib.sha1()
+    for image in images or []:
+        shape = (type(image).__name__, getattr(image, "mode", None), getattr(image, "size", None),
+                 getattr(image, "shape", None))
+        digest.update(repr(shape).encode())
+        # PIL images and arrays by their pixels; anything else only batches with itself
+        digest.update(image.tobytes() if hasattr(image, "tobytes") else repr(id(image)).encode())
+    settings = {k: v for k, v in sampling_params.items() if k != "logprobs"}  # logprobs: per request
+    return (
+        tuple(prompt_ids),
+        digest.hexdigest(),
+        max_tokens,
+        repr(sorted(settings.items())),
+        repr(sorted((mm_processor_kwargs or {}).items())),
+    )
 
 
 class HFRolloutServer:
@@ -76,6 +104,8 @@ class HFRolloutServer:
         self.model.eval()
         self._params = dict(self.model.state_dict())
         self._lock = asyncio.Lock()
+        # Requests waiting for the lock, by what they share (_batch_key): each is answered by one batch.
+        self._waiting: dict[tuple, list[asyncio.Future]] = {}
 
         tokenizer = self.model_config.tokenizer
         generation_config = self.model_config.generation_config
@@ -103,15 +133,29 @@ class HFRolloutServer:
         if video_data is not None or audio_data is not None:
             raise NotImplementedError("the hf rollout serves text and images only")
         max_tokens = self._max_new_tokens(len(prompt_ids), sampling_params)
+        key = _batch_key(prompt_ids, sampling_params, max_tokens, image_data, mm_processor_kwargs)
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append(answer)
         async with self._lock:
-            token_ids, log_probs = await asyncio.to_thread(
-                self._generate,
-                list(prompt_ids),
-                dict(sampling_params),
-                max_tokens,
-                image_data,
-                mm_processor_kwargs,
-            )
+            if not answer.done():  # else answered by the batch of an earlier request with this key
+                batch = self._waiting.pop(key)
+                try:
+                    rows = await asyncio.to_thread(
+                        self._generate,
+                        list(prompt_ids),
+                        dict(sampling_params),
+                        max_tokens,
+                        image_data,
+                        mm_processor_kwargs,
+                        len(batch),
+                    )
+                except Exception as err:
+                    for waiting in batch:
+                        waiting.set_exception(err)
+                else:
+                    for waiting, row in zip(batch, rows, strict=True):
+                        waiting.set_result(row)
+        token_ids, log_probs = await answer
         return TokenOutput(
             token_ids=token_ids,
             log_probs=log_probs if sampling_params.get("logprobs") else None,
@@ -140,13 +184,18 @@ class HFRolloutServer:
         max_tokens: int,
         images: list[Any] | None,
         mm_processor_kwargs: dict[str, Any] | None,
-    ) -> tuple[list[int], list[float]]:
+        rows: int,
+    ) -> list[tuple[list[int], list[float]]]:
+        """``rows`` responses to one prompt: token ids and their log-probs, each cut at its first EOS."""
         from transformers import GenerationConfig
 
         input_ids = torch.tensor([prompt_ids], dtype=torch.long)
         inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         if images:
             inputs.update(self._image_inputs(input_ids, images, mm_processor_kwargs))
+        if rows > 1:
+            # One prompt, so no padding: every tensor is the single prompt's, repeated along its first dim.
+            inputs = {name: value.repeat(rows, *([1] * (value.dim() - 1))) for name, value in inputs.items()}
 
         temperature = float(sampling_params.get("temperature", self.config.temperature))
         top_k = int(sampling_params.get("top_k", self.config.top_k))
@@ -166,14 +215,20 @@ class HFRolloutServer:
             output_logits=True,
         )
         out = self.model.generate(**inputs, generation_config=generation_config)
-        token_ids = out.sequences[0, input_ids.shape[1] :].tolist()
         # Log-probs of the sampled tokens under the temperature-scaled distribution: what the actor
         # recomputes (logits / temperature) and vLLM's processed_logprobs report.
-        logits = torch.stack(out.logits, dim=1)[0].float()
+        logits = torch.stack(out.logits, dim=1).float()
         if do_sample:
             logits = logits / temperature
-        log_probs = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(token_ids)[:, None])[:, 0]
-        return token_ids, log_probs.tolist()
+        sequences = out.sequences[:, len(prompt_ids) :]
+        log_probs = torch.log_softmax(logits, dim=-1).gather(-1, sequences[:, :, None])[:, :, 0]
+        stops = set() if self.config.ignore_eos else set(self.eos_token_ids)
+        answers = []
+        for token_ids, token_log_probs in zip(sequences.tolist(), log_probs.tolist(), strict=True):
+            # A row that ended before the longest one is padded after its EOS: cut there.
+            end = next((i + 1 for i, token in enumerate(token_ids) if token in stops), len(token_ids))
+            answers.append((token_ids[:end], token_log_probs[:end]))
+        return answers
 
     def _image_inputs(
         self, input_ids: torch.Tensor, images: list[Any], mm_processor_kwargs: dict[str, Any] | None
