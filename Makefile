@@ -17,7 +17,11 @@ VLLM_TESTS = $(wildcard tests/test_*vllm*.py)
 demo: env
 	$(PY) -m launch.demo $(ARGS)
 
-test: env env-vllm
+# The toy model (minutes of training on one core, once per machine) starts training before the vLLM
+# environment installs; the tests that need no model run first (tests/conftest.py).
+test: env
+	@$(PY) -m curate toy model --background
+	@$(MAKE) --no-print-directory env-vllm
 	@status=0; \
 	$(PY) -m pytest -m "not vllm" $(PYTEST_ARGS) || status=$$?; \
 	echo "== tests marked vllm, in .venv-vllm =="; \

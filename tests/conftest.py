@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -37,17 +36,11 @@ def pytest_collection_modifyitems(config, items) -> None:
 def pytest_collection_finish(session) -> None:
     if session.config.option.collectonly or not any(i.get_closest_marker("toy_model") for i in session.items):
         return
-    from curate.toy.cache import cache_root, cached_toy_model
+    from curate.toy.cache import train_in_background
 
-    if cached_toy_model() is not None:
-        return
-    log = cache_root() / "toy-model" / "background-training.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
-        _background.append(subprocess.Popen(
-            [sys.executable, "-m", "curate", "toy", "model"], stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        ))
+    started = train_in_background()
+    if started is not None:
+        _background.append(started[0])
 
 
 def pytest_unconfigure(config) -> None:

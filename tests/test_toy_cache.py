@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
-from curate.toy.cache import METADATA_FILE, cache_key, cache_root, toy_model_path
+from curate.toy.cache import METADATA_FILE, cache_key, cache_root, toy_model_path, train_in_background
 from curate.toy.model import ToyArchitecture
 from curate.toy.train import TrainSettings
 
@@ -64,3 +65,27 @@ def test_incomplete_directory_and_leftover_scratch_are_replaced(tmp_path):
     assert path == stale and (path / METADATA_FILE).is_file() and (path / "model.safetensors").is_file()
     assert not scratch.exists()
     assert json.loads((path / METADATA_FILE).read_text())["created_by"] == os.getpid()
+
+
+def test_background_training_is_one_thread_and_only_when_missing(tmp_path):
+    """What `make test` and tests/conftest.py start: the preset's training, one thread, logged."""
+    import psutil
+
+    from curate.toy.presets import toy_preset
+
+    preset = toy_preset("toy")
+    key = cache_key(preset.arch, preset.settings)
+    process, log = train_in_background(tmp_path)
+    try:
+        assert psutil.Process(process.pid).environ()["OMP_NUM_THREADS"] == "1"
+        deadline = time.monotonic() + 120
+        while f"training toy model {key}" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.5)
+        assert f"training toy model {key}" in log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    (tmp_path / "toy-model" / key).mkdir(exist_ok=True)
+    (tmp_path / "toy-model" / key / METADATA_FILE).write_text("{}")  # as a finished training leaves it
+    assert train_in_background(tmp_path) is None

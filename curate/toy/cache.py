@@ -25,6 +25,8 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -154,3 +156,24 @@ def toy_model_path(cache_dir: str | os.PathLike | None = None, *, preset: str = 
             raise
         logger.info("toy model trained in %.0f s, cached at %s", time.perf_counter() - start, final)
     return final
+
+
+def train_in_background(cache_dir: str | os.PathLike | None = None, *,
+                        preset: str = DEFAULT_PRESET) -> tuple[subprocess.Popen, Path] | None:
+    """Start ``python -m curate toy model`` in its own session unless ``preset`` is cached: (process, log).
+
+    The process trains on one thread (``OMP_NUM_THREADS=1``), as a training inside the test suite does
+    (tests/conftest.py), so the weights are the same whoever trains them; a second trainer waits on the
+    lock and finds the directory. ``make test`` starts one before it installs the vLLM environment.
+    """
+    if cached_toy_model(cache_dir, preset=preset) is not None:
+        return None
+    log = cache_root(cache_dir) / "toy-model" / f"background-training-{preset}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "curate", "toy", "model", "--preset", preset]
+    if cache_dir is not None:
+        command += ["--cache-dir", str(cache_dir)]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    return process, log

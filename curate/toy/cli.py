@@ -1,13 +1,14 @@
 """The offline toy world: a synthetic multimodal corpus and a tiny Qwen2.5-VL trained on it.
 
   corpus OUT.parquet  write N toy samples in the canonical schema (deterministic from --seed)
-  model [--preset P]  print a trained toy model's directory (trains and caches it on first use)
+  model [--preset P]  print a trained toy model's directory (trains and caches it on first use);
+                      --background: start that training in a detached process and return
   eval                greedy accuracy per task, unmasked and under PISM block masks of each ratio
 
 The toy model trains once per machine (a few minutes on one CPU core) into $HARDMODE_CACHE
 (default ~/.cache/hardmode), keyed by a hash of its architecture, training settings and code.
 Use it anywhere a model is expected with engine.model=toy. Presets (curate.toy.presets): ``toy`` (the
-default, nearly saturated) and ``toy-study`` (4 layers, an early checkpoint: partly competent), each
+default, nearly saturated) and ``toy-study`` (3 layers, an early checkpoint: partly competent), each
 usable by name wherever ``toy`` is.
 """
 
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                        help=f"which toy model (default: {DEFAULT_PRESET}); "
                        + "; ".join(f"{n}: {p.summary}" for n, p in PRESETS.items()))
+    model.add_argument("--background", action="store_true",
+                       help="train in a detached process (one thread, logged in the cache) and return "
+                       "at once; nothing happens when the model is cached")
 
     evaluate = sub.add_parser("eval", help="accuracy per task, unmasked and masked (held-out samples)")
     evaluate.add_argument("--num-samples", type=int, default=250, help="held-out samples (default: 250)")
@@ -63,9 +67,15 @@ def _corpus(args: argparse.Namespace) -> int:
 
 
 def _model(args: argparse.Namespace) -> int:
-    from curate.toy.cache import toy_model_path
+    from curate.toy.cache import cached_toy_model, toy_model_path, train_in_background
 
-    print(toy_model_path(args.cache_dir, preset=args.preset))
+    if not args.background:
+        print(toy_model_path(args.cache_dir, preset=args.preset))
+    elif (started := train_in_background(args.cache_dir, preset=args.preset)) is not None:
+        process, log = started
+        print(f"toy model {args.preset}: training in the background (pid {process.pid}, log {log})")
+    else:
+        print(f"toy model {args.preset}: cached at {cached_toy_model(args.cache_dir, preset=args.preset)}")
     return 0
 
 
