@@ -151,7 +151,9 @@ def test_arms_may_train_with_their_own_recipe_and_overrides(tmp_path):
     assert commands["plain.seed0.train"][5] == commands["dapo.seed0.train"][5] == cfg.train.recipe
     dapo = commands["dapo.seed1.train"]
     # the arm's overrides come last (they win), after the study's own
-    assert dapo[-4:] == ["actor_rollout_ref.rollout.temperature=1.0", *cfg.arms["dapo"].train_overrides]
+    own = len(cfg.arms["dapo"].train_overrides)
+    assert dapo[-own - len(cfg.train.overrides):] == [*cfg.train.overrides, *cfg.arms["dapo"].train_overrides]
+    assert "actor_rollout_ref.rollout.temperature=1.0" in cfg.train.overrides
     assert not any("filter_groups" in a for a in commands["plain.seed1.train"])
     assert {commands[f"{arm}.seed2.select"][5] for arm in cfg.arms} == {"configs/select/full.yaml"}
 
