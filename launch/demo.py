@@ -100,6 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heldout", type=int, default=60, help="held-out evaluation samples (default: 60)")
     parser.add_argument("--steps", type=int, default=4, help="GRPO steps (default: 4)")
     parser.add_argument("--actors", type=int, default=1, help="scoring actors (default: 1)")
+    parser.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a `python -m rl train` override for the GRPO step (repeatable), e.g. "
+                        "actor_rollout_ref.actor.optim.lr=3e-4")
     parser.add_argument("--resume", action="store_true",
                         help="keep what an earlier demo wrote to --out (curation resumes; default: start clean)")
 
@@ -136,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"data.train_files={out / 'select' / 'grpo' / 'verl' / 'train.parquet'}",
           f"trainer.total_training_steps={args.steps}", f"trainer.save_freq={args.steps}",
           f"trainer.default_local_dir={out / 'rl' / 'checkpoints'}", "trainer.experiment_name=demo",
-          "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]"],
+          "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
+          *args.train_override],
          log, env={"VERL_FILE_LOGGER_PATH": str(out / "rl" / "metrics.jsonl")})
     _run("evaluation after training", [py, "-m", "rl", "eval", str(checkpoint), str(out / "heldout.parquet"),
                                        "--out", str(out / "eval_after.json")], log)
