@@ -292,7 +292,7 @@ class HFRolloutServer:
     async def abort_all_requests(
         self, reset_prefix_cache: bool = True, reject_request: bool = False
     ) -> dict[str, Any]:
-        # Generation is one blocking call per request: nothing can be cut short, the lock drains it.
+        # Each batch is one blocking generate call: nothing can be cut short, the lock drains them.
         await self.wait_for_requests_to_drain()
         return {"aborted_count": 0, "request_ids": []}
 
