@@ -264,11 +264,12 @@ def test_effective_ratio_counts_groups_whose_rewards_differ(tmp_path):
     assert ratios == pytest.approx([1 / 3, 1.0]) and responses == 10
 
 
-def _write_eval(path: Path, greedy: float, sampled: float) -> None:
-    """``rl eval --sampled``'s summary: two tasks, the overall mean of them."""
-    stats = {"n": 10, "accuracy": greedy, "sampled_n": 4, "sampled_accuracy": sampled, "pass_at_n": 1.0}
+def _write_eval(path: Path, greedy: float, sampled: float, n: int = 4, temperature: float = 1.0) -> None:
+    """``rl eval --sampled``'s summary: two tasks, the overall mean of them; its sampling settings."""
+    stats = {"n": 10, "accuracy": greedy, "sampled_n": n, "sampled_accuracy": sampled, "pass_at_n": 1.0}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"summary": {"overall": stats, "per_task": {"a": stats, "b": stats}}}))
+    path.write_text(json.dumps({"sampled": {"n": n, "temperature": temperature, "top_p": 1.0},
+                                "summary": {"overall": stats, "per_task": {"a": stats, "b": stats}}}))
 
 
 def test_report_compares_every_arm_with_the_control_and_the_base_on_both_metrics(tmp_path):
@@ -299,6 +300,20 @@ def test_report_compares_every_arm_with_the_control_and_the_base_on_both_metrics
     assert against_base["mean"] == pytest.approx(own["mean"] - 0.30)
     assert against_base["half"] == pytest.approx(own["half"])
     assert any("avg@4 at temperature 1" in v and "beats random" in v for v in summary["verdict"])
+
+
+def test_report_labels_avg_at_n_by_what_the_evaluations_sampled(tmp_path):
+    """`--report` with a config whose eval.sampled changed since: the label is the evaluations' own;
+    evaluations that sampled differently are not compared (the error names the keys)."""
+    cfg = load_study(str(TOY), [f"output={tmp_path}", "only=[random]", "eval.sampled=8"])
+    layout = StudyLayout(tmp_path)
+    _write_eval(layout.base_eval, 0.5, 0.3)
+    for seed in cfg.seeds:
+        _write_eval(layout.eval("random", seed), 0.5, 0.35)
+    assert summarize(cfg, layout, collect(cfg, layout))["sampled"] == {"n": 4, "temperature": 1.0}
+    _write_eval(layout.eval("random", cfg.seeds[-1]), 0.5, 0.35, n=8, temperature=1.3)
+    with pytest.raises(ConfigError, match=r"'eval.sampled' / 'eval.sampled_temperature'.*\(8, 1.3\)"):
+        summarize(cfg, layout, collect(cfg, layout))
 
 
 def test_an_arm_may_not_be_called_base(tmp_path):

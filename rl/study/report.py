@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from curate.config import ConfigError
 from rl.study.config import StudyConfig
 from rl.study.plan import StudyLayout
 from rl.study.stats import compare, interval, verdict_sentence
@@ -41,6 +42,7 @@ class ArmSeedResult:
     # avg@n of ``eval.sampled`` responses per row (None when the study samples none)
     sampled_accuracy: Optional[float] = None
     sampled_per_task: dict[str, float] = field(default_factory=dict)
+    sampled_setting: Optional[tuple[int, float]] = None  # (n, temperature) the evaluation recorded
     train_rows: Optional[int] = None
     reward_per_step: list[float] = field(default_factory=list)
     effective_ratio_per_step: list[float] = field(default_factory=list)
@@ -59,6 +61,12 @@ def _accuracies(evaluation: dict, key: str = "accuracy") -> tuple[Optional[float
     summary = evaluation["summary"]
     per_task = {t: s[key] for t, s in summary["per_task"].items() if s.get(key) is not None}
     return summary["overall"].get(key), per_task
+
+
+def _sampled_setting(evaluation: dict) -> Optional[tuple[int, float]]:
+    """(n, temperature) of ``rl eval --sampled`` as the evaluation recorded it; None if it sampled none."""
+    sampled = evaluation.get("sampled")
+    return (int(sampled["n"]), float(sampled["temperature"])) if sampled else None
 
 
 def _group(uid: str) -> str:
@@ -107,6 +115,7 @@ def collect(cfg: StudyConfig, layout: StudyLayout) -> list[ArmSeedResult]:
             if evaluation is not None:
                 result.accuracy, result.per_task = _accuracies(evaluation)
                 result.sampled_accuracy, result.sampled_per_task = _accuracies(evaluation, SAMPLED)
+                result.sampled_setting = _sampled_setting(evaluation)
             manifest = _read_json(layout.selection(name, seed) / "manifest.json")
             if manifest is not None and arm.subset in manifest["subsets"]:
                 result.train_rows = manifest["subsets"][arm.subset].get("train_rows")
@@ -199,9 +208,18 @@ def summarize(cfg: StudyConfig, layout: StudyLayout, results: list[ArmSeedResult
         base_summary["sampled_accuracy"], base_summary["sampled_per_task"] = _accuracies(base, SAMPLED)
     comparisons, verdict = _comparisons(cfg, by_seed, base_summary and base_summary["accuracy"], "accuracy",
                                         "held-out accuracy")
-    sampled_n = cfg.eval.sampled if any(sampled_by_seed.values()) else 0
+    # The label is what the evaluations recorded, not the config (--report may run with another one).
+    settings = {r.sampled_setting for r in results if r.sampled_accuracy is not None}
+    if base and base_summary[SAMPLED] is not None:
+        settings.add(_sampled_setting(base))
+    if len(settings) > 1:
+        raise ConfigError(
+            f"config keys 'eval.sampled' / 'eval.sampled_temperature': the evaluations in {layout.root} "
+            f"sampled with different (n, temperature): {sorted(settings)}; run the study (not --report) "
+            "with one setting: the evaluations that differ rerun")
+    sampled_n, temperature = settings.pop() if settings else (0, 0.0)
     if sampled_n:
-        what = f"held-out avg@{sampled_n} at temperature {cfg.eval.sampled_temperature:g}"
+        what = f"held-out avg@{sampled_n} at temperature {temperature:g}"
         more, sentences = _comparisons(cfg, {a: v for a, v in sampled_by_seed.items() if v},
                                        base_summary and base_summary[SAMPLED], SAMPLED, what)
         comparisons += more
@@ -212,7 +230,7 @@ def summarize(cfg: StudyConfig, layout: StudyLayout, results: list[ArmSeedResult
         "seeds": list(cfg.seeds),
         "control": cfg.control,
         "train_steps": cfg.train.steps,
-        "sampled": {"n": sampled_n, "temperature": cfg.eval.sampled_temperature} if sampled_n else None,
+        "sampled": {"n": sampled_n, "temperature": temperature} if sampled_n else None,
         "base": base_summary,
         "heldout_rows": base["summary"]["overall"]["n"] if base else None,
         "curation": _curation_cost(cfg),
