@@ -68,7 +68,8 @@ def test_incomplete_directory_and_leftover_scratch_are_replaced(tmp_path):
 
 
 def test_background_training_is_one_thread_and_only_when_missing(tmp_path):
-    """What `make test` and tests/conftest.py start: the preset's training, one thread, logged."""
+    """What `make test` and tests/conftest.py start: the preset's training, one thread, logged; not
+    again while it runs, nor once the model is cached."""
     import psutil
 
     from curate.toy.presets import toy_preset
@@ -82,6 +83,8 @@ def test_background_training_is_one_thread_and_only_when_missing(tmp_path):
         while f"training toy model {key}" not in log.read_text() and time.monotonic() < deadline:
             assert process.poll() is None, log.read_text()
             time.sleep(0.5)
+        assert f"training toy model {key}" in log.read_text()
+        assert train_in_background(tmp_path) is None  # it holds the lock: no second trainer, log kept
         assert f"training toy model {key}" in log.read_text()
     finally:
         process.terminate()

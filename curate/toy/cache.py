@@ -79,6 +79,19 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _locked(lock_path: Path) -> bool:
+    """Whether a process holds ``lock_path`` (is training that model) right now."""
+    if not lock_path.exists():
+        return False
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def _versions() -> dict[str, str]:
     import tokenizers
     import torch
@@ -160,14 +173,17 @@ def toy_model_path(cache_dir: str | os.PathLike | None = None, *, preset: str = 
 
 def train_in_background(cache_dir: str | os.PathLike | None = None, *,
                         preset: str = DEFAULT_PRESET) -> tuple[subprocess.Popen, Path] | None:
-    """Start ``python -m curate toy model`` in its own session unless ``preset`` is cached: (process, log).
+    """Start ``python -m curate toy model`` in its own session unless ``preset`` is cached or being
+    trained: (process, log).
 
     The process trains on one thread (``OMP_NUM_THREADS=1``), as a training inside the test suite does
     (tests/conftest.py), so the weights are the same whoever trains them; a second trainer waits on the
     lock and finds the directory. ``make test`` starts one before it installs the vLLM environment.
     """
-    if cached_toy_model(cache_dir, preset=preset) is not None:
-        return None
+    named = toy_preset(preset)
+    final = _model_dir(cache_dir, named.arch, named.settings)
+    if _complete(final) or _locked(final.parent / f"{final.name}.lock"):
+        return None  # cached, or another process is training it (a second would only wait)
     log = cache_root(cache_dir) / "toy-model" / f"background-training-{preset}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "curate", "toy", "model", "--preset", preset]

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        + "; ".join(f"{n}: {p.summary}" for n, p in PRESETS.items()))
     model.add_argument("--background", action="store_true",
                        help="train in a detached process (one thread, logged in the cache) and return "
-                       "at once; nothing happens when the model is cached")
+                       "at once; nothing happens when the model is cached or already training")
 
     evaluate = sub.add_parser("eval", help="accuracy per task, unmasked and masked (held-out samples)")
     evaluate.add_argument("--num-samples", type=int, default=250, help="held-out samples (default: 250)")
@@ -74,8 +74,10 @@ def _model(args: argparse.Namespace) -> int:
     elif (started := train_in_background(args.cache_dir, preset=args.preset)) is not None:
         process, log = started
         print(f"toy model {args.preset}: training in the background (pid {process.pid}, log {log})")
+    elif (cached := cached_toy_model(args.cache_dir, preset=args.preset)) is not None:
+        print(f"toy model {args.preset}: cached at {cached}")
     else:
-        print(f"toy model {args.preset}: cached at {cached_toy_model(args.cache_dir, preset=args.preset)}")
+        print(f"toy model {args.preset}: another process is training it")
     return 0
 
 
