@@ -177,14 +177,13 @@ def train_in_background(cache_dir: str | os.PathLike | None = None, *,
     trained: (process, log).
 
     The process trains on one thread (``OMP_NUM_THREADS=1``), as a training inside the test suite does
-    (tests/conftest.py), so the weights are the same whoever trains them; a second trainer waits on the
-    lock and finds the directory. ``make test`` starts one before it installs the vLLM environment.
+    (tests/conftest.py). ``make test`` starts one before it installs the vLLM environment.
     """
     named = toy_preset(preset)
     final = _model_dir(cache_dir, named.arch, named.settings)
     if _complete(final) or _locked(final.parent / f"{final.name}.lock"):
         return None  # cached, or another process is training it (a second would only wait)
-    log = cache_root(cache_dir) / "toy-model" / f"background-training-{preset}.log"
+    log = final.parent / f"background-training-{preset}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "curate", "toy", "model", "--preset", preset]
     if cache_dir is not None:

