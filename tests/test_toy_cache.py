@@ -67,6 +67,24 @@ def test_incomplete_directory_and_leftover_scratch_are_replaced(tmp_path):
     assert json.loads((path / METADATA_FILE).read_text())["created_by"] == os.getpid()
 
 
+def test_training_uses_the_same_threads_whoever_asks(tmp_path):
+    """The weights depend on torch's thread count (CPU reductions are split by it), so the key only
+    names one model if every training uses the same count: a caller on 2 threads trains on
+    TRAIN_THREADS and gets its own setting back."""
+    import torch
+
+    from curate.toy.cache import TRAIN_THREADS
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS + 1)
+    try:
+        path = toy_model_path(tmp_path, settings=TINY)
+        assert torch.get_num_threads() == TRAIN_THREADS + 1
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads((path / METADATA_FILE).read_text())["report"]["threads"] == TRAIN_THREADS
+
+
 def test_background_training_is_one_thread_and_only_when_missing(tmp_path):
     """What `make test` and tests/conftest.py start: the preset's training, one thread, logged; not
     again while it runs, nor once the model is cached."""

@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 CACHE_ENV = "HARDMODE_CACHE"
 METADATA_FILE = "toy_model.json"  # written last: its presence marks a complete directory
 _KEYED_MODULES = ("font.py", "corpus.py", "tokenizer.py", "model.py", "train.py", "processing_hardmode.py")
+# torch splits CPU reductions by its thread count, so the weights depend on it (a copy trained on 2
+# threads and one on 1 differed under the same key): every training uses this many, whoever asks.
+TRAIN_THREADS = 1
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -103,10 +106,17 @@ def _versions() -> dict[str, str]:
 
 def _train_into(directory: Path, arch: ToyArchitecture, settings: TrainSettings, key: str,
                 preset: str | None = None) -> None:
+    import torch
+
     from curate.toy.model import save_toy_model
     from curate.toy.train import train_toy_model
 
-    model, processor, report = train_toy_model(arch, settings)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
+    try:
+        model, processor, report = train_toy_model(arch, settings)
+    finally:
+        torch.set_num_threads(threads)
     save_toy_model(model, processor, directory, extra={
         "key": key,
         "preset": preset,
@@ -176,8 +186,8 @@ def train_in_background(cache_dir: str | os.PathLike | None = None, *,
     """Start ``python -m curate toy model`` in its own session unless ``preset`` is cached or being
     trained: (process, log).
 
-    The process trains on one thread (``OMP_NUM_THREADS=1``), as a training inside the test suite does
-    (tests/conftest.py). ``make test`` starts one before it installs the vLLM environment.
+    The process is one thread (``OMP_NUM_THREADS=1``; every training uses ``TRAIN_THREADS``), so it
+    leaves the other core to the tests. ``make test`` starts one before it installs the vLLM environment.
     """
     named = toy_preset(preset)
     final = _model_dir(cache_dir, named.arch, named.settings)
