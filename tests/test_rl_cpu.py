@@ -474,7 +474,7 @@ def test_a_group_in_flight_is_one_batch_and_each_answer_its_own(tiny_model_dir):
         return await asyncio.gather(*calls)
 
     outputs = asyncio.run(group())
-    assert sorted(batch_sizes) == [1, 2, 5]  # the first request runs alone, the rest join by prompt
+    assert sorted(batch_sizes) == [2, 6]  # every request in flight joins its prompt's batch
     stops = set(server.eos_token_ids)
     lengths = set()
     for i, out in enumerate(outputs):
@@ -487,6 +487,18 @@ def test_a_group_in_flight_is_one_batch_and_each_answer_its_own(tiny_model_dir):
         )
         torch.testing.assert_close(torch.tensor(out.log_probs), reference, atol=1e-4, rtol=0)
     assert len(lengths) > 1, "every row had the same length: trimming was not exercised"
+
+    async def one_cancelled():
+        calls = [asyncio.ensure_future(server.generate(prompt_ids=prompt_ids, sampling_params=dict(params),
+                                                       request_id=f"c{i}", image_data=images))
+                 for i in range(3)]
+        await asyncio.sleep(0)  # all three have joined the batch
+        calls[0].cancel()
+        return await asyncio.wait_for(asyncio.gather(*calls[1:]), timeout=60)
+
+    batch_sizes.clear()
+    answered = asyncio.run(one_cancelled())
+    assert batch_sizes == [3] and all(out.token_ids for out in answered)  # the others keep their batch
 
 
 def test_dummy_weights_until_synced(tiny_model_dir):

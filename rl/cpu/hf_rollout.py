@@ -104,8 +104,9 @@ class HFRolloutServer:
         self.model.eval()
         self._params = dict(self.model.state_dict())
         self._lock = asyncio.Lock()
-        # Requests waiting for the lock, by what they share (_batch_key): each is answered by one batch.
+        # Requests whose batch waits for the lock, by what they share (_batch_key); the batches' tasks.
         self._waiting: dict[tuple, list[asyncio.Future]] = {}
+        self._serving: set[asyncio.Task] = set()
 
         tokenizer = self.model_config.tokenizer
         generation_config = self.model_config.generation_config
@@ -135,26 +136,14 @@ class HFRolloutServer:
         max_tokens = self._max_new_tokens(len(prompt_ids), sampling_params)
         key = _batch_key(prompt_ids, sampling_params, max_tokens, image_data, mm_processor_kwargs)
         answer = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(key, []).append(answer)
-        async with self._lock:
-            if not answer.done():  # else answered by the batch of an earlier request with this key
-                batch = self._waiting.pop(key)
-                try:
-                    rows = await asyncio.to_thread(
-                        self._generate,
-                        list(prompt_ids),
-                        dict(sampling_params),
-                        max_tokens,
-                        image_data,
-                        mm_processor_kwargs,
-                        len(batch),
-                    )
-                except Exception as err:
-                    for waiting in batch:
-                        waiting.set_exception(err)
-                else:
-                    for waiting, row in zip(batch, rows, strict=True):
-                        waiting.set_result(row)
+        batch = self._waiting.get(key)
+        if batch is None:  # the first of its group: one task will answer every request that joins it
+            batch = self._waiting[key] = []
+            task = asyncio.create_task(self._serve_batch(
+                key, list(prompt_ids), dict(sampling_params), max_tokens, image_data, mm_processor_kwargs))
+            self._serving.add(task)  # the loop only holds tasks weakly
+            task.add_done_callback(self._serving.discard)
+        batch.append(answer)
         token_ids, log_probs = await answer
         return TokenOutput(
             token_ids=token_ids,
@@ -162,6 +151,28 @@ class HFRolloutServer:
             stop_reason="completed",
             extra_fields={"global_steps": self.global_steps},
         )
+
+    async def _serve_batch(self, key: tuple, prompt_ids: list[int], sampling_params: dict[str, Any],
+                           max_tokens: int, image_data: list[Any] | None,
+                           mm_processor_kwargs: dict[str, Any] | None) -> None:
+        """Once the lock is free, answer every request that joined ``key``'s batch with one generate.
+
+        A task of its own, not the first request's: a request that is cancelled leaves the others
+        their batch, and none of them waits for the lock after its answer is there.
+        """
+        async with self._lock:
+            batch = self._waiting.pop(key)
+            try:
+                rows = await asyncio.to_thread(self._generate, prompt_ids, sampling_params, max_tokens,
+                                               image_data, mm_processor_kwargs, len(batch))
+            except Exception as err:
+                for answer in batch:
+                    if not answer.done():
+                        answer.set_exception(err)
+            else:
+                for answer, row in zip(batch, rows, strict=True):
+                    if not answer.done():  # a cancelled request's row is dropped
+                        answer.set_result(row)
 
     def _max_new_tokens(self, prompt_len: int, sampling_params: dict[str, Any]) -> int:
         # Same budget as verl's vLLM server: the response length, capped by what is left of
