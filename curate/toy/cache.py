@@ -69,15 +69,20 @@ def cache_key(arch: ToyArchitecture, settings: TrainSettings) -> str:
 
 
 @contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
+def _flock(lock_path: Path, *, wait: bool) -> Iterator[bool]:
+    """Hold ``lock_path`` exclusively; yields whether it is held (False only with ``wait=False``, when
+    another process holds it)."""
     with open(lock_path, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                yield False
+                return
             logger.info("waiting for another process that is training the toy model (%s)", lock_path)
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -86,13 +91,8 @@ def _locked(lock_path: Path) -> bool:
     """Whether a process holds ``lock_path`` (is training that model) right now."""
     if not lock_path.exists():
         return False
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
+    with _flock(lock_path, wait=False) as held:
+        return not held
 
 
 def _versions() -> dict[str, str]:
@@ -160,7 +160,7 @@ def toy_model_path(cache_dir: str | os.PathLike | None = None, *, preset: str = 
     if _complete(final):
         return final
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(root / f"{key}.lock"):
+    with _flock(root / f"{key}.lock", wait=True):
         if _complete(final):  # another process finished while we waited
             return final
         # Leftovers of a process killed mid-training (no exception ran its cleanup); we hold the lock.
