@@ -218,6 +218,36 @@ def test_a_failed_step_blocks_its_chain_only(tmp_path):
     assert log.startswith("$ python -c raise SystemExit(3)")
 
 
+def _timed_step(name: str, root: Path, deps: list[str], code: str = "pass") -> Step:
+    """A child process that records when it started and ended in ``<name>.span`` (after ``code``)."""
+    span = root / f"{name}.span"
+    body = (f"import pathlib, time; t = time.time(); time.sleep(1.5); {code}; "
+            f"pathlib.Path({str(span)!r}).write_text(f'{{t}} {{time.time()}}')")
+    return Step(name=name, command=lambda resolved: ["python", "-c", body], deps=deps)
+
+
+def test_parallel_steps_overlap_and_keep_each_chain_in_order(tmp_path):
+    """parallel=2: two chains run side by side, each in its own order; one step's failure stops only
+    what needs it."""
+    steps = [_timed_step("a1", tmp_path, []), _timed_step("a2", tmp_path, ["a1"]),
+             _timed_step("b1", tmp_path, [], "raise SystemExit(3)"), _timed_step("b2", tmp_path, ["b1"]),
+             _timed_step("c1", tmp_path, [])]
+    lines = []
+    cfg = load_study(str(TOY), [f"output={tmp_path}", "parallel=2"])
+    study = StudyRun(cfg, StudyLayout(tmp_path / "study"), steps, say=lines.append)
+    assert not study.run()
+    assert set(study.failed) == {"b1"} and not (tmp_path / "b2.span").exists()
+    assert any("b2: skipped" in line for line in lines)
+    span = {n: tuple(map(float, (tmp_path / f"{n}.span").read_text().split())) for n in ("a1", "a2", "c1")}
+    assert span["a1"][1] <= span["a2"][0]  # a chain stays in order
+    assert span["c1"][0] < span["a2"][1] and span["a2"][0] < span["c1"][1]  # side by side
+    # a1, b1 and c1 could all start at once: c1 waited until a1 or b1 (1.5 s each) had finished
+    assert span["c1"][0] >= span["a1"][0] + 1.4
+    assert "2 at a time" in lines[0]
+    with pytest.raises(ConfigError, match="parallel"):
+        load_study(str(TOY), [f"output={tmp_path}", "parallel=0"])
+
+
 def test_grpo_after_sft_gets_the_base_models_processor_back(tmp_path):
     """verl's SFT save drops a remote-code processor: the study restores it before GRPO reads the
     checkpoint (here an SFT step that writes what verl writes, without the processor's module)."""

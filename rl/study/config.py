@@ -114,6 +114,9 @@ class StudyConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     # Overrides ``--quick`` applies before the command line's (fewer seeds, arms, steps).
     quick: list[str] = field(default_factory=list)
+    # Steps run at once; each arm and seed's chain stays in order. Every local ``rl train`` starts its own
+    # Ray instance; as a Ray job they share the cluster, so N trainings must fit its GPUs at once.
+    parallel: int = 1
 
     def chosen_arms(self) -> dict[str, ArmConfig]:
         return {name: arm for name, arm in self.arms.items() if self.only is None or name in self.only}
@@ -140,6 +143,7 @@ class StudyConfig:
         check_key("train.recipe", self.train.recipe not in ("", "???"), "is required")
         check_key("train.steps", self.train.steps is None or self.train.steps > 0, "must be positive or null")
         check_key("heldout.per_task", self.heldout.per_task > 0, "must be positive")
+        check_key("parallel", self.parallel >= 1, "must be >= 1 (steps run at once)")
         check_key("eval.backend", self.eval.backend in ("transformers", "vllm"), "transformers or vllm")
         check_key("eval.max_tokens", self.eval.max_tokens > 0, "must be positive")
         check_key("eval.num_gpus", self.eval.num_gpus >= 0, "must be >= 0")

@@ -13,8 +13,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -116,28 +118,47 @@ class StudyRun:
     failed: dict[str, str] = field(default_factory=dict)
 
     def run(self) -> bool:
-        """True when every step is finished (now or before)."""
+        """True when every step is finished (now or before).
+
+        Up to ``parallel`` steps run at once, started in plan order as soon as the steps they need are
+        finished; a failed step stops what depends on it only.
+        """
         self.layout.steps.mkdir(parents=True, exist_ok=True)
         self.layout.logs.mkdir(parents=True, exist_ok=True)
         stale = stale_steps(self.steps, self.layout)
         todo = [s for s in self.steps if s.name in stale]
         self.say(f"study {self.layout.root}: {len(self.steps)} steps, {len(self.steps) - len(todo)} finished "
-                 f"before, {len(todo)} to run")
+                 f"before, {len(todo)} to run" + (f", {self.cfg.parallel} at a time" if self.cfg.parallel > 1
+                                                  else ""))
+        number = {step.name: f"[{index}/{len(todo)}]" for index, step in enumerate(todo, 1)}
+        pending = list(todo)
         blocked: set[str] = set()
-        for index, step in enumerate(todo, 1):
-            if any(d in blocked or d in self.failed for d in step.deps):
-                blocked.add(step.name)
-                self.say(f"[{index}/{len(todo)}] {step.name}: skipped (a step it needs failed)")
-                continue
-            self.say(f"[{index}/{len(todo)}] {step.name} ...")
-            started = time.monotonic()
-            error = self._run_step(step)
-            seconds = time.monotonic() - started
-            if error is None:
-                self.say(f"[{index}/{len(todo)}] {step.name}: done in {seconds:.0f} s")
-            else:
-                self.failed[step.name] = error
-                self.say(f"[{index}/{len(todo)}] {step.name}: FAILED after {seconds:.0f} s: {error}")
+        running: dict[Future, tuple[Step, float]] = {}
+        with ThreadPoolExecutor(max_workers=self.cfg.parallel) as pool:
+            while pending or running:
+                for step in list(pending):
+                    if len(running) >= self.cfg.parallel:
+                        break
+                    if any(d in blocked or d in self.failed for d in step.deps):
+                        pending.remove(step)
+                        blocked.add(step.name)
+                        self.say(f"{number[step.name]} {step.name}: skipped (a step it needs failed)")
+                    elif not any(d == other.name for d in step.deps
+                                 for other in [*pending, *(s for s, _ in running.values())]):
+                        pending.remove(step)
+                        self.say(f"{number[step.name]} {step.name} ...")
+                        running[pool.submit(self._run_step, step)] = (step, time.monotonic())
+                if not running:
+                    continue  # everything left was skipped in this pass
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    step, started = running.pop(future)
+                    error, seconds = future.result(), time.monotonic() - started
+                    if error is None:
+                        self.say(f"{number[step.name]} {step.name}: done in {seconds:.0f} s")
+                    else:
+                        self.failed[step.name] = error
+                        self.say(f"{number[step.name]} {step.name}: FAILED after {seconds:.0f} s: {error}")
         return not self.failed and not blocked
 
     def _run_step(self, step: Step) -> Optional[str]:
@@ -198,6 +219,9 @@ def _write_json(path: Path, value: dict) -> None:
     os.replace(scratch, path)
 
 
+_RAY_INIT = threading.Lock()
+
+
 def _on_ray(argv: list[str], extra_env: dict[str, str], log: Path, num_gpus: float) -> int:
     """Run ``argv`` in a Ray task that reserves ``num_gpus`` on the study's cluster; its output comes back
     to ``log``. The task's node sees the study's paths (shared storage, as for every Ray job); it keeps
@@ -207,7 +231,8 @@ def _on_ray(argv: list[str], extra_env: dict[str, str], log: Path, num_gpus: flo
     if not os.environ.get("RAY_ADDRESS"):
         raise RuntimeError("eval.num_gpus > 0 runs evaluations as Ray tasks: run the study on a Ray cluster "
                            "(RAY_ADDRESS, as `ray job submit` sets it) or set eval.num_gpus=0")
-    ray.init(ignore_reinit_error=True, log_to_driver=False)
+    with _RAY_INIT:  # steps running at once would otherwise race to connect
+        ray.init(ignore_reinit_error=True, log_to_driver=False)
 
     @ray.remote(num_gpus=num_gpus)
     def run(argv: list[str], extra_env: dict[str, str]) -> tuple[int, str]:
