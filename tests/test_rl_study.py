@@ -284,7 +284,9 @@ def test_latest_checkpoint_follows_verls_marker(tmp_path):
 def test_effective_ratio_counts_groups_whose_rewards_differ(tmp_path):
     rows = {  # verl's dump: uid = {sample}_{rollout}_{output}; score = the sequence reward
         1: [("s1_0_0", 1.0), ("s1_0_1", 1.0), ("s2_0_0", 0.0), ("s2_0_1", 2.0), ("s3_0_0", 0.5), ("s3_0_1", 0.5)],
-        2: [("s1_0_0", 2.0), ("s1_0_1", 0.0), ("s2_0_0", 1.0), ("s2_0_1", 0.0)],
+        2: [("s1_0_0", 2.0), ("s1_0_1", 0.0), ("s2_0_0", 1.0), ("s2_0_1", 0.0),
+            # verl's padding row (a trajectory of the batch failed): not a group, not a generation
+            (f"pad{'c' * 32}_0_0", 0.0)],
     }
     for step, items in rows.items():
         (tmp_path / f"{step}.jsonl").write_text("\n".join(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,8 +76,14 @@ def _group(uid: str) -> str:
     return parts[0] if len(parts) == 3 else uid
 
 
+# verl's no-op rows that make a batch divisible (trainer/ppo/padding_utils.py: ``pad{uuid hex}_{i}_0``,
+# empty input and output, zero reward), e.g. after a trajectory failed: neither a group nor a generation.
+_VERL_PADDING = re.compile(r"pad[0-9a-f]{32}_\d+_0")
+
+
 def effective_ratio_per_step(rollouts: Path) -> tuple[list[float], int]:
-    """(share of groups with differing scores, per step in order; responses counted) from verl's dumps."""
+    """(share of groups with differing scores, per step in order; responses counted) from verl's dumps,
+    without verl's padding rows."""
     ratios, responses = [], 0
     steps = sorted(rollouts.glob("*.jsonl"), key=lambda p: int(p.stem)) if rollouts.is_dir() else []
     for path in steps:
@@ -85,6 +92,8 @@ def effective_ratio_per_step(rollouts: Path) -> tuple[list[float], int]:
             if not line.strip():
                 continue
             row = json.loads(line)
+            if _VERL_PADDING.fullmatch(str(row.get("uid", ""))):
+                continue
             groups[_group(str(row.get("uid") or row["input"]))].add(round(float(row["score"]), 9))
             responses += 1
         if groups:
