@@ -16,6 +16,7 @@ verdict says whether a difference is larger than the seed noise), mean reward an
 ratio per GRPO step, generations spent in curation and training. ``steps/`` holds one marker per
 finished step: run the same command again to continue an interrupted study; a changed recipe or
 override reruns exactly the steps it changes (and those after them). ``logs/`` holds each step's output.
+``parallel=N`` runs N steps at once (each arm and seed's chain in order).
 
 ``--quick`` applies the config's ``quick`` overrides (fewer seeds, arms and steps: minutes, for a first
 look). ``--dry-run`` checks every arm's selection recipe and the training recipe against verl's
