@@ -136,6 +136,8 @@ class StudyRun:
         running: dict[Future, tuple[Step, float]] = {}
         with ThreadPoolExecutor(max_workers=self.cfg.parallel) as pool:
             while pending or running:
+                # what a step may still have to wait for (a step started below stays in it this pass)
+                unfinished = {s.name for s in pending} | {s.name for s, _ in running.values()}
                 for step in list(pending):
                     if len(running) >= self.cfg.parallel:
                         break
@@ -143,8 +145,7 @@ class StudyRun:
                         pending.remove(step)
                         blocked.add(step.name)
                         self.say(f"{number[step.name]} {step.name}: skipped (a step it needs failed)")
-                    elif not any(d == other.name for d in step.deps
-                                 for other in [*pending, *(s for s, _ in running.values())]):
+                    elif unfinished.isdisjoint(step.deps):
                         pending.remove(step)
                         self.say(f"{number[step.name]} {step.name} ...")
                         running[pool.submit(self._run_step, step)] = (step, time.monotonic())
