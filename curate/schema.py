@@ -23,6 +23,8 @@ error         string or null, what went wrong, prefixed by the stage (``read:``,
 
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
 
 ID = "id"
@@ -125,3 +127,18 @@ RESERVED_COLUMNS = frozenset(
 def empty_like(schema: pa.Schema, num_rows: int) -> pa.Table:
     """A table of ``num_rows`` nulls with ``schema``; used to fill score columns on error rows."""
     return pa.table({f.name: pa.nulls(num_rows, f.type) for f in schema}, schema=schema)
+
+
+def content_keys(table: pa.Table) -> list[bytes]:
+    """Per row, a digest of what the model is shown: the question and every image's bytes. Two rows
+    with one key are one sample under two ids (a corpus that repeats an image and question, a
+    generator that draws a short code twice): a held-out split must not share it with training data.
+    Byte-identical images only: a re-encoded copy is another key."""
+    images = table.column(IMAGES).to_pylist() if IMAGES in table.column_names else [None] * table.num_rows
+    keys = []
+    for question, row_images in zip(table.column(QUESTION).to_pylist(), images):
+        digest = hashlib.blake2b(digest_size=16)
+        for part in [(question or "").encode(), *(image or b"" for image in row_images or ())]:
+            digest.update(len(part).to_bytes(8, "little") + part)  # length-prefixed: no ambiguous joins
+        keys.append(digest.digest())
+    return keys

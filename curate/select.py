@@ -88,9 +88,11 @@ def plan(cfg: SelectConfig) -> tuple[Any, Any, dict[str, Any]]:
     scores = ScoreTable.from_table(dataset.read_scores())
     if cfg.exclude_ids is not None:
         wanted = excluded_ids(cfg.exclude_ids)
-        found = scores.exclude(wanted)
-        log.info("exclude_ids: %d of %d listed ids are rows of the dataset; no subset takes them", found,
-                 len(wanted))
+        copies = same_content_ids(cfg, dataset, wanted) if cfg.exclude_duplicates else set()
+        found = scores.exclude(wanted | copies)
+        scores.excluded_copies = len(copies)
+        log.info("exclude_ids: %d of %d listed ids are rows of the dataset, %d more rows repeat their "
+                 "content; no subset takes them", found - len(copies), len(wanted), len(copies))
     selections: dict[str, Any] = {}
     for name, sub in cfg.subsets.items():
         selections[name] = select_subset(
@@ -126,6 +128,25 @@ def excluded_ids(where: str) -> set[str]:
             table = pq.read_table(handle, columns=[S.ID])
         return {str(i) for i in table.column(S.ID).to_pylist()}
     return {line.strip() for line in location.read_text().splitlines() if line.strip()}
+
+
+def same_content_ids(cfg: SelectConfig, dataset: Any, wanted: set[str]) -> set[str]:
+    """Rows not listed in ``wanted`` that show the model what a listed row does (same question, same
+    image bytes): the listed rows of the dataset, and the rows of ``exclude_ids`` itself when it is a
+    Parquet file with question and images (a held-out set from elsewhere)."""
+    import pyarrow.parquet as pq
+
+    keys = dataset.content_keys(cfg.batch_rows)
+    listed = {keys[i] for i in wanted if i in keys}
+    location = Location.parse(cfg.exclude_ids, key="exclude_ids")
+    if location.name.endswith(".parquet"):
+        with location.open_input() as handle:
+            names = pq.read_schema(handle).names
+        if S.QUESTION in names:
+            with location.open_input() as handle:
+                listed |= set(S.content_keys(pq.read_table(handle, columns=[c for c in (S.QUESTION, S.IMAGES)
+                                                                                 if c in names])))
+    return {i for i, key in keys.items() if key in listed and i not in wanted}
 
 
 def _error_reasons(scores: Any) -> dict[str, int]:
@@ -191,6 +212,7 @@ def _manifest(
             "error_rows": int((~scores.usable).sum()),
             "error_rows_by_stage": _error_reasons(scores),
             "excluded_rows": int(scores.excluded.sum()) if scores.excluded is not None else 0,
+            "excluded_copies": scores.excluded_copies,
             "exclude_ids": cfg.exclude_ids,
             "run": run_summary or None,
         },

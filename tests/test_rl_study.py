@@ -386,6 +386,41 @@ def test_no_arm_selection_holds_a_heldout_row(tmp_path):
         check_disjoint(cfg, layout, "full", 0)
 
 
+def test_a_heldout_row_repeated_under_another_id_stays_out_of_every_arm(tmp_path):
+    """A corpus that holds every sample twice under two ids (the toy generator draws a 2-letter code
+    many times): the held-out rows' copies are never trained on, and the check finds them by content
+    when a selection lets them in."""
+    import pyarrow.parquet as pq
+    from support.annotated import annotated_rows, write_annotated
+
+    from curate import schema as S
+    from curate.cli import run as cli_run
+
+    rows = annotated_rows()
+    run = write_annotated(tmp_path / "run", rows=rows + [{**r, S.ID: f"{r[S.ID]}-again"} for r in rows])
+    cfg = load_study(str(TOY), [f"output={tmp_path / 'study'}", f"run={run}", "heldout.per_task=5"])
+    layout = StudyLayout(tmp_path / "study")
+    commands = _commands(build_steps(cfg, layout))
+
+    def select(command: list[str]) -> None:
+        assert cli_run("python -m curate", "", {"select": "curate.select"}, command[3:]) == 0
+
+    def contents(parquet: Path) -> set[bytes]:
+        return set(S.content_keys(pq.read_table(parquet, columns=[S.QUESTION, S.IMAGES])))
+
+    select(commands["heldout"])
+    held = contents(layout.heldout_ids())
+    select(commands["full.seed0.select"])
+    check_disjoint(cfg, layout, "full", 0)
+    manifest = json.loads((layout.selection("full", 0) / "manifest.json").read_text())
+    trained = set().union(*(contents(layout.selection("full", 0) / rel)
+                            for rel in manifest["subsets"]["grpo"]["files"]["canonical"].values()))
+    assert not held & trained and len(trained) == 72 - len(held)  # every other sample, once or twice
+    select([*commands["full.seed0.select"], "exclude_duplicates=false"])
+    with pytest.raises(HeldoutLeak, match="repeated in its selection under another id"):
+        check_disjoint(cfg, layout, "full", 0)
+
+
 # ---- end to end -------------------------------------------------------------------------------------
 
 

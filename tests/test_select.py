@@ -503,6 +503,39 @@ def test_a_score_column_of_a_method_that_did_not_run_is_no_score(tmp_path):
         plan(_cfg(run, None, "mid_hard_pism.yaml", "subsets.grpo.rule.by=cmab"))
 
 
+def test_copies_of_excluded_rows_are_never_selected(tmp_path):
+    """A held-out row repeated under another id (same question, same image bytes) is held out too; a
+    row with the same image and another question, or the same question and another image, is not.
+    An exclude_ids Parquet file with contents (a held-out set from elsewhere) excludes the dataset's
+    rows that show the same sample, whatever their ids."""
+    rows = annotated_rows()
+    by_id = {r[S.ID]: r for r in rows}
+    rows += [
+        {**by_id["counting-00"], S.ID: "copy-of-counting-00"},
+        {**by_id["ocr-05"], S.ID: "copy-of-ocr-05", "pism_bucket": "hard"},  # scores may differ
+        {**by_id["counting-00"], S.ID: "other-question", S.QUESTION: "<image>Something else?"},
+        {**by_id["counting-00"], S.ID: "other-image", S.IMAGES: [by_id["math-13"][S.IMAGES][0]]},
+    ]
+    run = write_annotated(tmp_path / "run", rows=rows)
+    listed = tmp_path / "held.txt"
+    listed.write_text("counting-00\nocr-05\n")
+    manifest = select(_cfg(run, tmp_path / "full", "full.yaml", f"exclude_ids={listed}"))
+    assert manifest["input"]["excluded_rows"] == 4 and manifest["input"]["excluded_copies"] == 2
+    chosen = set()
+    for rel in manifest["subsets"]["grpo"]["files"]["canonical"].values():
+        chosen |= set(pq.read_table(tmp_path / "full" / rel, columns=[S.ID]).column(S.ID).to_pylist())
+    assert not chosen & {"counting-00", "ocr-05", "copy-of-counting-00", "copy-of-ocr-05"}
+    assert {"other-question", "other-image"} <= chosen
+    # turned off: only the listed ids
+    _, scores, _ = plan(_cfg(run, None, "full.yaml", f"exclude_ids={listed}", "exclude_duplicates=false"))
+    assert int(scores.excluded.sum()) == 2
+    # a held-out file of other ids: the dataset's rows with its contents are excluded
+    external = pa.Table.from_pylist([{**by_id["math-07"], S.ID: "elsewhere-1"}], schema=SCHEMA)
+    pq.write_table(external, tmp_path / "external.parquet")
+    _, scores, _ = plan(_cfg(run, None, "full.yaml", f"exclude_ids={tmp_path / 'external.parquet'}"))
+    assert scores.ids[scores.excluded].tolist() == ["math-07"] and scores.excluded_copies == 1
+
+
 def test_excluded_ids_are_never_selected(tmp_path, run_dir):
     """exclude_ids (a held-out split): a text list or a Parquet id column; unknown ids are ignored."""
     held = {"counting-00", "ocr-05", "math-13", "not-in-the-dataset"}

@@ -256,6 +256,10 @@ class SelectConfig:
     # (another selection's <subset>/canonical/<split>.parquet) or a text file of one id per line;
     # a path or URI. Ids the dataset lacks are ignored (counted in the manifest).
     exclude_ids: Optional[str] = None
+    # Also never take a row that repeats an excluded row's content under another id (same question,
+    # same image bytes; curate.schema.content_keys): a held-out row's copy in training data is no
+    # held-out row. Costs one pass over the dataset's questions and images.
+    exclude_duplicates: bool = True
     # Subsets in order (later ones may be disjoint from earlier ones); at least one.
     subsets: dict[str, SubsetConfig] = field(default_factory=dict)
     # run: the prompt the scoring run used (run.json), so training sees what difficulty was measured

@@ -85,6 +85,15 @@ class AnnotatedDataset:
         table = self.dataset.to_table(columns=self._trusted_score_columns())
         return cmab_calibration.apply(table, self.cmab_calibration)
 
+    def content_keys(self, batch_rows: int) -> dict[str, bytes]:
+        """Every row's :func:`curate.schema.content_keys` by id: one pass over questions and images."""
+        keys: dict[str, bytes] = {}
+        columns = [c for c in (S.ID, S.QUESTION, S.IMAGES) if c in self.schema.names]
+        for batch in self.dataset.to_batches(columns=columns, batch_size=batch_rows):
+            table = pa.Table.from_batches([batch])
+            keys.update(zip(table.column(S.ID).to_pylist(), S.content_keys(table)))
+        return keys
+
     def iter_rows(self, ids: Sequence[str], batch_rows: int) -> Iterator[pa.Table]:
         """Full rows whose id is in ``ids``, in shard order (files sorted by name, rows in file order);
         ``cmab_bucket`` as :meth:`read_scores` gives it, so the exports carry the bucket they were

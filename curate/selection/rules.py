@@ -82,6 +82,8 @@ class ScoreTable:
     columns: dict[str, np.ndarray]  # annotation columns present in the dataset
     # Rows no subset may take (``exclude_ids``); None: none.
     excluded: Optional[np.ndarray] = None
+    # Of those, rows not listed but repeating a listed row's content (``exclude_duplicates``).
+    excluded_copies: int = 0
 
     def exclude(self, ids: Iterable[str]) -> int:
         """Never select the rows with these ids (others are ignored); returns how many rows that is."""

@@ -89,21 +89,47 @@ def heldout_ids(cfg: StudyConfig, layout: StudyLayout) -> set[str]:
     return {str(s["id"]) for s in samples}
 
 
+def _canonical_files(selection: Path) -> list[Path]:
+    """Every canonical Parquet file of a written selection (each subset's train and val splits)."""
+    manifest = json.loads((selection / "manifest.json").read_text())
+    return [selection / relative for subset in manifest["subsets"].values()
+            for relative in subset.get("files", {}).get("canonical", {}).values()]
+
+
 def arm_training_ids(selection: Path) -> set[str]:
     """Ids of every row any subset of a written selection holds (train and val splits)."""
-    manifest = json.loads((selection / "manifest.json").read_text())
-    ids: set[str] = set()
-    for subset in manifest["subsets"].values():
-        for relative in subset.get("files", {}).get("canonical", {}).values():
-            ids |= _read_ids(selection / relative)
-    return ids
+    return set().union(*map(_read_ids, _canonical_files(selection)))
+
+
+def _content_ids(parquet: Path) -> dict[bytes, str]:
+    """A row id per content key (curate.schema.content_keys) of a canonical Parquet file."""
+    import pyarrow.parquet as pq
+
+    from curate import schema as S
+
+    table = pq.read_table(parquet, columns=[S.ID, S.QUESTION, S.IMAGES])
+    return dict(zip(S.content_keys(table), map(str, table.column(S.ID).to_pylist())))
 
 
 def check_disjoint(cfg: StudyConfig, layout: StudyLayout, arm: str, seed: int) -> None:
-    leaked = heldout_ids(cfg, layout) & arm_training_ids(layout.selection(arm, seed))
+    """No held-out row in an arm's selection: by id, and (for a drawn split) by content, since a
+    corpus may hold one sample under two ids."""
+    selection = layout.selection(arm, seed)
+    leaked = heldout_ids(cfg, layout) & arm_training_ids(selection)
     if leaked:
         raise HeldoutLeak(f"arm {arm!r} seed {seed}: {len(leaked)} held-out row(s) in its selection, "
                           f"e.g. {sorted(leaked)[0]!r}")
+    if cfg.heldout.path is not None:  # rl eval's record of an external set has ids, not contents
+        return
+    held = _content_ids(layout.heldout_ids())
+    for parquet in _canonical_files(selection):
+        trained = _content_ids(parquet)
+        copies = sorted(held.keys() & trained.keys())
+        if copies:
+            raise HeldoutLeak(
+                f"arm {arm!r} seed {seed}: {len(copies)} held-out row(s) repeated in its selection under "
+                f"another id (same question and images), e.g. held-out {held[copies[0]]!r} = "
+                f"{trained[copies[0]]!r} in {parquet}")
 
 
 @dataclass
