@@ -248,6 +248,55 @@ def test_parallel_steps_overlap_and_keep_each_chain_in_order(tmp_path):
         load_study(str(TOY), [f"output={tmp_path}", "parallel=0"])
 
 
+def test_a_stopped_study_stops_its_running_steps(tmp_path):
+    """SIGTERM to `rl study` (kill, a scheduler's stop): the running steps' processes, and what they
+    started, end with it; no step is marked finished, so a resume reruns them."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pids = tmp_path / "pids"
+    # each step starts a grandchild (as verl starts its Ray) and records both pids, then waits
+    body = ("import os, subprocess, sys, time; "
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+            f"open({str(pids)!r}, 'a').write(f'{{os.getpid()}} {{child.pid}}\\n'); time.sleep(300)")
+    runner = tmp_path / "runner.py"
+    runner.write_text(
+        f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+        "from pathlib import Path\n"
+        "from rl.study import load_study\n"
+        "from rl.study.plan import Step, StudyLayout\n"
+        "from rl.study.runner import StudyRun\n"
+        f"cfg = load_study({str(TOY)!r}, ['output={tmp_path}', 'parallel=2'])\n"
+        f"steps = [Step(name=n, command=lambda resolved: ['python', '-c', {body!r}]) for n in ('a', 'b')]\n"
+        f"StudyRun(cfg, StudyLayout(Path({str(tmp_path / 'study')!r})), steps).run()\n"
+    )
+    study = subprocess.Popen([sys.executable, str(runner)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    deadline = time.monotonic() + 60
+    while len(pids.read_text().split()) < 4 if pids.exists() else True:
+        assert time.monotonic() < deadline and study.poll() is None, study.stdout.read()
+        time.sleep(0.2)
+    started = [int(p) for p in pids.read_text().split()]
+    study.send_signal(signal.SIGTERM)
+    assert study.wait(timeout=60) == 128 + signal.SIGTERM
+    assert "stopped 2 running step process(es)" in study.stdout.read()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    deadline = time.monotonic() + 10
+    while any(map(alive, started)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(alive, started)), "a step's process outlived the stopped study"
+    assert not list((tmp_path / "study" / "steps").glob("*.json"))  # nothing marked finished
+
+
 def test_grpo_after_sft_gets_the_base_models_processor_back(tmp_path):
     """verl's SFT save drops a remote-code processor: the study restores it before GRPO reads the
     checkpoint (here an SFT step that writes what verl writes, without the processor's module)."""

@@ -4,13 +4,17 @@ Every step's output goes to ``logs/<step>.log``; the console gets one line per s
 stops its arm and seed (later steps of that chain need its output) and the study goes on with the
 others; the exit status says whether everything finished. After each selection the study checks that
 no held-out id is in the arm's data: a leak fails that arm loudly instead of inflating its score.
+Stopped (Ctrl-C, SIGTERM: ``kill``, a scheduler's stop), the study stops its running steps' processes
+and Ray tasks before it exits, so none goes on writing into the study; they rerun on resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +23,7 @@ import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from rl.study.config import StudyConfig
 from rl.study.plan import Step, StudyLayout, base_model, latest_checkpoint
@@ -142,6 +146,10 @@ class StudyRun:
     # Prints one line per event (the console); the full output of each step goes to its log file.
     say: Callable[[str], None] = print
     failed: dict[str, str] = field(default_factory=dict)
+    # What the running steps started: child processes (each its own process group) and Ray tasks.
+    _children: set[subprocess.Popen] = field(default_factory=set, repr=False)
+    _tasks: set = field(default_factory=set, repr=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def run(self) -> bool:
         """True when every step is finished (now or before).
@@ -160,7 +168,7 @@ class StudyRun:
         pending = list(todo)
         blocked: set[str] = set()
         running: dict[Future, tuple[Step, float]] = {}
-        with ThreadPoolExecutor(max_workers=self.cfg.parallel) as pool:
+        with ThreadPoolExecutor(max_workers=self.cfg.parallel) as pool, self._stop_on_signals():
             while pending or running:
                 # what a step may still have to wait for (a step started below stays in it this pass)
                 unfinished = {s.name for s in pending} | {s.name for s, _ in running.values()}
@@ -187,6 +195,47 @@ class StudyRun:
                         self.failed[step.name] = error
                         self.say(f"{number[step.name]} {step.name}: FAILED after {seconds:.0f} s: {error}")
         return not self.failed and not blocked
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGTERM exits like Ctrl-C; either way, the running steps are stopped before the pool waits
+        for them. (Signal handlers belong to the main thread: elsewhere, only the cleanup applies.)"""
+
+        def terminate(signum: int, frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, terminate) if main else None
+        try:
+            yield
+        except BaseException:
+            self._stop_running_steps()
+            raise
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _stop_running_steps(self, grace: float = 30.0) -> None:
+        """SIGTERM to each running step's process group, SIGKILL after ``grace`` s; cancel Ray tasks."""
+        self._stopping.set()
+        children = list(self._children)
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGTERM)
+        if self._tasks:
+            import ray
+
+            for task in list(self._tasks):
+                ray.cancel(task, force=True)
+        deadline = time.monotonic() + grace
+        for child in children:
+            try:
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+        if children or self._tasks:
+            self.say(f"stopped {len(children)} running step process(es), {len(self._tasks)} Ray task(s)")
 
     def _run_step(self, step: Step) -> Optional[str]:
         command = step.command(True)
@@ -232,11 +281,20 @@ class StudyRun:
         argv = [sys.executable, *command[1:]] if command[0] == "python" else command
         env = {**os.environ, **step.env}
         if step.num_gpus > 0:
-            return _on_ray(argv, step.env, log, step.num_gpus)
+            return _on_ray(argv, step.env, log, step.num_gpus, self._tasks)
         with open(log, "w") as out:
             out.write("$ " + " ".join(command) + "\n")
             out.flush()
-            return subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+            if self._stopping.is_set():  # a step the pool started while the study was stopping
+                return -signal.SIGTERM
+            # Its own process group: a stop reaches everything the step started (verl's Ray, workers).
+            child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+            self._children.add(child)
+            try:
+                return child.wait()
+            finally:
+                self._children.discard(child)
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -249,7 +307,7 @@ def _write_json(path: Path, value: dict) -> None:
 _RAY_INIT = threading.Lock()
 
 
-def _on_ray(argv: list[str], extra_env: dict[str, str], log: Path, num_gpus: float) -> int:
+def _on_ray(argv: list[str], extra_env: dict[str, str], log: Path, num_gpus: float, tasks: set) -> int:
     """Run ``argv`` in a Ray task that reserves ``num_gpus`` on the study's cluster; its output comes back
     to ``log``. The task's node sees the study's paths (shared storage, as for every Ray job); it keeps
     its own environment (Ray's CUDA_VISIBLE_DEVICES for the GPUs it reserved) plus ``extra_env``."""
@@ -267,7 +325,12 @@ def _on_ray(argv: list[str], extra_env: dict[str, str], log: Path, num_gpus: flo
                               env={**os.environ, **extra_env})
         return done.returncode, done.stdout
 
-    rc, output = ray.get(run.remote(argv, extra_env))
+    task = run.remote(argv, extra_env)
+    tasks.add(task)  # cancelled if the study is stopped
+    try:
+        rc, output = ray.get(task)
+    finally:
+        tasks.discard(task)
     log.write_text("$ " + " ".join(argv) + "\n" + output)
     return rc
 
