@@ -324,7 +324,13 @@ def _plots(summary: dict[str, Any], out: Path) -> None:
         means = [arms[n][key]["mean"] * 100 for n in names]
         errors = [(arms[n][key]["half"] or 0) * 100 for n in names]
         colors = ["#888" if n == summary["control"] else "#3a6" for n in names]
-        ax.bar(names, means, yerr=errors, capsize=4, color=colors)
+        # the seed count under each bar: one seed has no interval, which is not a zero-width one
+        seeds = [arms[n][key]["n"] for n in names]
+        labels = [f"{n}\n{k} seed{'s' * (k != 1)}" for n, k in zip(names, seeds)]
+        bars = ax.bar(labels, means, yerr=errors, capsize=4, color=colors)
+        for bar, k in zip(bars, seeds):
+            if k == 1:
+                bar.set_hatch("//")
         if summary["base"] and summary["base"].get(key) is not None:
             ax.axhline(summary["base"][key] * 100, color="k", linestyle=":", label="base model")
             ax.legend(loc="lower right")
