@@ -158,6 +158,25 @@ def test_arms_may_train_with_their_own_recipe_and_overrides(tmp_path):
     assert {commands[f"{arm}.seed2.select"][5] for arm in cfg.arms} == {"configs/select/full.yaml"}
 
 
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs" / "study").glob("toy*.yaml")))
+def test_every_toy_study_config_composes_and_passes_verls_checks(tmp_path, config):
+    """Each shipped toy study: its curation recipe with its overrides loads (curate's own config check),
+    every arm's selection defines what it trains on, and the training commands pass verl's checks."""
+    from curate.config import load_config
+
+    # base_model=toy: the suite's model (resolving toy-study would train it, minutes on a fresh cache)
+    cfg = load_study(str(REPO / "configs" / "study" / config), [f"output={tmp_path}", "base_model=toy"])
+    check_recipes(cfg, StudyLayout(tmp_path))
+    curation = load_config(cfg.curation.config, cfg.curation.overrides)
+    held_out = cfg.heldout.per_task * len(curation.data.toy.tasks)
+    assert curation.data.format == "toy" and held_out <= curation.data.toy.num_samples / 2  # half trains
+    # a study that curates its own rows curates them in its own output (two studies never share one run)
+    assert cfg.run == f"{tmp_path}/curate"
+    if config == "toy_reading.yaml":
+        assert curation.data.toy.tasks == ["ocr"] and not curation.cmab.enabled
+        assert not any(a.select.endswith("cmab.yaml") for a in cfg.arms.values())  # no CMAB scores here
+
+
 def test_a_selection_without_the_trained_subset_fails_naming_the_arm(tmp_path):
     cfg = load_study(str(TOY), [f"output={tmp_path}", "arms.full.subset=sft"])
     with pytest.raises(ConfigError, match=r"arms\.full\.select.*no subset 'sft'"):
