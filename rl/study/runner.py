@@ -291,6 +291,8 @@ class StudyRun:
             child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
             self._children.add(child)
+            if self._stopping.is_set():  # the stop came while it started: it missed the stop's list
+                os.killpg(child.pid, signal.SIGTERM)
             try:
                 return child.wait()
             finally:
