@@ -7,6 +7,7 @@ held-out rule against real ``curate select`` runs on a hand-built annotated data
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from curate.config import ConfigError
+from curate.toy.cache import METADATA_FILE
 from rl.study import check_recipes, load_study
 from rl.study.plan import Step, StudyLayout, build_steps, latest_checkpoint
-from rl.study.report import collect, effective_ratio_per_step, summarize
+from rl.study.report import _markdown, base_model_identity, collect, effective_ratio_per_step, summarize
 from rl.study.runner import HeldoutLeak, StudyRun, arm_training_ids, check_disjoint, heldout_ids, stale_steps
 from rl.study.stats import compare, interval
 
@@ -414,6 +416,28 @@ def test_report_labels_avg_at_n_by_what_the_evaluations_sampled(tmp_path):
     _write_eval(layout.eval("random", cfg.seeds[-1]), 0.5, 0.35, n=8, temperature=1.3)
     with pytest.raises(ConfigError, match=r"'eval.sampled' / 'eval.sampled_temperature'.*\(8, 1.3\)"):
         summarize(cfg, layout, collect(cfg, layout))
+
+
+def test_report_names_the_base_models_weights(tmp_path):
+    """A toy base is trained where it is asked for, and another CPU may train other weights under
+    the same key: the report carries their digest; a hub model is named by its id alone."""
+    cfg = load_study(str(TOY), [f"output={tmp_path}", "only=[random]", "eval.sampled=4"])
+    layout = StudyLayout(tmp_path)
+    model = tmp_path / "toy-model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / METADATA_FILE).write_text(json.dumps({"report": {"final_loss": 0.0789, "threads": 1}}))
+    _write_eval(layout.base_eval, 0.5, 0.3)
+    evaluation = json.loads(layout.base_eval.read_text())
+    evaluation.update(checkpoint="toy-study", model_path=str(model))
+    layout.base_eval.write_text(json.dumps(evaluation))
+    summary = summarize(cfg, layout, collect(cfg, layout))
+    digest = hashlib.sha256(b"weights").hexdigest()
+    assert summary["base_model"] == {"model": "toy-study", "path": str(model), "weights_sha256": digest,
+                                     "toy_training": {"final_loss": 0.0789, "threads": 1}}
+    assert f"weights sha256 `{digest[:16]}`, toy training final loss 0.0789 on 1 thread" in _markdown(summary)
+    hub = "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert base_model_identity({"checkpoint": hub, "model_path": hub}) == {"model": hub, "path": hub}
 
 
 def test_an_arm_may_not_be_called_base(tmp_path):

@@ -13,6 +13,7 @@ verdict) and PNG plots.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -22,11 +23,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from curate.config import ConfigError
+from curate.toy.cache import METADATA_FILE
 from rl.study.config import StudyConfig
 from rl.study.plan import StudyLayout
 from rl.study.stats import compare, interval, verdict_sentence
 
-__all__ = ["ArmSeedResult", "collect", "effective_ratio_per_step", "write_report"]
+__all__ = ["ArmSeedResult", "base_model_identity", "collect", "effective_ratio_per_step", "write_report"]
 
 SCORE_KEY = "critic/score/mean"  # verl's mean sequence score (our reward: accuracy + format) per step
 # rl.signal.buffer's per-step counts: groups trained with a signal, responses generated (filtered ones too)
@@ -139,6 +141,26 @@ def collect(cfg: StudyConfig, layout: StudyLayout) -> list[ArmSeedResult]:
     return results
 
 
+def base_model_identity(evaluation: dict) -> Optional[dict[str, Any]]:
+    """Which weights the base evaluation read: its model path and, for a toy model, a digest of its
+    weights and how its training ended. A toy model is trained on the machine that asks for it, and
+    another machine's CPU can train other weights under the same cache key: the digest tells whether a
+    study's base is the one a report describes."""
+    path = evaluation.get("model_path")
+    if not path:
+        return None
+    identity: dict[str, Any] = {"model": evaluation.get("checkpoint"), "path": path}
+    directory = Path(path)
+    metadata = _read_json(directory / METADATA_FILE)
+    if metadata is not None:
+        digest = hashlib.sha256()
+        for weights in sorted(directory.glob("*.safetensors")):
+            digest.update(weights.read_bytes())
+        identity["weights_sha256"] = digest.hexdigest()
+        identity["toy_training"] = metadata.get("report")
+    return identity
+
+
 def _curation_cost(cfg: StudyConfig) -> dict[str, Any]:
     run = _read_json(Path(cfg.run) / "run.json") or {}
     summary = run.get("summary", {})
@@ -241,6 +263,7 @@ def summarize(cfg: StudyConfig, layout: StudyLayout, results: list[ArmSeedResult
         "train_steps": cfg.train.steps,
         "sampled": {"n": sampled_n, "temperature": temperature} if sampled_n else None,
         "base": base_summary,
+        "base_model": base_model_identity(base) if base else None,
         "heldout_rows": base["summary"]["overall"]["n"] if base else None,
         "curation": _curation_cost(cfg),
         "arms": arms,
@@ -248,6 +271,17 @@ def summarize(cfg: StudyConfig, layout: StudyLayout, results: list[ArmSeedResult
         "verdict": verdict,
         "runs": [r.__dict__ for r in results],
     }
+
+
+def _base_model_line(identity: Optional[dict[str, Any]]) -> list[str]:
+    if not identity:
+        return []
+    line = f"Base model: `{identity['model']}` (`{identity['path']}`"
+    if identity.get("weights_sha256"):
+        training = identity.get("toy_training") or {}
+        line += (f"; weights sha256 `{identity['weights_sha256'][:16]}`, toy training final loss "
+                 f"{training.get('final_loss')} on {training.get('threads')} thread(s)")
+    return [line + ").", ""]
 
 
 def _markdown(summary: dict[str, Any]) -> str:
@@ -263,6 +297,7 @@ def _markdown(summary: dict[str, Any]) -> str:
         f"Annotated run: `{summary['run']}`; seeds {summary['seeds']}; "
         f"GRPO steps per arm: {summary['train_steps'] or 'the recipe’s epochs'}; "
         f"held-out rows: {summary['heldout_rows']}; control: **{summary['control']}**.", "",
+        *_base_model_line(summary.get("base_model")),
         "Held-out accuracy (%), mean ± 95% t-interval over seeds:", "",
         "| arm | seeds | train rows | overall | " + " | ".join(tasks) + " | effective ratio | generations |",
         "|---|---|---|---|" + "---|" * len(tasks) + "---|---|",
