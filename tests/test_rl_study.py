@@ -179,6 +179,38 @@ def test_every_toy_study_config_composes_and_passes_verls_checks(tmp_path, confi
         assert not any(a.select.endswith("cmab.yaml") for a in cfg.arms.values())  # no CMAB scores here
 
 
+def test_an_arm_selecting_by_a_score_the_curation_does_not_make_fails_before_anything_runs(tmp_path):
+    """The reading study scores PISM only: a CMAB arm would fail at its selection, after the curation;
+    the five-task study without RAP's scores fails on its RAP arm, and runs once that arm is left out."""
+    reading = REPO / "configs" / "study" / "toy_reading.yaml"
+    cfg = load_study(str(reading), [f"output={tmp_path}", "base_model=toy",
+                                    "arms.by_cmab.select=configs/select/mid_hard_cmab.yaml"])
+    with pytest.raises(ConfigError, match=r"'arms\.by_cmab\.select'.*reads cmab scores.*cmab\.enabled=true"):
+        check_recipes(cfg, StudyLayout(tmp_path))
+    no_rap = [f"output={tmp_path}", "base_model=toy", "curation.overrides=[data.toy.num_samples=2000]"]
+    with pytest.raises(ConfigError, match=r"'arms\.rap_drm\.select'.*reads rap scores.*rap\.enabled=true"):
+        check_recipes(load_study(str(TOY), no_rap), StudyLayout(tmp_path))
+    check_recipes(load_study(str(TOY), [*no_rap, "only=[mid_hard_pism,random]"]), StudyLayout(tmp_path))
+
+
+def test_a_subset_names_the_scores_it_reads():
+    from curate.selection.config import SubsetConfig
+
+    assert SubsetConfig().scores() == ("pism",)  # the rule: PISM's medium + hard
+    assert SubsetConfig(kind="rap").scores() == ("rap",)
+    assert SubsetConfig(kind="full").scores() == ()
+    either = SubsetConfig(kind="random")
+    either.rule.by = "either"
+    assert either.scores() == ("pism", "cmab")  # as many rows as the rule selects
+    either.random.size = 100
+    assert either.scores() == ()  # a fixed size from every row reads no score
+    either.random.pool = "outside_rule"
+    assert either.scores() == ("pism", "cmab")
+    quadmix = SubsetConfig(kind="quadmix")
+    quadmix.quadmix.score = "cmab_rho"
+    assert quadmix.scores() == ("cmab",)
+
+
 def test_a_selection_without_the_trained_subset_fails_naming_the_arm(tmp_path):
     cfg = load_study(str(TOY), [f"output={tmp_path}", "arms.full.subset=sft"])
     with pytest.raises(ConfigError, match=r"arms\.full\.select.*no subset 'sft'"):
@@ -540,6 +572,10 @@ def test_toy_study_end_to_end_then_resumed(tmp_path):
         "curation", "heldout", "base.eval", *(f"mid_hard_pism.seed0.{k}" for k in ("select", "train", "eval")))}
     summary = json.loads((layout.report / "study.json").read_text())
     assert summary["heldout_rows"] == 20  # 4 per task, five tasks
+    base = summary["base_model"]  # the weights the base evaluation read
+    assert base["model"] == "toy" and base["toy_training"]["threads"] == 1
+    weights = Path(base["path"], "model.safetensors").read_bytes()
+    assert base["weights_sha256"] == hashlib.sha256(weights).hexdigest()
     for arm in ("mid_hard_pism",):
         a = summary["arms"][arm]
         assert a["seeds_done"] == [0] and len(a["reward_per_step"]) == 2

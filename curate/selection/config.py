@@ -243,6 +243,17 @@ class SubsetConfig:
     # swift_grpo: ms-swift GRPO JSONL | sft_jsonl: ms-swift / LLaMA-Factory SFT JSONL
     formats: list[str] = field(default_factory=lambda: ["verl"])
 
+    def scores(self) -> tuple[str, ...]:
+        """The run's scores this subset reads: the run must have scored them (``<score>.enabled``)."""
+        if self.kind == "rap":
+            return ("rap",)
+        if self.kind == "quadmix":
+            return ("pism",) if self.quadmix.score.startswith("pism") else ("cmab",)
+        if self.kind == "rule" or (self.kind == "random" and (
+                self.random.size is None or self.random.pool == "outside_rule")):
+            return self.rule.scores()
+        return ()
+
 
 @dataclass
 class SelectConfig:

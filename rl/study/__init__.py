@@ -59,6 +59,7 @@ def check_recipes(cfg: StudyConfig, layout: StudyLayout) -> None:
     from rl.sft import plan_sft
     from rl.train import plan_training, validate_like_verl, verl_config
 
+    scored = _curated_scores(cfg)
     for name, arm in cfg.chosen_arms().items():
         select = load_structured(SelectConfig, arm.select, [*arm.overrides, "input=unused", "output=unused"])
         needs = {arm.subset: "verl", **({arm.sft_subset: "verl_sft"} if arm.sft_subset else {})}
@@ -69,12 +70,28 @@ def check_recipes(cfg: StudyConfig, layout: StudyLayout) -> None:
             if fmt not in select.subsets[subset].formats:
                 raise ConfigError(f"config key 'arms.{name}.select': subset {subset!r} of {arm.select} is "
                                   f"not exported as {fmt} (formats: {select.subsets[subset].formats})")
+            missing = [s for s in select.subsets[subset].scores() if scored is not None and s not in scored]
+            if missing:
+                raise ConfigError(
+                    f"config key 'arms.{name}.select': subset {subset!r} of {arm.select} reads {missing[0]} "
+                    f"scores, which the study's curation ({cfg.curation.config}) does not make: add "
+                    f"{missing[0]}.enabled=true to 'curation.overrides' or drop the arm")
     plans = {"train": plan_training, "sft": plan_sft}
     for step in build_steps(cfg, layout):  # every arm's training, on the first seed
         if step.kind in plans and step.seed == cfg.seeds[0]:
             command = step.command(False)  # python -m rl train|sft --config RECIPE overrides...
             plan = plans[step.kind](command[5], command[6:])
             validate_like_verl(plan, verl_config(plan))
+
+
+def _curated_scores(cfg: StudyConfig) -> set[str] | None:
+    """The scores the study's own curation makes (None: the study reads a run made elsewhere)."""
+    from curate.config import load_config
+
+    if cfg.curation.config is None:
+        return None
+    curation = load_config(cfg.curation.config, cfg.curation.overrides)
+    return {name for name in ("pism", "cmab", "rap") if getattr(curation, name).enabled}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
